@@ -1,0 +1,318 @@
+package plugin
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
+)
+
+const (
+	// LabelManagedBy marks the Leases that Leasehold agents write.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of LabelManagedBy on Leasehold's Leases.
+	ManagedByValue = "leasehold"
+	// AnnotationMode is "mutex" or "leader" on Leases written by an agent.
+	AnnotationMode = "leasehold.io/mode"
+)
+
+// Options holds the plugin's flags and streams.
+type Options struct {
+	ConfigFlags   *genericclioptions.ConfigFlags
+	AllNamespaces bool
+	AllLeases     bool
+	Watch         bool
+	Yes           bool
+
+	genericiooptions.IOStreams
+	Clock  clock.PassiveClock
+	client kubernetes.Interface
+}
+
+// NewCommand returns the `kubectl leasehold` command tree.
+func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
+	o := &Options{
+		ConfigFlags: genericclioptions.NewConfigFlags(true),
+		IOStreams:   streams,
+		Clock:       clock.RealClock{},
+	}
+	root := &cobra.Command{
+		Use:   "kubectl-leasehold",
+		Short: "List and force-release Leasehold locks (coordination.k8s.io Leases)",
+		Long: `kubectl leasehold lists the locks that Leasehold agents hold: the lock (the Lease name),
+its mode (mutex or leader), the holder Pod, the fencing token, how long it has been held and
+how long the current hold has left before other Pods may take it.`,
+		Example: `  kubectl leasehold                 # locks in the current namespace
+  kubectl leasehold -A --watch      # every namespace, following changes
+  kubectl leasehold release db-migration -n shop`,
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.complete(); err != nil {
+				return err
+			}
+			return o.List(cmd.Context())
+		},
+	}
+	root.PersistentFlags().BoolVarP(&o.AllNamespaces, "all-namespaces", "A", false, "List locks in every namespace.")
+	root.Flags().BoolVarP(&o.Watch, "watch", "w", false, "After listing, print each change as it happens.")
+	root.PersistentFlags().BoolVar(&o.AllLeases, "all-leases", false, "Include Leases not written by a Leasehold agent (e.g. client-go leader election).")
+	o.ConfigFlags.AddFlags(root.PersistentFlags())
+
+	release := &cobra.Command{
+		Use:   "release LOCK",
+		Short: "Force-release a lock: end its holder's Lease so that a waiting Pod can take it",
+		Long: `release ends the current hold of LOCK by writing an empty holder to its Lease, the way a
+clean release does (a conditional write: it fails if the Lease changed since it was read).
+
+Safety: the holder's agent stops reporting the lock as held as soon as it sees the change,
+but the holder's process may still be inside its critical section. Only a store that checks
+fencing tokens is protected from its late writes. Use this to clear a lock whose holder is
+stuck, not to take a lock from a healthy holder.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.complete(); err != nil {
+				return err
+			}
+			return o.Release(cmd.Context(), args[0])
+		},
+	}
+	release.Flags().BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
+	root.AddCommand(release)
+	return root
+}
+
+func (o *Options) complete() error {
+	if o.client != nil {
+		return nil
+	}
+	cfg, err := o.ConfigFlags.ToRESTConfig()
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	o.client, err = kubernetes.NewForConfig(cfg)
+	return err
+}
+
+func (o *Options) namespace() (string, error) {
+	if o.AllNamespaces {
+		return metav1.NamespaceAll, nil
+	}
+	ns, _, err := o.ConfigFlags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return "", fmt.Errorf("find the namespace from kubeconfig: %w", err)
+	}
+	return ns, nil
+}
+
+func (o *Options) listOptions() metav1.ListOptions {
+	if o.AllLeases {
+		return metav1.ListOptions{}
+	}
+	return metav1.ListOptions{LabelSelector: LabelManagedBy + "=" + ManagedByValue}
+}
+
+// List prints the locks, then follows changes when Watch is set.
+func (o *Options) List(ctx context.Context) error {
+	ns, err := o.namespace()
+	if err != nil {
+		return err
+	}
+	leases, err := o.client.CoordinationV1().Leases(ns).List(ctx, o.listOptions())
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	items := leases.Items
+	sort.Slice(items, func(i, j int) bool {
+		if items[i].Namespace != items[j].Namespace {
+			return items[i].Namespace < items[j].Namespace
+		}
+		return items[i].Name < items[j].Name
+	})
+	w := tabwriter.NewWriter(o.Out, 0, 4, 2, ' ', 0)
+	o.printHeader(w)
+	for i := range items {
+		o.printRow(w, &items[i])
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if len(items) == 0 && !o.Watch {
+		where := "namespace " + ns
+		if o.AllNamespaces {
+			where = "any namespace"
+		}
+		fmt.Fprintf(o.ErrOut, "No Leasehold locks in %s (a lock appears once an agent first writes its Lease; --all-leases shows other Leases too).\n", where)
+	}
+	if !o.Watch {
+		return nil
+	}
+	opts := o.listOptions()
+	opts.ResourceVersion = leases.ResourceVersion
+	wi, err := o.client.CoordinationV1().Leases(ns).Watch(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("watch leases: %w", err)
+	}
+	defer wi.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-wi.ResultChan():
+			if !ok {
+				return errors.New("the watch on leases ended (the API server closed it); run the command again")
+			}
+			lease, isLease := ev.Object.(*coordinationv1.Lease)
+			if !isLease {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				fmt.Fprintf(o.Out, "deleted\t%s/%s\n", lease.Namespace, lease.Name)
+				continue
+			}
+			o.printRow(w, lease)
+			if err := w.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (o *Options) printHeader(w io.Writer) {
+	if o.AllNamespaces {
+		fmt.Fprint(w, "NAMESPACE\t")
+	}
+	fmt.Fprintln(w, "LOCK\tMODE\tHOLDER\tTOKEN\tAGE\tTIME LEFT")
+}
+
+func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
+	r := Describe(l, o.Clock.Now())
+	if o.AllNamespaces {
+		fmt.Fprintf(w, "%s\t", l.Namespace)
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.Age, r.TimeLeft)
+}
+
+// Row is one lock as the listing shows it.
+type Row struct {
+	Mode, Holder, Age, TimeLeft string
+	Token                       int32
+}
+
+// Describe turns a Lease into the listing's columns at time now.
+func Describe(l *coordinationv1.Lease, now time.Time) Row {
+	r := Row{Mode: l.Annotations[AnnotationMode], Holder: "<none>", Age: "-", TimeLeft: "free"}
+	if r.Mode == "" {
+		r.Mode = "-"
+	}
+	if l.Spec.LeaseTransitions != nil {
+		r.Token = *l.Spec.LeaseTransitions
+	}
+	holder := ""
+	if l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	if holder == "" {
+		return r
+	}
+	r.Holder = holderPod(holder)
+	if l.Spec.AcquireTime != nil {
+		r.Age = shortDuration(now.Sub(l.Spec.AcquireTime.Time))
+	}
+	if l.Spec.RenewTime != nil && l.Spec.LeaseDurationSeconds != nil {
+		left := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second).Sub(now)
+		if left > 0 {
+			r.TimeLeft = shortDuration(left)
+		} else {
+			r.TimeLeft = "expired"
+		}
+	}
+	return r
+}
+
+// holderPod shows the Pod name of an agent identity "<pod>_<uid>"; other identities
+// (client-go leader election, hostnames) are shown as they are.
+func holderPod(identity string) string {
+	if i := strings.LastIndex(identity, "_"); i > 0 && len(identity)-i-1 == 36 {
+		return identity[:i]
+	}
+	return identity
+}
+
+func shortDuration(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < 10*time.Second:
+		return d.Truncate(100 * time.Millisecond).String()
+	case d < time.Hour:
+		return d.Truncate(time.Second).String()
+	default:
+		return d.Truncate(time.Minute).String()
+	}
+}
+
+// Release force-releases lock name in the current namespace after confirmation.
+func (o *Options) Release(ctx context.Context, name string) error {
+	if o.AllNamespaces {
+		return errors.New("release works on one namespace: drop -A and pass -n NAMESPACE")
+	}
+	ns, err := o.namespace()
+	if err != nil {
+		return err
+	}
+	leases := o.client.CoordinationV1().Leases(ns)
+	lease, err := leases.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("no lock %q in namespace %s (kubectl leasehold -n %s lists the locks there)", name, ns, ns)
+	}
+	if err != nil {
+		return fmt.Errorf("get lease %s/%s: %w", ns, name, err)
+	}
+	r := Describe(lease, o.Clock.Now())
+	if r.Holder == "<none>" {
+		fmt.Fprintf(o.Out, "Lock %s/%s is not held; nothing to release.\n", ns, name)
+		return nil
+	}
+	if !o.Yes {
+		fmt.Fprintf(o.Out, "Lock %s/%s is held by %s (token %d, time left %s).\n"+
+			"Force-releasing lets a waiting Pod take it at once. The holder's agent stops reporting it\n"+
+			"as held when it sees the change, but the holder may still be inside its critical section:\n"+
+			"only writes checked against the fencing token are safe. Type the lock name to confirm: ",
+			ns, name, r.Holder, r.Token, r.TimeLeft)
+		answer, _ := bufio.NewReader(o.In).ReadString('\n')
+		if strings.TrimSpace(answer) != name {
+			return errors.New("not confirmed: the lock was left as it was")
+		}
+	}
+	// A conditional write, shaped like client-go's release: empty holder, 1s duration,
+	// transitions kept so the next acquisition's token is still higher.
+	now := metav1.NewMicroTime(o.Clock.Now())
+	empty, one := "", int32(1)
+	lease.Spec.HolderIdentity = &empty
+	lease.Spec.LeaseDurationSeconds = &one
+	lease.Spec.RenewTime = &now
+	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		if apierrors.IsConflict(err) {
+			return fmt.Errorf("lock %s/%s changed while releasing (renewed or handed over); look again with kubectl leasehold -n %s: %w", ns, name, ns, err)
+		}
+		return fmt.Errorf("release lease %s/%s: %w", ns, name, err)
+	}
+	fmt.Fprintf(o.Out, "Released lock %s/%s (was held by %s with fencing token %d; the next holder gets a higher one).\n", ns, name, r.Holder, r.Token)
+	return nil
+}
