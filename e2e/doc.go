@@ -1,0 +1,16 @@
+// Package e2e is Leasehold as a user sees it: on a real one-node cluster (hack/cluster.sh:
+// kubelet, containerd, runc, CNI bridge, kube-proxy), Leasehold is installed from
+// manifests/ with `kubectl apply -k`, the example app from examples/ is deployed, and the
+// tests watch real Pods contend for locks.
+//
+// The suite is behind the `e2e` build tag because it needs that cluster: run it with
+// `make e2e` (or `make test`, which brings the cluster up, runs it and tears it down).
+// It reads LEASEHOLD_E2E_KUBECONFIG and fails, never skips, without it.
+//
+// What it proves: injection (native sidecar first, agent ready before the app, socket
+// and env present, restricted profile admitted), mutual exclusion between replicas with
+// rising fencing tokens, an init container taking a lock, SIGTERM release on Pod deletion,
+// expiry after lease-duration when an agent is killed, exactly one leader, RBAC readiness,
+// and webhook denials through the real API server. It does not measure speed: see
+// BENCHMARKS.md.
+package e2e
