@@ -28,8 +28,25 @@ build: ## Build the binaries into bin/.
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
 	go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: e2e
+e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tear it down (root).
+	hack/e2e.sh
+
 .PHONY: test
-test: unit ## Run every test: unit, envtest (real kube-apiserver + etcd) and the real-node e2e suite.
+test: unit e2e ## Run every test: unit, envtest (real kube-apiserver + etcd) and the real-node e2e suite.
+
+.PHONY: demo
+demo: ## Build everything, bring up a local one-node cluster, install Leasehold and the example app, show locks changing hands (root).
+	hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Tear the local cluster down, leaving nothing behind.
+	hack/cluster.sh down
+
+.PHONY: deploy
+deploy: ## Install Leasehold on the cluster of your current kubeconfig (kubectl apply -k manifests/base).
+	kubectl apply -k manifests/base
+	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
 .PHONY: vet
 vet: ## go vet and gofmt.
