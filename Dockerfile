@@ -1,0 +1,15 @@
+# One image with every Leasehold binary, on a static base (the binaries are static Go).
+# On a machine with a Docker engine:  docker build -t leasehold:dev .
+# Without one (this repository's own test ground): hack/images.sh leasehold builds the same
+# layout as a docker-archive with go-containerregistry and imports it into containerd.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/...
+
+FROM scratch
+COPY --from=build /out/ /usr/local/bin/
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/leasehold-webhook"]
