@@ -283,10 +283,12 @@ cleanup() {
 # Debian packages: installed only when missing (apt-cache policy tells what is there).
 ensure_packages() {
   local want=(containerd runc containernetworking-plugins iptables conntrack openssl busybox-static curl kmod)
-  local missing=() p
+  local missing=() p policy
   for p in "${want[@]}"; do
     # "Installed: 1.6.20~ds1-1+deb12u3" when present, "(none)" when not.
-    apt-cache policy "$p" 2>/dev/null | grep -Eq 'Installed: [^(]' || missing+=("$p")
+    # (Captured first: `grep -q` closing the pipe early would trip pipefail.)
+    policy=$(apt-cache policy "$p" 2>/dev/null || true)
+    [[ $policy =~ Installed:\ [^\(] ]] || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
@@ -558,6 +560,8 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --kubelet-preferred-address-types InternalIP \
+    `# (InternalIP: the node name is never looked up in the machine's DNS)` \
     --allow-privileged=true --enable-aggregator-routing=true --profiling=false
   wait_for "kube-apiserver /readyz" 90 kubectl_ get --raw /readyz || { check_alive kube-apiserver; die "kube-apiserver not ready"; }
 

@@ -72,7 +72,8 @@ build_example_app() {
   # Applets the examples and tests use. (busybox-static's wget segfaults in containers: use nc.)
   for a in sh ash cat echo printf sleep date env id ls mkdir rm touch cp mv grep sed awk head \
            tail wc cut tr sort uniq tee xargs seq true false test [ kill ps nc timeout hostname \
-           uname stat find chmod ln readlink basename dirname expr yes pidof watch; do
+           uname stat find chmod ln readlink basename dirname expr yes pidof watch httpd base64 \
+           sha256sum which whoami mktemp realpath usleep netstat od hexdump; do
     args+=(-link "/bin/$a=busybox")
   done
   if [ -f cmd/leasehold/main.go ] || [ -n "${LEASEHOLD_CLIENT:-}" ]; then
