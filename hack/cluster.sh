@@ -166,19 +166,27 @@ our_mounts() {
 cleanup() {
   local i n pids cg m
 
-  # 1. Components, newest first: TERM, then KILL. The kubelet goes first so it stops
-  #    restarting containers.
+  # 1. Components: the kubelet first (so it stops restarting containers), then the others
+  #    together: TERM, up to 10 s, then KILL. containerd comes after the containers (step 3).
+  local stop=()
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     n=${COMPONENTS[i]}
+    [ "$n" = containerd ] && continue
     [ -f "$PIDS/$n.pid" ] || continue
     pids=$(cat "$PIDS/$n.pid")
     # Only signal it if it is still the same program (PIDs get reused after a reboot).
     if [ -e "/proc/$pids/exe" ] && [[ $(readlink "/proc/$pids/exe") == *"$n"* ]]; then
-      [ "$n" = containerd ] && continue   # after the containers, below
       log "stopping $n (pid $pids)"
-      kill_wait TERM 10 "$pids" || kill_wait KILL 5 "$pids" || true
+      if [ "$n" = kubelet ]; then
+        kill_wait TERM 10 "$pids" || kill_wait KILL 5 "$pids" || true
+      else
+        stop+=("$pids")
+      fi
     fi
   done
+  if [ ${#stop[@]} -gt 0 ]; then
+    kill_wait TERM 10 "${stop[@]}" || kill_wait KILL 5 "${stop[@]}" || true
+  fi
 
   # 2. Container processes: everything in the kubelet's cgroups (thaw frozen ones first).
   for cg in $(kubepods_cgroups); do
@@ -267,8 +275,16 @@ cleanup() {
   if [ -d "$STATE" ]; then
     find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
   fi
-  rm -rf /var/lib/cni/results/"$CNI_NAME"-* /var/lib/cni/networks/"$CNI_NAME"
+  # libcni caches results in /var/lib/cni (containerd 1.6 cannot move it): ours are the
+  # "leasehold" network and containerd's loopback.
+  rm -rf /var/lib/cni/results/"$CNI_NAME"-* /var/lib/cni/results/cni-loopback-* /var/lib/cni/networks/"$CNI_NAME"
   rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
+  # The kubelet's device-plugin socket path is fixed (not under --root-dir).
+  rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+  rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
+  # Default flex-volume directory (created by older runs; now moved under $STATE): only if empty.
+  rmdir /usr/libexec/kubernetes/kubelet-plugins/volume/exec /usr/libexec/kubernetes/kubelet-plugins/volume \
+    /usr/libexec/kubernetes/kubelet-plugins /usr/libexec/kubernetes 2>/dev/null || true
   if [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete
     rmdir /var/log/containers 2>/dev/null || true
@@ -575,7 +591,8 @@ up() {
     --bind-address 127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false --profiling=false
+    --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false --profiling=false \
+    --flex-volume-plugin-dir "$STATE/kubelet-plugins"
   start kube-scheduler "$BIN/kube-scheduler" \
     --kubeconfig "$STATE/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
