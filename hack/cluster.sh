@@ -191,7 +191,8 @@ cleanup() {
   # 2. Container processes: everything in the kubelet's cgroups (thaw frozen ones first).
   for cg in $(kubepods_cgroups); do
     [ -f "$cg/freezer.state" ] && find "$cg" -name freezer.state -exec sh -c 'echo THAWED >"$1"' _ {} \; 2>/dev/null
-    pids=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | tr '\n' ' ')
+    # (|| true: cgroups may vanish while find walks them; that must not abort `down`.)
+    pids=$({ find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true; } | sort -u | tr '\n' ' ')
     if [ -n "${pids// /}" ]; then
       log "killing container processes in $cg: $pids"
       # shellcheck disable=SC2086
@@ -279,6 +280,12 @@ cleanup() {
   # "leasehold" network and containerd's loopback.
   rm -rf /var/lib/cni/results/"$CNI_NAME"-* /var/lib/cni/results/cni-loopback-* /var/lib/cni/networks/"$CNI_NAME"
   rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
+  # containerd 1.6 puts shim sockets in /run/containerd/s (fixed path). Once no shim runs,
+  # the sockets there are stale; remove them and the directories if empty.
+  if ! pgrep -x containerd-shim-runc-v2 >/dev/null && ! pgrep -x containerd >/dev/null; then
+    find /run/containerd/s -maxdepth 1 -type s -delete 2>/dev/null || true
+    rmdir /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd 2>/dev/null || true
+  fi
   # The kubelet's device-plugin socket path is fixed (not under --root-dir).
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet 2>/dev/null || true
@@ -421,6 +428,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         runtime_type = "io.containerd.runc.v2"
         [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
           SystemdCgroup = false
+          Root = "$RUN/runc"
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$CNI_BIN"
       conf_dir = "$STATE/cni/net.d"
