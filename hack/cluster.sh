@@ -166,27 +166,25 @@ our_mounts() {
 cleanup() {
   local i n pids cg m
 
-  # 1. Components: the kubelet first (so it stops restarting containers), then the others
-  #    together: TERM, up to 10 s, then KILL. containerd comes after the containers (step 3).
-  local stop=()
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-    n=${COMPONENTS[i]}
-    [ "$n" = containerd ] && continue
-    [ -f "$PIDS/$n.pid" ] || continue
-    pids=$(cat "$PIDS/$n.pid")
-    # Only signal it if it is still the same program (PIDs get reused after a reboot).
-    if [ -e "/proc/$pids/exe" ] && [[ $(readlink "/proc/$pids/exe") == *"$n"* ]]; then
-      log "stopping $n (pid $pids)"
-      if [ "$n" = kubelet ]; then
-        kill_wait TERM 10 "$pids" || kill_wait KILL 5 "$pids" || true
-      else
-        stop+=("$pids")
+  # 1. Components, in three waves: the kubelet (so it stops restarting containers); the
+  #    API clients and the API server together; etcd last (an API server that loses etcd
+  #    first hangs in its graceful shutdown). TERM, up to 5 s, then KILL. containerd comes
+  #    after the containers (step 3).
+  local wave pid
+  for wave in "kubelet" "kube-proxy kube-scheduler kube-controller-manager kube-apiserver" "etcd"; do
+    local stop=()
+    for n in $wave; do
+      [ -f "$PIDS/$n.pid" ] || continue
+      pid=$(cat "$PIDS/$n.pid")
+      # Only signal it if it is still the same program (PIDs get reused after a reboot).
+      if [ -e "/proc/$pid/exe" ] && [[ $(readlink "/proc/$pid/exe") == *"$n"* ]]; then
+        log "stopping $n (pid $pid)"
+        stop+=("$pid")
       fi
-    fi
+    done
+    [ ${#stop[@]} -gt 0 ] || continue
+    kill_wait TERM 5 "${stop[@]}" || kill_wait KILL 5 "${stop[@]}" || true
   done
-  if [ ${#stop[@]} -gt 0 ]; then
-    kill_wait TERM 10 "${stop[@]}" || kill_wait KILL 5 "${stop[@]}" || true
-  fi
 
   # 2. Container processes: everything in the kubelet's cgroups (thaw frozen ones first).
   for cg in $(kubepods_cgroups); do
@@ -282,7 +280,7 @@ cleanup() {
   rmdir /var/lib/cni/results /var/lib/cni/networks /var/lib/cni 2>/dev/null || true
   # containerd 1.6 puts shim sockets in /run/containerd/s (fixed path). Once no shim runs,
   # the sockets there are stale; remove them and the directories if empty.
-  if ! pgrep -x containerd-shim-runc-v2 >/dev/null && ! pgrep -x containerd >/dev/null; then
+  if ! pgrep -x containerd-shim >/dev/null && ! pgrep -x containerd >/dev/null; then   # (comm: 15 chars)
     find /run/containerd/s -maxdepth 1 -type s -delete 2>/dev/null || true
     rmdir /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd 2>/dev/null || true
   fi
@@ -297,6 +295,23 @@ cleanup() {
     rmdir /var/log/containers 2>/dev/null || true
   fi
   return 0
+}
+
+# leftovers: print what of a cluster is still on the machine; false when something is.
+leftovers() {
+  local found=()
+  [ -z "$(our_pids)" ] || found+=("processes: $(our_pids | tr '\n' ' ')")
+  [ -z "$(our_mounts)" ] || found+=("mounts: $(our_mounts | wc -l)")
+  ip link show "$BRIDGE" >/dev/null 2>&1 && found+=("bridge $BRIDGE")
+  [ -n "$(ls /run/netns/cni-* 2>/dev/null)" ] && found+=("netns: $(ls /run/netns/cni-* | wc -l)")
+  [ -z "$(kubepods_cgroups)" ] || found+=("cgroups: $(kubepods_cgroups | tr '\n' ' ')")
+  local n
+  n=$( { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -cE 'KUBE-|CNI-|LEASEHOLD-' || true)
+  [ "$n" = 0 ] || found+=("iptables lines: $n")
+  [ -e "$RUN" ] && found+=("$RUN")
+  [ ${#found[@]} -eq 0 ] && return 0
+  printf 'left behind: %s\n' "${found[@]}" >&2
+  return 1
 }
 
 # ---------------------------------------------------------------------------------------
@@ -533,6 +548,7 @@ up() {
   [ "$(id -u)" = 0 ] || die "run as root (it starts containerd and the kubelet)"
   log "cleaning up leftovers of earlier runs"
   cleanup
+  leftovers || die "could not clean up an earlier run (see above)"
   mkdir -p "$LOGS" "$PIDS" "$RUN/containerd"
   rm -f "$LOGS"/*.log
 
@@ -652,6 +668,7 @@ case "${1:-}" in
     log "tearing down"
     cleanup
     [ "${2:-}" = --purge ] && rm -rf "$STATE"
+    leftovers || die "down did not remove everything (see above)"
     log "down: nothing left running"
     ;;
   status) status ;;
