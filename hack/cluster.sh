@@ -241,12 +241,14 @@ cleanup() {
 
   # 6. iptables: every KUBE-*, CNI-* and LEASEHOLD-* chain and every rule jumping to them,
   #    in every table, IPv4 and IPv6. iptables-restore replaces each table it is given.
-  local save
+  local save rules
   for save in iptables-save ip6tables-save; do
     command -v "$save" >/dev/null || continue
-    if "$save" 2>/dev/null | grep -qE 'KUBE-|CNI-|LEASEHOLD-'; then
+    # (Captured, not piped into grep -q: an early-closed pipe would trip pipefail.)
+    rules=$("$save" 2>/dev/null || true)
+    if grep -qE 'KUBE-|CNI-|LEASEHOLD-' <<<"$rules"; then
       log "removing KUBE-/CNI-/LEASEHOLD- rules ($save)"
-      "$save" | grep -vE 'KUBE-|CNI-|LEASEHOLD-' | "${save%-save}-restore"
+      grep -vE 'KUBE-|CNI-|LEASEHOLD-' <<<"$rules" | "${save%-save}-restore"
     fi
   done
 
@@ -330,7 +332,7 @@ ensure_packages() {
   log "installing Debian packages: ${missing[*]}"
   # apt-cache policy tells whether the package index knows them (else: apt-get update first).
   for p in "${missing[@]}"; do
-    apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]' ||
+    [[ $(apt-cache policy "$p" 2>/dev/null || true) =~ Candidate:\ [^\(] ]] ||
       die "no Debian candidate for $p: run apt-get update first"
   done
   # Debian's containerd package would start its own daemon; policy-rc.d 101 forbids that.
