@@ -14,7 +14,8 @@
 #   4. the projected ServiceAccount tokens: the automounted one authenticates to the API as
 #      system:serviceaccount:<ns>:<sa>; one with a custom audience carries that audience;
 #   5. the Pod reaches the API server through the kubernetes Service (10.96.0.1:443, via
-#      kube-proxy's iptables rules), and a Service of its own (hairpin) and from the host;
+#      kube-proxy's iptables rules) and a Service of its own (hairpin); the host reaches that
+#      Service, and the API server reaches the Pod behind it (the path webhook calls take);
 #   6. deleting the Pod sends SIGTERM: the app container, then the sidecar, log the signal.
 set -euo pipefail
 
@@ -147,6 +148,10 @@ for _ in $(seq 1 50); do iptables-save -t nat | grep -q -- "-d $svc/32" && break
 check "Pod reaches its own Service $svc:80 (hairpin)" \
   grep -q "hello from smoke" <(x sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $svc 80")
 check "host reaches the Service $svc:80" grep -q "hello from smoke" <(curl -s -m 3 "http://$svc/")
+# The API server calls admission webhooks through their Service's endpoints
+# (--enable-aggregator-routing); its service proxy takes the same path.
+check "API server reaches the Pod behind Service smoke (webhook path)" \
+  grep -q "hello from smoke" <(kubectl get --raw "/api/v1/namespaces/$NS/services/smoke:80/proxy/" 2>&1)
 
 echo "== SIGTERM on Pod deletion"
 logs=$(mktemp -d)

@@ -556,7 +556,11 @@ up() {
 
   ensure_packages
   log "Kubernetes binaries $K8S_VERSION (hack/build-k8s.sh; 10-15 min the first time, cached after)"
-  BIN=$("$REPO/hack/build-k8s.sh")
+  # The first build is silent for minutes: print the elapsed time every 30 s meanwhile.
+  ( n=0; while sleep 30 && kill -0 $$ 2>/dev/null; do n=$((n + 30)); log "... still building Kubernetes ($n s)"; done ) &
+  local ticker=$!
+  BIN=$("$REPO/hack/build-k8s.sh") || { kill "$ticker"; die "hack/build-k8s.sh failed"; }
+  kill "$ticker" 2>/dev/null || true
   export PATH=$BIN:$PATH
 
   # Save the kernel settings we may change, once (a killed run's file is restored by cleanup).
@@ -591,6 +595,7 @@ up() {
   # shellcheck disable=SC2086
   CONTAINERD_SOCK=$CONTAINERD_SOCK IMPORT=1 "$REPO/hack/images.sh" $CLUSTER_IMAGES 2>"$LOGS/images.log" ||
     { tail "$LOGS/images.log" >&2; die "hack/images.sh failed"; }
+  grep WARNING "$LOGS/images.log" >&2 || true
 
   wait_for "etcd" 30 curl -sf "http://$ETCD_CLIENT/health" || { check_alive etcd; die "etcd not healthy"; }
 
