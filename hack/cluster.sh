@@ -557,7 +557,9 @@ up() {
   ensure_packages
   log "Kubernetes binaries $K8S_VERSION (hack/build-k8s.sh; 10-15 min the first time, cached after)"
   # The first build is silent for minutes: print the elapsed time every 30 s meanwhile.
-  ( n=0; while sleep 30 && kill -0 $$ 2>/dev/null; do n=$((n + 30)); log "... still building Kubernetes ($n s)"; done ) &
+  # (1 s sleeps: a killed ticker leaves no long sleep holding our stderr open.)
+  ( n=0; while sleep 1 && kill -0 $$ 2>/dev/null; do
+      n=$((n + 1)); (( n % 30 == 0 )) && log "... still building Kubernetes (${n}s)"; done ) &
   local ticker=$!
   BIN=$("$REPO/hack/build-k8s.sh") || { kill "$ticker"; die "hack/build-k8s.sh failed"; }
   kill "$ticker" 2>/dev/null || true
