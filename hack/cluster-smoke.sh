@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # single-quoted commands expand inside the container
 # cluster-smoke.sh: prove that the local cluster (hack/cluster.sh up) runs real Pods with
 # what Leasehold relies on. Needs only the cluster and the local images; no Leasehold code.
 #

@@ -203,6 +203,7 @@ cleanup() {
   if [ -n "${pids// /}" ]; then
     log "stopping leftover cluster processes: $pids"
     # shellcheck disable=SC2086
+    # shellcheck disable=SC2046
     kill_wait TERM 5 $pids || kill_wait KILL 5 $(our_pids) || true
   fi
   pids=$(our_pids | tr '\n' ' ')
@@ -266,7 +267,7 @@ cleanup() {
   if [ -f "$SYSCTL_SAVE" ]; then
     log "restoring sysctls"
     while read -r k v; do
-      [ -n "$k" ] && sysctl -q -w "$k=$v" >/dev/null 2>&1 || true
+      if [ -n "$k" ]; then sysctl -q -w "$k=$v" >/dev/null 2>&1 || true; fi
     done <"$SYSCTL_SAVE"
     rm -f "$SYSCTL_SAVE"
   fi
@@ -305,7 +306,7 @@ leftovers() {
   [ -z "$(our_pids)" ] || found+=("processes: $(our_pids | tr '\n' ' ')")
   [ -z "$(our_mounts)" ] || found+=("mounts: $(our_mounts | wc -l)")
   ip link show "$BRIDGE" >/dev/null 2>&1 && found+=("bridge $BRIDGE")
-  [ -n "$(ls /run/netns/cni-* 2>/dev/null)" ] && found+=("netns: $(ls /run/netns/cni-* | wc -l)")
+  [ -n "$(find /run/netns -name 'cni-*' 2>/dev/null)" ] && found+=("netns: $(find /run/netns -name 'cni-*' | wc -l)")
   [ -z "$(kubepods_cgroups)" ] || found+=("cgroups: $(kubepods_cgroups | tr '\n' ' ')")
   local n
   n=$( { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } | grep -cE 'KUBE-|CNI-|LEASEHOLD-' || true)

@@ -32,6 +32,7 @@ mkimage() { go run ./hack/mkimage "$@" >&2; }
 # project_binaries: print the paths of the project's binaries, building ./cmd/* first.
 project_binaries() {
   if [ -n "${LEASEHOLD_BINARIES:-}" ]; then
+    # shellcheck disable=SC2086 # a space-separated list
     printf '%s\n' $LEASEHOLD_BINARIES
     return
   fi
