@@ -23,7 +23,8 @@
 # State: $STATE (default /var/lib/leasehold-cluster: certificates, etcd, containerd and
 # kubelet data, configs, admin.kubeconfig, logs/) and $RUN (/run/leasehold-cluster: PID
 # files, containerd state and socket). `down` removes both except $STATE/logs, which keeps
-# the last run's component logs for post-mortems (`down --purge` removes those too).
+# the last run's component logs for post-mortems, and $STATE/.lock (`down --purge` removes
+# those too).
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ cleanup() {
   # 9. Files: our directories (keeping the last logs), CNI cache, kubelet log symlinks.
   rm -rf "$RUN"
   if [ -d "$STATE" ]; then
-    find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+    find "$STATE" -mindepth 1 -maxdepth 1 ! -name logs ! -name .lock -exec rm -rf {} +
   fi
   # libcni caches results in /var/lib/cni (containerd 1.6 cannot move it): ours are the
   # "leasehold" network and containerd's loopback.
@@ -350,6 +351,8 @@ ensure_packages() {
 # root, and then runc fails with "can't get final child's PID from pipe: EOF". Probe it in
 # a child process: if lowering is refused, containerd must restrict the values it sets.
 detect_restrict_oom_score_adj() {
+  # RESTRICT_OOM_SCORE_ADJ=true|false overrides the probe (to reproduce the failure).
+  if [ -n "${RESTRICT_OOM_SCORE_ADJ:-}" ]; then echo "$RESTRICT_OOM_SCORE_ADJ"; return; fi
   local cur target
   cur=$(cat /proc/self/oom_score_adj)
   target=$((cur > -1000 ? cur - 1 : -1000))
@@ -672,9 +675,18 @@ env_() {
   echo "export PATH=$BIN:\$PATH"
 }
 
+# One `up`/`down` at a time (say e2e and `make demo` started together). The lock file is
+# kept next to the logs, which `down` keeps.
+lock() {
+  mkdir -p "$STATE"
+  exec 8>"$STATE/.lock"
+  flock -n 8 || { log "waiting for another hack/cluster.sh up/down to finish"; flock 8; }
+}
+
 case "${1:-}" in
-  up) up ;;
+  up) lock; up ;;
   down)
+    lock
     log "tearing down"
     cleanup
     [ "${2:-}" = --purge ] && rm -rf "$STATE"
