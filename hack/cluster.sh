@@ -102,7 +102,8 @@ start() {
   log "starting $name"
   # setsid: own session, so a Ctrl-C of `up` does not kill the cluster. A background job of a
   # non-interactive shell is no group leader, so setsid execs in place and $! is the PID.
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  # 8>&-: the daemons must not inherit the lock of this script (see lock()).
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -677,10 +678,19 @@ env_() {
 
 # One `up`/`down` at a time (say e2e and `make demo` started together). The lock file is
 # kept next to the logs, which `down` keeps.
+lock_holders() {
+  local f
+  for f in /proc/[0-9]*/fd/*; do
+    [ "$(readlink "$f" 2>/dev/null)" = "$STATE/.lock" ] && { f=${f#/proc/}; echo "${f%%/*}"; }
+  done | sort -u | tr '\n' ' '
+}
 lock() {
   mkdir -p "$STATE"
   exec 8>"$STATE/.lock"
-  flock -n 8 || { log "waiting for another hack/cluster.sh up/down to finish"; flock 8; }
+  if ! flock -n 8; then
+    log "waiting for another hack/cluster.sh up/down to finish (lock $STATE/.lock)"
+    flock -w 300 8 || die "lock still held after 300 s by PIDs: $(lock_holders)"
+  fi
 }
 
 case "${1:-}" in
