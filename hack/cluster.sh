@@ -73,7 +73,7 @@ SYSCTLS=(net.ipv4.ip_forward net.ipv4.conf.all.route_localnet net.bridge.bridge-
 # Saved outside $STATE/$RUN so that a killed run's values survive until the next down.
 SYSCTL_SAVE=/var/lib/leasehold-cluster.sysctl
 
-log() { printf '[cluster %4ss] %s\n' "$SECONDS" "$*" >&2; }
+log() { printf '[cluster %4ss] %s\n' "$SECONDS" "$*" >&2 || true; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------------------------------
@@ -696,6 +696,9 @@ lock() {
 case "${1:-}" in
   up) lock; up ;;
   down)
+    # `down | head` must not kill a half-done teardown: write errors instead of SIGPIPE.
+    # (Not in `up`: the daemons and containers would inherit the ignored signal.)
+    trap '' PIPE
     lock
     log "tearing down"
     cleanup
