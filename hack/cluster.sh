@@ -167,6 +167,9 @@ our_mounts() {
 # ---------------------------------------------------------------------------------------
 cleanup() {
   local i n pids cg m
+  # Best effort, step after step: a failing step must not stop the later ones (a cgroup or
+  # mount can vanish while we look at it). leftovers() judges the result afterwards.
+  set +e
 
   # 1. Components, in three waves: the kubelet (so it stops restarting containers); the
   #    API clients and the API server together; etcd last (an API server that loses etcd
@@ -190,7 +193,9 @@ cleanup() {
 
   # 2. Container processes: everything in the kubelet's cgroups (thaw frozen ones first).
   for cg in $(kubepods_cgroups); do
-    [ -f "$cg/freezer.state" ] && find "$cg" -name freezer.state -exec sh -c 'echo THAWED >"$1"' _ {} \; 2>/dev/null
+    if [ -f "$cg/freezer.state" ]; then
+      find "$cg" -name freezer.state -exec sh -c 'echo THAWED >"$1"' _ {} \; 2>/dev/null || true
+    fi
     # (|| true: cgroups may vanish while find walks them; that must not abort `down`.)
     pids=$({ find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true; } | sort -u | tr '\n' ' ')
     if [ -n "${pids// /}" ]; then
@@ -299,6 +304,7 @@ cleanup() {
     find /var/log/containers -maxdepth 1 -type l -lname "$STATE/*" -delete
     rmdir /var/log/containers 2>/dev/null || true
   fi
+  set -e
   return 0
 }
 
