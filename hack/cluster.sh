@@ -84,16 +84,16 @@ die() { log "ERROR: $*"; exit 1; }
 wait_for() {
   local desc=$1 timeout=$2; shift 2
   local start=$SECONDS n=0
-  printf '[cluster] waiting for %s ' "$desc" >&2
+  printf '[cluster] waiting for %s ' "$desc" >&2 || true
   until "$@" >/dev/null 2>&1; do
     if (( SECONDS - start >= timeout )); then
-      printf ' timed out after %ss\n' "$timeout" >&2
+      printf ' timed out after %ss\n' "$timeout" >&2 || true
       return 1
     fi
     sleep 0.5
-    n=$((n + 1)); (( n % 10 == 0 )) && printf '.' >&2
+    n=$((n + 1)); if (( n % 10 == 0 )); then printf '.' >&2 || true; fi
   done
-  printf ' ok (%ss)\n' "$((SECONDS - start))" >&2
+  printf ' ok (%ss)\n' "$((SECONDS - start))" >&2 || true
 }
 
 # start NAME CMD...: run CMD in its own session, log to $LOGS/NAME.log, PID in $PIDS/NAME.pid.
@@ -103,7 +103,8 @@ start() {
   # setsid: own session, so a Ctrl-C of `up` does not kill the cluster. A background job of a
   # non-interactive shell is no group leader, so setsid execs in place and $! is the PID.
   # 8>&-: the daemons must not inherit the lock of this script (see lock()).
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
+  # trap - PIPE: they get the default SIGPIPE back (this script ignores it, see the end).
+  ( trap - PIPE; exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- ) &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -658,7 +659,7 @@ up() {
   check_alive "${COMPONENTS[@]}"
 
   log "cluster up: node $NODE_NAME Ready"
-  echo "# use it:  eval \"\$($0 env)\"; kubectl get pods -A" >&2
+  echo "# use it:  eval \"\$($0 env)\"; kubectl get pods -A" >&2 || true
 }
 
 status() {
@@ -699,12 +700,14 @@ lock() {
   fi
 }
 
+# `up | head` or `down | head` must not kill a half-done run: output errors are ignored
+# instead (log() and the progress lines use `|| true`). start() restores SIGPIPE for the
+# daemons, which would otherwise inherit the ignored signal down to the containers.
+trap '' PIPE
+
 case "${1:-}" in
   up) lock; up ;;
   down)
-    # `down | head` must not kill a half-done teardown: write errors instead of SIGPIPE.
-    # (Not in `up`: the daemons and containers would inherit the ignored signal.)
-    trap '' PIPE
     lock
     log "tearing down"
     cleanup
