@@ -124,8 +124,15 @@ kubectl_() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 # our_pids: PIDs of cluster processes (by executable name AND a command line naming our
 # directories), whether or not a PID file knows them.
 our_pids() {
-  local p exe cmd
+  local p comm exe cmd
   for p in /proc/[0-9]*; do
+    # comm first (read without forking; names are cut to 15 characters), so that only
+    # candidates cost a readlink: this runs several times per `down` on a busy machine.
+    read -r comm 2>/dev/null <"$p/comm" || continue
+    case "$comm" in
+      etcd|kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|containerd|containerd-shim|runc) ;;
+      *) continue ;;
+    esac
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
     exe=${exe% (deleted)}
     [[ $OUR_EXES == *" ${exe##*/} "* ]] || continue
@@ -156,7 +163,7 @@ kubepods_cgroups() { find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d -name k
 our_mounts() {
   # /proc/self/mountinfo field 5 is the mount point (spaces escaped as \040).
   awk '{print $5}' /proc/self/mountinfo | while read -r m; do
-    m=$(printf '%b' "${m//\\/\\0}")   # \040 -> \0040, which %b decodes
+    [[ $m == *\\* ]] && m=$(printf '%b' "${m//\\/\\0}")   # \040 -> \0040, which %b decodes
     case "$m" in
       "$STATE"/*|"$STATE"|"$RUN"/*|"$RUN"|/run/netns/cni-*|/var/run/netns/cni-*) echo "$m" ;;
     esac
