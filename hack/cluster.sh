@@ -339,7 +339,8 @@ leftovers() {
 
 # Debian packages: installed only when missing (apt-cache policy tells what is there).
 ensure_packages() {
-  local want=(containerd runc containernetworking-plugins iptables conntrack openssl busybox-static curl kmod)
+  local want=(containerd runc containernetworking-plugins iptables conntrack openssl busybox-static curl kmod
+    iproute2 procps util-linux)
   local missing=() p
   # dpkg-query answers in milliseconds (apt-cache policy takes over a second per call).
   for p in "${want[@]}"; do
