@@ -405,6 +405,18 @@ make_certs() {
   cert kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
   cert kube-scheduler "/CN=system:kube-scheduler" clientAuth
   cert kube-proxy "/CN=system:kube-proxy" clientAuth
+  # Front proxy (aggregation layer) CA and the API server's client cert for it: the
+  # requestheader settings make extension-apiserver-authentication complete, which the
+  # controller-manager and scheduler otherwise complain about every few seconds.
+  openssl ecparam -name prime256v1 -genkey -noout -out front-proxy-ca.key 2>/dev/null
+  openssl req -x509 -new -key front-proxy-ca.key -subj "/CN=leasehold-front-proxy-ca" -days 3650 \
+    -out front-proxy-ca.crt -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  openssl ecparam -name prime256v1 -genkey -noout -out front-proxy-client.key 2>/dev/null
+  openssl req -new -key front-proxy-client.key -subj "/CN=front-proxy-client" 2>/dev/null |
+    openssl x509 -req -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -days 365 \
+      -extfile <(printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') \
+      -out front-proxy-client.crt 2>/dev/null
   # ServiceAccount token signing key pair.
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -632,6 +644,10 @@ up() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --kubelet-preferred-address-types InternalIP \
     `# (InternalIP: the node name is never looked up in the machine's DNS)` \
     --allow-privileged=true --enable-aggregator-routing=true --profiling=false
