@@ -52,3 +52,23 @@ deploy: ## Install Leasehold on the cluster of your current kubeconfig (kubectl 
 vet: ## go vet and gofmt.
 	go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+# ---- Local one-node cluster (hack/cluster.sh, root only) --------------------------------
+# The end-to-end suite and `make demo` run on it:
+#   make cluster-up && eval "$$(hack/cluster.sh env)" && kubectl get nodes
+
+.PHONY: images
+images: ## Build the local images (pause, leasehold, example-app); import them when the cluster runs.
+	hack/images.sh
+
+.PHONY: cluster-up
+cluster-up: ## Start a fresh one-node cluster (cleans leftovers first; node Ready, images imported).
+	hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the cluster and remove every trace (processes, mounts, iptables, bridge, cgroups).
+	hack/cluster.sh down
+
+.PHONY: cluster-smoke
+cluster-smoke: ## Check the running cluster: native sidecar, downward API, tokens, Service IPs, SIGTERM.
+	hack/cluster-smoke.sh
