@@ -1,0 +1,242 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/leasehold/leasehold/internal/testenv"
+)
+
+// webhookManifest is the MutatingWebhookConfiguration users apply (manifests/base).
+var webhookManifest = filepath.Join("..", "manifests", "base", "mutatingwebhookconfiguration.yaml")
+
+// reviews is the number of admission reviews the injector has handled.
+func reviews() float64 {
+	var n float64
+	for _, o := range []string{OutcomeInjected, OutcomeUnchanged, OutcomeSkipped, OutcomeDenied, OutcomeErrored} {
+		n += testutil.ToFloat64(Injections.WithLabelValues(o))
+	}
+	return n
+}
+
+// TestAdmissionOnAPIServer runs the injector behind controller-runtime's TLS webhook
+// server and registers it with a real kube-apiserver using the
+// MutatingWebhookConfiguration from manifests/base (envtest only rewrites its
+// clientConfig to the local server and its CA).
+func TestAdmissionOnAPIServer(t *testing.T) {
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{webhookManifest}}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start envtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stop envtest: %v", err)
+		}
+	})
+	if n := len(env.WebhookInstallOptions.MutatingWebhooks); n != 1 {
+		t.Fatalf("loaded %d MutatingWebhookConfigurations from %s, want 1", n, webhookManifest)
+	}
+
+	wo := env.WebhookInstallOptions
+	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir})
+	server.Register(Path, &admission.Webhook{Handler: NewPodInjector(DefaultOptions())})
+	serverCtx, stopServer := context.WithCancel(context.Background())
+	serverDone := make(chan error, 1)
+	go func() { serverDone <- server.Start(serverCtx) }()
+	t.Cleanup(stopServer)
+	started := server.StartedChecker()
+	if err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 20*time.Second, true,
+		func(context.Context) (bool, error) { return started(&http.Request{}) == nil, nil }); err != nil {
+		t.Fatalf("webhook server did not start: %v", err)
+	}
+
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, ns := range []string{"team-a", "leasehold-system"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatalf("create namespace %s: %v", ns, err)
+		}
+	}
+
+	pod := func(ns, name string, annotations map[string]string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: annotations},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+		}
+	}
+	get := func(t *testing.T, p *corev1.Pod) *corev1.Pod {
+		t.Helper()
+		got := &corev1.Pod{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(p), got); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+
+	t.Run("annotated pod is stored injected", func(t *testing.T) {
+		in := pod("team-a", "injected", map[string]string{AnnotationLocks: "db-migration", AnnotationLeader: "leader"})
+		before := testutil.ToFloat64(Injections.WithLabelValues(OutcomeInjected))
+		if err := c.Create(ctx, in.DeepCopy()); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		if n := testutil.ToFloat64(Injections.WithLabelValues(OutcomeInjected)) - before; n != 1 {
+			t.Errorf("injected counter moved by %v, want 1", n)
+		}
+		got := get(t, in)
+
+		// What the pure injector computes, from what the API server stored.
+		cfg, errs := ParseAnnotations(in.Annotations)
+		if len(errs) > 0 {
+			t.Fatal(errs.ToAggregate())
+		}
+		want := in.DeepCopy()
+		if errs := Inject(want, cfg, DefaultOptions()); len(errs) > 0 {
+			t.Fatal(errs.ToAggregate())
+		}
+		if len(got.Spec.InitContainers) != 1 {
+			t.Fatalf("stored init containers: %+v", got.Spec.InitContainers)
+		}
+		if diff := cmp.Diff(want.Spec.InitContainers[0], got.Spec.InitContainers[0]); diff != "" {
+			t.Errorf("stored agent differs from the injector's (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff(want.Spec.Volumes, got.Spec.Volumes); diff != "" {
+			t.Errorf("volumes (-want +got):\n%s", diff)
+		}
+		app := got.Spec.Containers[0]
+		if !hasMount(app) || envValue(app, EnvSocket) != SocketPath {
+			t.Errorf("app container lacks mount or env: %+v", app)
+		}
+		if diff := cmp.Diff([]int64{AgentUID}, got.Spec.SecurityContext.SupplementalGroups); diff != "" {
+			t.Errorf("supplementalGroups (-want +got):\n%s", diff)
+		}
+		if got.Annotations[AnnotationStatus] != StatusInjected {
+			t.Errorf("status annotation %q", got.Annotations[AnnotationStatus])
+		}
+
+		// Re-submitting the stored Pod (as `kubectl get -o yaml | kubectl create -f -`
+		// does) yields no second agent.
+		again := got.DeepCopy()
+		again.ObjectMeta = metav1.ObjectMeta{Namespace: "team-a", Name: "resubmitted", Annotations: got.Annotations}
+		again.Spec.NodeName = ""
+		if err := c.Create(ctx, again); err != nil {
+			t.Fatalf("re-submit: %v", err)
+		}
+		re := get(t, again)
+		if diff := cmp.Diff(got.Spec.InitContainers, re.Spec.InitContainers); diff != "" {
+			t.Errorf("re-submission changed the init containers (-first +again):\n%s", diff)
+		}
+		if diff := cmp.Diff(got.Spec.Containers, re.Spec.Containers); diff != "" {
+			t.Errorf("re-submission changed the containers (-first +again):\n%s", diff)
+		}
+		if diff := cmp.Diff(got.Spec.Volumes, re.Spec.Volumes); diff != "" {
+			t.Errorf("re-submission changed the volumes (-first +again):\n%s", diff)
+		}
+	})
+
+	t.Run("bad annotation is refused with the message", func(t *testing.T) {
+		err := c.Create(ctx, pod("team-a", "bad", map[string]string{AnnotationLocks: "DB_Lock", AnnotationRenewDeadline: "20s"}))
+		if err == nil {
+			t.Fatal("a pod with a bad lock name was admitted")
+		}
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("want 403 Forbidden, got %v", err)
+		}
+		for _, w := range []string{
+			`denied the request`,
+			`metadata.annotations[leasehold.io/locks]: Invalid value: "DB_Lock"`,
+			`fix: use lowercase letters`,
+			`metadata.annotations[leasehold.io/renew-deadline]: Invalid value: "20s"`,
+		} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q\nlacks %q", err, w)
+			}
+		}
+	})
+
+	t.Run("typo of the lock annotation is refused", func(t *testing.T) {
+		err := c.Create(ctx, pod("team-a", "typo", map[string]string{"leasehold.io/lock": "db"}))
+		if err == nil || !strings.Contains(err.Error(), `did you mean "leasehold.io/locks"?`) {
+			t.Errorf("want a denial suggesting leasehold.io/locks, got %v", err)
+		}
+	})
+
+	// untouched creates a Pod and checks that it is stored as sent and that the
+	// webhook was not even called (the injections counter, summed over outcomes,
+	// did not move): namespaceSelector and matchConditions did their job.
+	untouched := func(t *testing.T, in *corev1.Pod) {
+		t.Helper()
+		before := reviews()
+		if err := c.Create(ctx, in.DeepCopy()); err != nil {
+			t.Fatalf("create: %v", err)
+		}
+		got := get(t, in)
+		if len(got.Spec.InitContainers) != 0 || len(got.Spec.Volumes) != 0 || len(got.Spec.Containers[0].Env) != 0 {
+			t.Errorf("pod was changed: %+v", got.Spec)
+		}
+		if _, ok := got.Annotations[AnnotationStatus]; ok {
+			t.Errorf("pod got %s", AnnotationStatus)
+		}
+		if n := reviews() - before; n != 0 {
+			t.Errorf("the webhook was called %v times", n)
+		}
+	}
+	t.Run("pod without annotations is untouched", func(t *testing.T) {
+		untouched(t, pod("team-a", "plain", nil))
+	})
+	t.Run("opted-out pod is untouched", func(t *testing.T) {
+		untouched(t, pod("team-a", "opted-out", map[string]string{AnnotationLocks: "a", AnnotationInject: "false"}))
+	})
+	t.Run("kube-system is untouched", func(t *testing.T) {
+		// Even a bad annotation: the webhook is not called there at all.
+		untouched(t, pod("kube-system", "system", map[string]string{AnnotationLocks: "BAD_NAME"}))
+	})
+	t.Run("own namespace is untouched", func(t *testing.T) {
+		untouched(t, pod("leasehold-system", "own", map[string]string{AnnotationLocks: "a"}))
+	})
+
+	// Last: stop the webhook. failurePolicy Fail: an annotated Pod is not admitted;
+	// matchConditions: a Pod without leasehold.io/ annotations still is.
+	t.Run("webhook down", func(t *testing.T) {
+		stopServer()
+		select {
+		case err := <-serverDone:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Logf("webhook server stopped: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("webhook server did not stop")
+		}
+		err := c.Create(ctx, pod("team-a", "while-down", map[string]string{AnnotationLocks: "db"}))
+		if err == nil {
+			t.Fatal("an annotated pod was admitted while the webhook was down")
+		}
+		if !strings.Contains(err.Error(), `failed calling webhook "inject.leasehold.io"`) {
+			t.Errorf("want the webhook-call error, got %v", err)
+		}
+		untouched(t, pod("team-a", "plain-while-down", nil))
+	})
+}
