@@ -24,14 +24,22 @@ import (
 	"github.com/leasehold/leasehold/internal/testenv"
 )
 
-// decodeManifests reads a multi-document YAML file from manifests/base into typed
-// objects, failing on unknown fields.
-func decodeManifests(t *testing.T, name string, into ...client.Object) {
+func readManifest(t *testing.T, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "manifests", "base", name))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+func yamlUnmarshal(b []byte, into any) error { return yaml.Unmarshal(b, into) }
+
+// decodeManifests reads a multi-document YAML file from manifests/base into typed
+// objects, failing on unknown fields.
+func decodeManifests(t *testing.T, name string, into ...client.Object) {
+	t.Helper()
+	b := readManifest(t, name)
 	docs := bytes.Split(b, []byte("\n---\n"))
 	if len(docs) != len(into) {
 		t.Fatalf("%s has %d documents, want %d", name, len(docs), len(into))
