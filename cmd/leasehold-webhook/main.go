@@ -103,7 +103,7 @@ func run() error {
 	// Serve once the certificate is mounted and the caBundle written: the server
 	// cannot start without tls.crt, and must not report ready before the API server
 	// trusts it. It reloads the certificate when the mounted Secret changes.
-	server.Register(webhook.Path, &admission.Webhook{Handler: webhook.NewPodInjector(opts)})
+	server.Register(webhook.Path, webhook.Instrument(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}))
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		select {
 		case <-certsReady:
