@@ -207,10 +207,25 @@ func TestLoad(t *testing.T) {
 		next = make(chan struct{}, total)
 		wg   sync.WaitGroup
 	)
-	for range total {
-		next <- struct{}{}
-	}
-	close(next)
+	// LOAD_RATE=0: closed loop, every client sends its next review as soon as the last
+	// is answered (saturation). LOAD_RATE=r: reviews are released at r per second
+	// (open loop), still served by up to `concurrency` clients at once.
+	rate := env("LOAD_RATE", 0)
+	go func() {
+		defer close(next)
+		if rate <= 0 {
+			for range total {
+				next <- struct{}{}
+			}
+			return
+		}
+		interval := time.Second / time.Duration(rate)
+		t0 := time.Now()
+		for i := range total {
+			time.Sleep(time.Until(t0.Add(time.Duration(i) * interval)))
+			next <- struct{}{}
+		}
+	}()
 	start := time.Now()
 	for range concurrency {
 		wg.Add(1)
@@ -254,7 +269,9 @@ func TestLoad(t *testing.T) {
 	resp.Body.Close()
 	bound, count := histogramP99(string(mb), "leasehold_webhook_request_duration_seconds")
 	crBound, _ := histogramP99(string(mb), "controller_runtime_webhook_latency_seconds")
-	t.Logf("TLS load: %d reviews, %d concurrent clients, %.0f reviews/s", len(lats), concurrency, float64(len(lats))/elapsed.Seconds())
+	t.Logf("TLS load: %d reviews, %d concurrent clients, rate %s, %.0f reviews/s achieved", len(lats), concurrency,
+		map[bool]string{true: "unlimited (closed loop)", false: strconv.Itoa(rate) + "/s (open loop)"}[rate <= 0],
+		float64(len(lats))/elapsed.Seconds())
 	t.Logf("TLS load: client-side latency p50 %v p99 %v max %v", pct(lats, 50), pct(lats, 99), pct(lats, 100))
 	t.Logf("TLS load: server-side p99 <= %ss (leasehold_webhook_request_duration_seconds bucket, %v observations); controller-runtime latency p99 bucket <= %ss",
 		bound, count, crBound)
