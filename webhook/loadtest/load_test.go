@@ -34,6 +34,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -338,6 +339,22 @@ func TestLoad(t *testing.T) {
 			t.Fatalf("webhook on=%v not effective: %v", on, err)
 		}
 	}
+	conns := func() string {
+		out, err := exec.Command("ss", "-tan").Output()
+		if err != nil {
+			return "ss: " + err.Error()
+		}
+		states := map[string]int{}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 4 && strings.HasSuffix(f[3], ":"+strconv.Itoa(wo.LocalServingPort)) {
+				states[f[0]]++
+			}
+		}
+		return fmt.Sprint(states)
+	}
+	t.Logf("webhook port %d connections before Pod creation: %s", wo.LocalServingPort, conns())
+	defer func() { t.Logf("webhook port connections after Pod creation: %s", conns()) }()
 	var with, without []time.Duration
 	for round := range 2 {
 		setWebhook(true)
@@ -345,6 +362,15 @@ func TestLoad(t *testing.T) {
 		setWebhook(false)
 		without = append(without, create(false)...)
 		_ = round
+	}
+	if cs, err := kubernetes.NewForConfig(cfg); err == nil {
+		if raw, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(ctx); err == nil {
+			sum, count := metricSumCount(string(raw), "apiserver_admission_webhook_admission_duration_seconds", `name="inject.leasehold.io"`)
+			if count > 0 {
+				t.Logf("API server's view of the webhook call (apiserver_admission_webhook_admission_duration_seconds): %v calls, mean %v",
+					count, time.Duration(sum/count*float64(time.Second)))
+			}
+		}
 	}
 	t.Logf("Pod create via API server (%d annotated Pods each, sequential, 2 alternating rounds): with webhook p50 %v p99 %v; without p50 %v p99 %v; added p99 %v",
 		len(with), pct(with, 50), pct(with, 99), pct(without, 50), pct(without, 99), pct(with, 99)-pct(without, 99))
@@ -364,6 +390,28 @@ func rollup(pid int) string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// metricSumCount returns a histogram's _sum and _count for the series whose labels
+// contain match.
+func metricSumCount(body, name, match string) (sum, count float64) {
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.Contains(line, match) {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		switch {
+		case strings.HasPrefix(line, name+"_sum{"):
+			sum += v
+		case strings.HasPrefix(line, name+"_count{"):
+			count += v
+		}
+	}
+	return sum, count
 }
 
 func envString(name, def string) string {
