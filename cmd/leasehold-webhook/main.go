@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,30 +31,35 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(ctrl.SetupSignalHandler(), os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "leasehold-webhook:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run parses args and serves until ctx ends.
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("leasehold-webhook", flag.ContinueOnError)
 	opts := webhook.DefaultOptions()
-	opts.BindFlags(flag.CommandLine)
+	opts.BindFlags(fs)
 	var (
-		port        = flag.Int("webhook-port", 9443, "Port of the webhook's HTTPS server.")
-		metricsAddr = flag.String("metrics-bind-address", ":8080", `Address of the Prometheus metrics endpoint ("0" = off).`)
-		probeAddr   = flag.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
-		selfSigned  = flag.Bool("self-signed-certs", true,
+		port        = fs.Int("webhook-port", 9443, "Port of the webhook's HTTPS server.")
+		metricsAddr = fs.String("metrics-bind-address", ":8080", `Address of the Prometheus metrics endpoint ("0" = off).`)
+		probeAddr   = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+		selfSigned  = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
 		certs = webhook.CertOptions{}
-		debug = flag.Bool("debug", false, "Log at debug level (V(1): every injection).")
+		debug = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
 	)
-	flag.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
-	flag.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
-	flag.StringVar(&certs.ServiceName, "service-name", "leasehold-webhook", "The webhook's Service (the certificate's DNS name).")
-	flag.StringVar(&certs.WebhookConfigName, "webhook-config-name", "leasehold-webhook", "The MutatingWebhookConfiguration whose caBundle is kept current.")
-	flag.Parse()
+	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
+	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
+	fs.StringVar(&certs.ServiceName, "service-name", "leasehold-webhook", "The webhook's Service (the certificate's DNS name).")
+	fs.StringVar(&certs.WebhookConfigName, "webhook-config-name", "leasehold-webhook", "The MutatingWebhookConfiguration whose caBundle is kept current.")
+	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	if err := opts.Validate(); err != nil {
 		return err
 	}
@@ -76,7 +83,16 @@ func run() error {
 		return err
 	}
 	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir})
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	var restConfig *rest.Config
+	if *kubeconfig != "" {
+		restConfig, err = clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	} else {
+		restConfig, err = ctrl.GetConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
 		HealthProbeBindAddress: *probeAddr,
@@ -134,5 +150,5 @@ func run() error {
 
 	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
 		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace)
-	return mgr.Start(ctrl.SetupSignalHandler())
+	return mgr.Start(ctx)
 }
