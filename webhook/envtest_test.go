@@ -3,8 +3,10 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
@@ -35,16 +38,19 @@ func reviews() float64 {
 	return n
 }
 
-// TestAdmissionOnAPIServer runs the injector behind controller-runtime's TLS webhook
-// server and registers it with a real kube-apiserver using the
-// MutatingWebhookConfiguration from manifests/base (envtest only rewrites its
-// clientConfig to the local server and its CA).
-func TestAdmissionOnAPIServer(t *testing.T) {
+// startWebhookEnv starts envtest with the webhook configuration from manifests/base and
+// the injector behind controller-runtime's TLS webhook server. configure may change
+// the API server's flags before it starts.
+func startWebhookEnv(t *testing.T, configure func(*envtest.Environment)) (client.Client, context.CancelFunc, <-chan error) {
+	t.Helper()
 	env, err := testenv.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	env.WebhookInstallOptions = envtest.WebhookInstallOptions{Paths: []string{webhookManifest}}
+	if configure != nil {
+		configure(env)
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("start envtest: %v", err)
@@ -75,6 +81,15 @@ func TestAdmissionOnAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, stopServer, serverDone
+}
+
+// TestAdmissionOnAPIServer runs the injector behind controller-runtime's TLS webhook
+// server and registers it with a real kube-apiserver using the
+// MutatingWebhookConfiguration from manifests/base (envtest only rewrites its
+// clientConfig to the local server and its CA).
+func TestAdmissionOnAPIServer(t *testing.T) {
+	c, stopServer, serverDone := startWebhookEnv(t, nil)
 	ctx := context.Background()
 	for _, ns := range []string{"team-a", "leasehold-system"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
@@ -239,4 +254,47 @@ func TestAdmissionOnAPIServer(t *testing.T) {
 		}
 		untouched(t, pod("team-a", "plain-while-down", nil))
 	})
+}
+
+// TestAgentGetsServiceAccountToken runs the API server with its ServiceAccount
+// admission plugin on (envtest turns it off by default), as in a real cluster: that
+// built-in plugin runs before the webhooks, so the agent container, added by the
+// webhook, must still end up with the ServiceAccount token it needs to reach the API.
+func TestAgentGetsServiceAccountToken(t *testing.T) {
+	c, _, _ := startWebhookEnv(t, func(env *envtest.Environment) {
+		env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
+	})
+	ctx := context.Background()
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "default"}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]*bool{"automount default": nil, "automount off for the app": ptr.To(false)}
+	i := 0
+	for name, automount := range tests {
+		t.Run(name, func(t *testing.T) {
+			i++
+			p := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: fmt.Sprintf("sa%d", i),
+					Annotations: map[string]string{AnnotationLocks: "db"}},
+				Spec: corev1.PodSpec{AutomountServiceAccountToken: automount,
+					Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+			}
+			if err := c.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Spec.InitContainers) == 0 || p.Spec.InitContainers[0].Name != AgentContainerName {
+				t.Fatalf("not injected: %+v", p.Spec.InitContainers)
+			}
+			var mounts []string
+			for _, m := range p.Spec.InitContainers[0].VolumeMounts {
+				mounts = append(mounts, m.MountPath)
+			}
+			if n := len(slices.DeleteFunc(mounts, func(m string) bool { return m != ServiceAccountTokenDir })); n != 1 {
+				t.Errorf("agent has %d mounts at %s, want 1: %+v", n, ServiceAccountTokenDir, p.Spec.InitContainers[0].VolumeMounts)
+			}
+		})
+	}
 }

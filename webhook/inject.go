@@ -27,8 +27,8 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	if errs := conflicts(pod, cfg, opts); len(errs) > 0 {
 		return errs
 	}
-	want := agentContainer(cfg, opts)
 	spec := &pod.Spec
+	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
 
 	// The agent: kept when it is already the one these annotations ask for (so that
 	// reinvocation after API server defaulting changes nothing), otherwise replaced.
@@ -53,6 +53,15 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 			Name:         SocketVolumeName,
 			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 		})
+	}
+
+	// The agent's own token needs a ServiceAccount, which the API server's
+	// ServiceAccount admission always sets before webhooks run (only an API server
+	// without that plugin, such as a bare envtest, leaves it empty).
+	if spec.ServiceAccountName != "" {
+		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }) {
+			spec.Volumes = append(spec.Volumes, tokenVolume())
+		}
 	}
 
 	env := []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}}
@@ -136,6 +145,10 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 			errs = append(errs, field.Invalid(spec.Child("volumes").Index(i).Child("name"), v.Name, fmt.Sprintf(
 				"the volume name %q is reserved for the Leasehold agent's socket (an emptyDir); fix: rename this volume", SocketVolumeName)))
 		}
+		if v.Name == TokenVolumeName && v.Projected == nil {
+			errs = append(errs, field.Invalid(spec.Child("volumes").Index(i).Child("name"), v.Name, fmt.Sprintf(
+				"the volume name %q is reserved for the Leasehold agent's ServiceAccount token; fix: rename this volume", TokenVolumeName)))
+		}
 	}
 	wantEnv := map[string]string{EnvSocket: SocketPath}
 	if cfg.TCPPort != 0 {
@@ -187,6 +200,23 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	return errs
 }
 
+// tokenVolume is the kubelet's kube-api-access volume, for the agent alone.
+func tokenVolume() corev1.Volume {
+	return corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: ptr.To[int32](0o644),
+		Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To[int64](3607)}},
+			{ConfigMap: &corev1.ConfigMapProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+				Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+			}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{
+				Path: "namespace", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"},
+			}}}},
+		},
+	}}}
+}
+
 // AgentArgs is the agent's command line for cfg, as the contract fixes it.
 func AgentArgs(cfg *Config, opts Options) []string {
 	return []string{
@@ -224,7 +254,7 @@ func probe(endpoint string, period, failures int32) *corev1.Probe {
 
 // agentContainer is the injected container. Every field the API server would default
 // is set, so that the stored Pod equals what the webhook computed.
-func agentContainer(cfg *Config, opts Options) corev1.Container {
+func agentContainer(cfg *Config, opts Options, token bool) corev1.Container {
 	c := corev1.Container{
 		Name:    AgentContainerName,
 		Image:   opts.AgentImage,
@@ -255,6 +285,9 @@ func agentContainer(cfg *Config, opts Options) corev1.Container {
 			AllowPrivilegeEscalation: ptr.To(false),
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
+	}
+	if token {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: ServiceAccountTokenDir, ReadOnly: true})
 	}
 	if !opts.PlainContainer {
 		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)

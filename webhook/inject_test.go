@@ -246,6 +246,13 @@ func TestInjectConflicts(t *testing.T) {
 			},
 			want: `spec.volumes[0].name: Invalid value: "leasehold-socket": the volume name "leasehold-socket" is reserved`,
 		},
+		"token volume name taken": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: TokenVolumeName,
+					VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+			},
+			want: `the volume name "leasehold-agent-token" is reserved`,
+		},
 		"another volume at /run/leasehold": {
 			mutate: func(p *corev1.Pod) {
 				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/run/leasehold/"}}

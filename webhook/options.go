@@ -115,3 +115,14 @@ func (o *Options) Validate() error {
 	}
 	return nil
 }
+
+// ServiceAccountTokenDir is where client-go's in-cluster config reads the token, the
+// CA and the namespace.
+const ServiceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// TokenVolumeName is the agent's own projected ServiceAccount token (the same shape as
+// the kubelet's kube-api-access volume), mounted only into the agent. The agent needs
+// it even when the Pod or its ServiceAccount turns automountServiceAccountToken off for
+// the app; and the API server's ServiceAccount admission, which runs before webhooks,
+// would otherwise not reach the webhook-added container when it is on.
+const TokenVolumeName = "leasehold-agent-token"
