@@ -21,6 +21,10 @@
 //   - A Pod whose annotations are wrong, or that already uses the agent's names in an
 //     incompatible way, is denied, never admitted half-injected.
 //   - The handler makes no API call and has no side effects.
+//   - The agent gets its own projected ServiceAccount token (leasehold-agent-token),
+//     so it reaches the API even when the Pod turns automountServiceAccountToken off.
+//   - In a hostNetwork Pod the agent's metrics are off (the node's loopback is shared)
+//     and leasehold.io/tcp-port is refused.
 //
 // Not guaranteed by this package: that the webhook is called. That is the job of the
 // MutatingWebhookConfiguration in manifests/ (matchConditions, namespaceSelector and

@@ -28,6 +28,11 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		return errs
 	}
 	spec := &pod.Spec
+	if spec.HostNetwork {
+		// The node's loopback is shared by every host-network Pod: two agents would
+		// fight over the metrics port. Their metrics are off.
+		opts.AgentMetricsBindAddress = "0"
+	}
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
 
 	// The agent: kept when it is already the one these annotations ask for (so that
@@ -193,7 +198,12 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	for i, c := range pod.Spec.Containers {
 		check(spec.Child("containers").Index(i), c)
 	}
-	if cfg.TCPPort != 0 && strings.HasSuffix(opts.AgentMetricsBindAddress, ":"+strconv.Itoa(int(cfg.TCPPort))) {
+	if cfg.TCPPort != 0 && pod.Spec.HostNetwork {
+		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)),
+			"the Pod uses hostNetwork, so the port would be on the node's loopback, open to every host-network Pod; "+
+				"fix: remove "+AnnotationTCPPort+" and use the Unix socket ("+EnvSocket+")"))
+	}
+	if cfg.TCPPort != 0 && !pod.Spec.HostNetwork && strings.HasSuffix(opts.AgentMetricsBindAddress, ":"+strconv.Itoa(int(cfg.TCPPort))) {
 		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)), fmt.Sprintf(
 			"the agent serves its metrics on %s; fix: choose another port", opts.AgentMetricsBindAddress)))
 	}

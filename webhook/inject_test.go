@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -224,6 +225,15 @@ func TestInjectReplacesStaleAgent(t *testing.T) {
 	}
 }
 
+func TestInjectHostNetworkTurnsAgentMetricsOff(t *testing.T) {
+	pod := readPod(t, "testdata/golden/bare.in.yaml")
+	pod.Spec.HostNetwork = true
+	got := mustInject(t, pod, DefaultOptions())
+	if args := got.Spec.InitContainers[0].Args; !slices.Contains(args, "--metrics-bind-address=0") {
+		t.Errorf("hostNetwork agent args %v, want --metrics-bind-address=0", args)
+	}
+}
+
 func TestInjectStatusAloneDoesNotSkip(t *testing.T) {
 	pod := readPod(t, "testdata/golden/bare.in.yaml")
 	pod.Annotations[AnnotationStatus] = StatusInjected
@@ -277,6 +287,13 @@ func TestInjectConflicts(t *testing.T) {
 				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
 			},
 			want: `container "app" uses port 8080, which leasehold.io/tcp-port asks the agent to listen on`,
+		},
+		"tcp port with hostNetwork": {
+			mutate: func(p *corev1.Pod) {
+				p.Annotations[AnnotationTCPPort] = "8970"
+				p.Spec.HostNetwork = true
+			},
+			want: `the Pod uses hostNetwork, so the port would be on the node's loopback`,
 		},
 		"tcp port is the agent's metrics port": {
 			mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" },
