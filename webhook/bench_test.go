@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -71,6 +72,7 @@ func BenchmarkServeHTTPConcurrent100(b *testing.B) {
 		server = append(server, d)
 		mu.Unlock()
 	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes cut short by Close at the end of each run
 	srv.StartTLS()
 	defer srv.Close()
 	tr := srv.Client().Transport.(*http.Transport).Clone()
