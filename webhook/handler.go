@@ -129,8 +129,7 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 	resp := admission.PatchResponseFromRaw(req.Object.Raw, marshalled)
 	if len(resp.Patches) == 0 {
 		Injections.WithLabelValues(OutcomeUnchanged).Inc()
-		resp.Result = nil
-		return resp
+		return admission.Allowed("already injected")
 	}
 	Injections.WithLabelValues(OutcomeInjected).Inc()
 	log.V(1).Info("Injected agent", "pod", podName(pod, req), "locks", cfg.Locks, "leader", cfg.Leader)
