@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -127,6 +129,10 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("marshal injected pod: %w", err))
 	}
 	resp := admission.PatchResponseFromRaw(req.Object.Raw, marshalled)
+	if resp, err = dropSchemeRemovals(resp, pod, req.Object.Raw); err != nil {
+		Injections.WithLabelValues(OutcomeErrored).Inc()
+		return admission.Errored(http.StatusInternalServerError, err)
+	}
 	if len(resp.Patches) == 0 {
 		Injections.WithLabelValues(OutcomeUnchanged).Inc()
 		return admission.Allowed("already injected")
@@ -134,6 +140,38 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 	Injections.WithLabelValues(OutcomeInjected).Inc()
 	log.V(1).Info("Injected agent", "pod", podName(pod, req), "locks", cfg.Locks, "leader", cfg.Leader)
 	return resp
+}
+
+// dropSchemeRemovals keeps fields this build's Pod type does not know (an API server
+// newer than k8s.io/api) or drops when marshalling: the patch above diffs the raw
+// request against the typed Pod, so it would remove them. As controller-runtime's
+// defaulter does, the removals that a plain decode-and-marshal of the original already
+// makes are taken out; the injector's own removals (a stale agent) stay.
+func dropSchemeRemovals(resp admission.Response, original *corev1.Pod, raw []byte) (admission.Response, error) {
+	if !slices.ContainsFunc(resp.Patches, func(o jsonpatch.JsonPatchOperation) bool { return o.Operation == "remove" }) {
+		return resp, nil
+	}
+	marshalled, err := json.Marshal(original)
+	if err != nil {
+		return resp, fmt.Errorf("marshal original pod: %w", err)
+	}
+	roundTrip, err := jsonpatch.CreatePatch(raw, marshalled)
+	if err != nil {
+		return resp, fmt.Errorf("diff original pod: %w", err)
+	}
+	byScheme := map[string]bool{}
+	for _, o := range roundTrip {
+		if o.Operation == "remove" {
+			byScheme[o.Path] = true
+		}
+	}
+	resp.Patches = slices.DeleteFunc(resp.Patches, func(o jsonpatch.JsonPatchOperation) bool {
+		return o.Operation == "remove" && byScheme[o.Path]
+	})
+	if len(resp.Patches) == 0 {
+		resp.PatchType = nil
+	}
+	return resp, nil
 }
 
 func podName(pod *corev1.Pod, req admission.Request) string {

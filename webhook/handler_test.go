@@ -182,3 +182,31 @@ func TestHandlerResponses(t *testing.T) {
 		})
 	}
 }
+
+// TestHandlerKeepsUnknownFields: fields this build's Pod type does not know (a newer
+// API server) survive the patch; only the injection is added.
+func TestHandlerKeepsUnknownFields(t *testing.T) {
+	raw := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"team-a",` +
+		`"annotations":{"leasehold.io/locks":"a"}},"spec":{"futureField":{"x":1},` +
+		`"containers":[{"name":"c","image":"i","futureContainerField":true}]}}`)
+	resp := review(t, NewPodInjector(DefaultOptions()), admissionv1.Create, "team-a", raw)
+	if !resp.Allowed || len(resp.Patch) == 0 {
+		t.Fatalf("want a patch, got %+v", resp)
+	}
+	if strings.Contains(string(resp.Patch), `"remove"`) {
+		t.Errorf("patch removes something: %s", resp.Patch)
+	}
+	p, err := jsonpatch.DecodePatch(resp.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Apply(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{`"futureField":{"x":1}`, `"futureContainerField":true`, `"leasehold-agent"`} {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("patched pod lacks %s: %s", w, out)
+		}
+	}
+}
