@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
@@ -79,8 +80,10 @@ func applyPatch(t testing.TB, raw []byte, resp *admissionv1.AdmissionResponse) *
 			t.Fatalf("apply patch: %v", err)
 		}
 	}
+	// Decode as the API server does: case-sensitive (encoding/json would read
+	// "speC" as "spec").
 	pod := &corev1.Pod{}
-	if err := json.Unmarshal(out, pod); err != nil {
+	if err := utiljson.Unmarshal(out, pod); err != nil {
 		t.Fatal(err)
 	}
 	return pod
