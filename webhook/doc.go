@@ -26,6 +26,11 @@
 //   - In a hostNetwork Pod the agent's metrics are off (the node's loopback is shared)
 //     and leasehold.io/tcp-port is refused.
 //
+// Plain-container mode (Options.PlainContainer, for clusters older than 1.29) is weaker:
+// init containers run before the agent exists, so they cannot take locks, and app
+// containers may start before the agent serves (the kubelet does not wait for a plain
+// container's startup probe), so apps must retry until the socket answers.
+//
 // Not guaranteed by this package: that the webhook is called. That is the job of the
 // MutatingWebhookConfiguration in manifests/ (matchConditions, namespaceSelector and
 // failurePolicy: Fail, so that a lock-annotated Pod is refused when the webhook is down).
