@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,7 +43,7 @@ func reviews() float64 {
 // startWebhookEnv starts envtest with the webhook configuration from manifests/base and
 // the injector behind controller-runtime's TLS webhook server. configure may change
 // the API server's flags before it starts.
-func startWebhookEnv(t *testing.T, configure func(*envtest.Environment)) (client.Client, context.CancelFunc, <-chan error) {
+func startWebhookEnv(t *testing.T, configure func(*envtest.Environment), extra map[string]http.Handler) (client.Client, context.CancelFunc, <-chan error) {
 	t.Helper()
 	env, err := testenv.New()
 	if err != nil {
@@ -60,13 +62,18 @@ func startWebhookEnv(t *testing.T, configure func(*envtest.Environment)) (client
 			t.Errorf("stop envtest: %v", err)
 		}
 	})
-	if n := len(env.WebhookInstallOptions.MutatingWebhooks); n != 1 {
-		t.Fatalf("loaded %d MutatingWebhookConfigurations from %s, want 1", n, webhookManifest)
+	if !slices.ContainsFunc(env.WebhookInstallOptions.MutatingWebhooks, func(m *admissionregistrationv1.MutatingWebhookConfiguration) bool {
+		return m.Name == "leasehold-webhook"
+	}) {
+		t.Fatalf("did not load the leasehold-webhook MutatingWebhookConfiguration from %s", webhookManifest)
 	}
 
 	wo := env.WebhookInstallOptions
 	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir})
 	server.Register(Path, &admission.Webhook{Handler: NewPodInjector(DefaultOptions())})
+	for path, h := range extra {
+		server.Register(path, h)
+	}
 	serverCtx, stopServer := context.WithCancel(context.Background())
 	serverDone := make(chan error, 1)
 	go func() { serverDone <- server.Start(serverCtx) }()
@@ -89,7 +96,7 @@ func startWebhookEnv(t *testing.T, configure func(*envtest.Environment)) (client
 // MutatingWebhookConfiguration from manifests/base (envtest only rewrites its
 // clientConfig to the local server and its CA).
 func TestAdmissionOnAPIServer(t *testing.T) {
-	c, stopServer, serverDone := startWebhookEnv(t, nil)
+	c, stopServer, serverDone := startWebhookEnv(t, nil, nil)
 	ctx := context.Background()
 	for _, ns := range []string{"team-a", "leasehold-system"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
@@ -263,7 +270,7 @@ func TestAdmissionOnAPIServer(t *testing.T) {
 func TestAgentGetsServiceAccountToken(t *testing.T) {
 	c, _, _ := startWebhookEnv(t, func(env *envtest.Environment) {
 		env.ControlPlane.GetAPIServer().Configure().Disable("disable-admission-plugins")
-	})
+	}, nil)
 	ctx := context.Background()
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}); err != nil {
 		t.Fatal(err)
@@ -296,5 +303,71 @@ func TestAgentGetsServiceAccountToken(t *testing.T) {
 				t.Errorf("agent has %d mounts at %s, want 1: %+v", n, ServiceAccountTokenDir, p.Spec.InitContainers[0].VolumeMounts)
 			}
 		})
+	}
+}
+
+// TestReinvocationOnAPIServer: a second mutating webhook, called after Leasehold's
+// (webhook configurations run in name order), adds a container. The API server
+// reinvokes Leasehold's webhook (reinvocationPolicy: IfNeeded), which gives that
+// container the socket mount and environment and adds no second agent.
+func TestReinvocationOnAPIServer(t *testing.T) {
+	const addPath = "/add-container"
+	addContainer := &admission.Webhook{Handler: admission.HandlerFunc(func(_ context.Context, req admission.Request) admission.Response {
+		pod := &corev1.Pod{}
+		if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+			return admission.Errored(http.StatusBadRequest, err)
+		}
+		if slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == "mesh-proxy" }) {
+			return admission.Allowed("")
+		}
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "mesh-proxy", Image: "example.com/proxy:1"})
+		b, _ := json.Marshal(pod)
+		return admission.PatchResponseFromRaw(req.Object.Raw, b)
+	})}
+	c, _, _ := startWebhookEnv(t, func(env *envtest.Environment) {
+		other := &admissionregistrationv1.MutatingWebhookConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "zz-mesh"},
+			Webhooks: []admissionregistrationv1.MutatingWebhook{{
+				Name:                    "mesh.example.com",
+				AdmissionReviewVersions: []string{"v1"},
+				ClientConfig: admissionregistrationv1.WebhookClientConfig{Service: &admissionregistrationv1.ServiceReference{
+					Namespace: "default", Name: "mesh", Path: ptr.To(addPath)}},
+				Rules: []admissionregistrationv1.RuleWithOperations{{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+				}},
+				SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone),
+			}},
+		}
+		env.WebhookInstallOptions.MutatingWebhooks = append(env.WebhookInstallOptions.MutatingWebhooks, other)
+	}, map[string]http.Handler{addPath: addContainer})
+	ctx := context.Background()
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	before := testutil.ToFloat64(Injections.WithLabelValues(OutcomeInjected))
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "reinvoked", Annotations: map[string]string{AnnotationLocks: "db"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+	}
+	if err := c.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ct := range append(append([]corev1.Container{}, p.Spec.InitContainers...), p.Spec.Containers...) {
+		names = append(names, ct.Name)
+		if !hasMount(ct) {
+			t.Errorf("container %q has no socket mount", ct.Name)
+		}
+		if ct.Name != AgentContainerName && envValue(ct, EnvSocket) != SocketPath {
+			t.Errorf("container %q has no %s", ct.Name, EnvSocket)
+		}
+	}
+	if diff := cmp.Diff([]string{AgentContainerName, "app", "mesh-proxy"}, names); diff != "" {
+		t.Errorf("containers (-want +got):\n%s", diff)
+	}
+	// Called twice, both times with a patch: the injection, then the mesh-proxy mount.
+	if n := testutil.ToFloat64(Injections.WithLabelValues(OutcomeInjected)) - before; n != 2 {
+		t.Errorf("injector patched %v times, want 2 (first call and the reinvocation)", n)
 	}
 }
