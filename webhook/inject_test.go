@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	psapi "k8s.io/pod-security-admission/api"
@@ -111,6 +112,12 @@ func TestInjectGoldenShape(t *testing.T) {
 				if agent.RestartPolicy != nil {
 					t.Errorf("plain container has restartPolicy %v", *agent.RestartPolicy)
 				}
+				if diff := cmp.Diff(in.Spec.Containers, stripInjected(out.Spec.Containers[1:]), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("app containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+				if diff := cmp.Diff(in.Spec.InitContainers, stripInjected(out.Spec.InitContainers), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("init containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
 			} else {
 				agent = out.Spec.InitContainers[0]
 				if agent.RestartPolicy == nil || *agent.RestartPolicy != corev1.ContainerRestartPolicyAlways {
@@ -118,6 +125,9 @@ func TestInjectGoldenShape(t *testing.T) {
 				}
 				if diff := cmp.Diff(in.Spec.Containers, stripInjected(out.Spec.Containers)); diff != "" {
 					t.Errorf("app containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+				if diff := cmp.Diff(in.Spec.InitContainers, stripInjected(out.Spec.InitContainers[1:]), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("init containers changed beyond mount and env (-in +out):\n%s", diff)
 				}
 			}
 			if agent.Name != AgentContainerName || agent.StartupProbe == nil || agent.StartupProbe.Exec == nil {
