@@ -226,9 +226,9 @@ func parseNames(annotations map[string]string, key string, seen map[string]strin
 			continue
 		case len(validation.IsDNS1123Subdomain(name)) > 0:
 			errs = append(errs, invalid(key, v, fmt.Sprintf(
-				"lock name %q is not a valid Lease name (%s); fix: use lowercase letters, digits, '-' and '.', "+
+				"lock name %q is not a valid Lease name; fix: use lowercase letters, digits, '-' and '.', "+
 					"starting and ending with a letter or digit, at most 253 characters (e.g. %q)",
-				name, strings.Join(validation.IsDNS1123Subdomain(name), "; "), suggestName(name))))
+				name, suggestName(name))))
 			continue
 		}
 		if first, dup := seen[name]; dup {
