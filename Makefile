@@ -72,3 +72,42 @@ cluster-down: ## Stop the cluster and remove every trace (processes, mounts, ipt
 .PHONY: cluster-smoke
 cluster-smoke: ## Check the running cluster: native sidecar, downward API, tokens, Service IPs, SIGTERM.
 	hack/cluster-smoke.sh
+##@ Webhook
+
+FUZZTIME ?= 5s
+FUZZTIME_LONG ?= 10m
+WEBHOOK_FUZZ_TARGETS := FuzzParseAnnotations FuzzHandler
+
+.PHONY: fuzz-short
+fuzz-short: ## Short fuzz run of every webhook fuzz target ($(FUZZTIME) each; part of `make test`).
+	@for f in $(WEBHOOK_FUZZ_TARGETS); do \
+	  echo "go test ./webhook/ -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME)"; \
+	  go test ./webhook/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+	done
+
+test: fuzz-short
+
+.PHONY: fuzz
+fuzz: ## Long fuzz run of every webhook fuzz target ($(FUZZTIME_LONG) each).
+	@for f in $(WEBHOOK_FUZZ_TARGETS); do \
+	  echo "go test ./webhook/ -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME_LONG)"; \
+	  go test ./webhook/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME_LONG) || exit 1; \
+	done
+
+.PHONY: manifests
+manifests: ## Render the kustomize base and overlays (checks they build) into bin/manifests/.
+	@mkdir -p bin/manifests
+	$(K8S_BIN)/kubectl kustomize manifests/base > bin/manifests/leasehold.yaml
+	$(K8S_BIN)/kubectl kustomize manifests/overlays/cert-manager > bin/manifests/leasehold-cert-manager.yaml
+
+.PHONY: bench-webhook
+bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and a TLS load run against the real binary.
+	go test ./webhook/ -run '^$$' -bench . -benchtime 3s -count 1
+	CGO_ENABLED=0 go build -o bin/ ./cmd/leasehold-webhook
+	LEASEHOLD_WEBHOOK_BIN=$(CURDIR)/bin/leasehold-webhook \
+	  go test -tags loadtest ./webhook/loadtest/ -run TestLoad -count 1 -v 2>&1 | grep -E 'load_test|^(ok|FAIL|---)'
+	LEASEHOLD_WEBHOOK_BIN=$(CURDIR)/bin/leasehold-webhook LOAD_RATE=1000 LOAD_REVIEWS=10000 CREATE_PODS=0 \
+	  go test -tags loadtest ./webhook/loadtest/ -run TestLoad -count 1 -v 2>&1 | grep -E 'load_test|^(ok|FAIL|---)'
+
+.PHONY: bench
+bench: bench-webhook ## Run every benchmark.

@@ -1,0 +1,154 @@
+// Command leasehold-webhook serves Leasehold's mutating admission webhook: it injects
+// the lock agent into Pods annotated with leasehold.io/locks or leasehold.io/leader.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+
+	"github.com/go-logr/zapr"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/leasehold/leasehold/webhook"
+)
+
+func main() {
+	if err := run(ctrl.SetupSignalHandler(), os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "leasehold-webhook:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args and serves until ctx ends.
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("leasehold-webhook", flag.ContinueOnError)
+	opts := webhook.DefaultOptions()
+	opts.BindFlags(fs)
+	var (
+		port        = fs.Int("webhook-port", 9443, "Port of the webhook's HTTPS server.")
+		metricsAddr = fs.String("metrics-bind-address", ":8080", `Address of the Prometheus metrics endpoint ("0" = off).`)
+		probeAddr   = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+		selfSigned  = fs.Bool("self-signed-certs", true,
+			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
+				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
+		certs = webhook.CertOptions{}
+		debug = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
+	)
+	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
+	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
+	fs.StringVar(&certs.ServiceName, "service-name", "leasehold-webhook", "The webhook's Service (the certificate's DNS name).")
+	fs.StringVar(&certs.WebhookConfigName, "webhook-config-name", "leasehold-webhook", "The MutatingWebhookConfiguration whose caBundle is kept current.")
+	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	certs.Namespace = opts.Namespace
+
+	level := zapcore.InfoLevel
+	if *debug {
+		level = zapcore.DebugLevel
+	}
+	zcfg := zap.NewProductionConfig()
+	zcfg.Level = zap.NewAtomicLevelAt(level)
+	zl, err := zcfg.Build()
+	if err != nil {
+		return fmt.Errorf("build logger: %w", err)
+	}
+	log := zapr.NewLogger(zl)
+	ctrl.SetLogger(log)
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir})
+	var restConfig *rest.Config
+	if *kubeconfig != "" {
+		restConfig, err = clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	} else {
+		restConfig, err = ctrl.GetConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress: *probeAddr,
+		// The manager's own cache is never used for Pods: admission makes no API call.
+		// Keep it to the webhook's namespace so that nothing cluster-wide is cached.
+		Cache:  cache.Options{DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}}},
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}},
+	})
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+
+	certsReady := make(<-chan struct{})
+	if *selfSigned {
+		if certsReady, err = webhook.AddCertRotator(mgr, certs); err != nil {
+			return err
+		}
+	} else {
+		closed := make(chan struct{})
+		close(closed)
+		certsReady = closed
+	}
+
+	// Serve once the certificate is mounted and the caBundle written: the server
+	// cannot start without tls.crt, and must not report ready before the API server
+	// trusts it. It reloads the certificate when the mounted Secret changes.
+	server.Register(webhook.Path, webhook.Instrument(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}))
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		select {
+		case <-certsReady:
+		case <-ctx.Done():
+			return nil
+		}
+		return server.Start(ctx)
+	})); err != nil {
+		return err
+	}
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("certs", func(*http.Request) error {
+		select {
+		case <-certsReady:
+			return nil
+		default:
+			return errors.New("waiting for the serving certificate and the caBundle")
+		}
+	}); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
+		return err
+	}
+
+	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
+		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace)
+	return mgr.Start(ctx)
+}

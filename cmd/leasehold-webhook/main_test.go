@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/webhook"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func applyManifest(t *testing.T, c client.Client, name string, objs ...client.Object) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "manifests", "base", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := bytes.Split(b, []byte("\n---\n"))
+	for i, o := range objs {
+		if err := yaml.UnmarshalStrict(docs[i], o); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if err := c.Create(context.Background(), o); err != nil {
+			t.Fatalf("create %s from %s: %v", o.GetName(), name, err)
+		}
+	}
+}
+
+// TestRunSelfSignedTLS runs the webhook's main wiring (run) against a real API server
+// holding manifests/base's namespace, Secret, RBAC and webhook configuration, with the
+// webhook's ServiceAccount identity (impersonated). A goroutine plays the kubelet and
+// projects the Secret into --cert-dir. It checks that /readyz stays unready until the
+// certificate is there, that the webhook then serves TLS with a certificate that the
+// caBundle in the webhook configuration verifies for the Service's DNS name, that a
+// review gets its patch, and that /metrics shows the injection counter.
+func TestRunSelfSignedTLS(t *testing.T) {
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	admin, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyManifest(t, admin, "namespace.yaml", &corev1.Namespace{})
+	applyManifest(t, admin, "serviceaccount.yaml", &corev1.ServiceAccount{})
+	applyManifest(t, admin, "secret.yaml", &corev1.Secret{})
+	applyManifest(t, admin, "rbac.yaml", &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{})
+	applyManifest(t, admin, "mutatingwebhookconfiguration.yaml", &admissionregistrationv1.MutatingWebhookConfiguration{})
+
+	// A kubeconfig that acts as the webhook's ServiceAccount.
+	user, err := env.AddUser(envtestUser(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certDir := filepath.Join(dir, "certs")
+	if err := os.Mkdir(certDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	port, metricsPort, probePort := freePort(t), freePort(t), freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{
+			"--kubeconfig=" + kubeconfig, "--cert-dir=" + certDir, "--namespace=leasehold-system",
+			"--webhook-port=" + strconv.Itoa(port),
+			"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(metricsPort),
+			"--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(probePort),
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("run did not return after cancel")
+		}
+	})
+
+	readyz := func() int {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Before the kubelet projects the Secret: up, but not ready.
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		select {
+		case err := <-done:
+			return false, fmt.Errorf("run returned: %w", err)
+		default:
+		}
+		return readyz() != 0, nil
+	}); err != nil {
+		t.Fatalf("probe endpoint not up: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	if code := readyz(); code != http.StatusInternalServerError {
+		t.Fatalf("/readyz = %d before the certificate is mounted, want 500", code)
+	}
+
+	// The kubelet's part.
+	secret := &corev1.Secret{}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
+		if err := admin.Get(ctx, client.ObjectKey{Namespace: "leasehold-system", Name: "leasehold-webhook-tls"}, secret); err != nil {
+			return false, nil
+		}
+		return len(secret.Data["tls.crt"]) > 0, nil
+	}); err != nil {
+		t.Fatalf("the webhook did not fill its Secret: %v", err)
+	}
+	for k, v := range secret.Data {
+		if err := os.WriteFile(filepath.Join(certDir, k), v, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 40*time.Second, true, func(context.Context) (bool, error) {
+		return readyz() == http.StatusOK, nil
+	}); err != nil {
+		t.Fatalf("/readyz not 200 after the certificate was mounted: %v", err)
+	}
+
+	// Trust exactly what the API server is told to trust.
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := admin.Get(ctx, client.ObjectKey{Name: "leasehold-webhook"}, mwc); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(mwc.Webhooks[0].ClientConfig.CABundle) {
+		t.Fatal("caBundle is empty")
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, ServerName: "leasehold-webhook.leasehold-system.svc"}}}
+	raw, _ := json.Marshal(&corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Annotations: map[string]string{webhook.AnnotationLocks: "db"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+	})
+	body, _ := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "1", Namespace: "team-a", Operation: admissionv1.Create,
+			Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}, Object: runtime.RawExtension{Raw: raw}},
+	})
+	resp, err := hc.Post(fmt.Sprintf("https://127.0.0.1:%d%s", port, webhook.Path), "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("review over TLS, verified with the caBundle: %v", err)
+	}
+	out := admissionv1.AdmissionReview{}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if out.Response == nil || !out.Response.Allowed || !strings.Contains(string(out.Response.Patch), webhook.AgentContainerName) {
+		t.Fatalf("want an allowed review with the agent in the patch, got %+v", out.Response)
+	}
+
+	mresp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{
+		`leasehold_webhook_injections_total{outcome="injected"} 1`,
+		`controller_runtime_webhook_requests_total{code="200",webhook="/mutate-v1-pod"} 1`,
+		`leasehold_webhook_request_duration_seconds_count 1`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// envtestUser is the webhook's ServiceAccount as an envtest user (a client
+// certificate with the ServiceAccount's user name and groups), so RBAC applies as in
+// a cluster.
+func envtestUser() envtest.User {
+	return envtest.User{
+		Name:   "system:serviceaccount:leasehold-system:leasehold-webhook",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:leasehold-system", "system:authenticated"},
+	}
+}

@@ -1,0 +1,367 @@
+package webhook
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// AnnotationPrefix is the prefix of every Leasehold annotation. Any key with this prefix
+// that is not one of the keys below is refused, so a typo never passes silently.
+const AnnotationPrefix = "leasehold.io/"
+
+const (
+	// AnnotationLocks lists, comma-separated, the lock names the app takes on demand
+	// (mutexes). Each name is the name of a coordination.k8s.io/v1 Lease in the Pod's
+	// namespace, so it must be a DNS-1123 subdomain.
+	AnnotationLocks = AnnotationPrefix + "locks"
+
+	// AnnotationLeader lists, comma-separated, the lock names the agent holds
+	// continuously while the Pod lives (leader election).
+	AnnotationLeader = AnnotationPrefix + "leader"
+
+	// AnnotationLeaseDuration is how long a Lease is valid after its last renewal, in Go
+	// duration syntax and whole seconds (the Lease stores seconds). Default 15s.
+	AnnotationLeaseDuration = AnnotationPrefix + "lease-duration"
+
+	// AnnotationRenewDeadline is how long the agent keeps reporting a hold without a
+	// successful renewal. It must be shorter than the lease duration. Default 10s.
+	AnnotationRenewDeadline = AnnotationPrefix + "renew-deadline"
+
+	// AnnotationRetryPeriod is how often the agent retries acquiring and renewing.
+	// The renew deadline must exceed 1.2 times it (client-go's jitter). Default 2s.
+	AnnotationRetryPeriod = AnnotationPrefix + "retry-period"
+
+	// AnnotationTCPPort turns on the agent's loopback-only HTTP API on 127.0.0.1:<port>
+	// (1024-65535). Off when absent: the Unix socket is the default transport.
+	AnnotationTCPPort = AnnotationPrefix + "tcp-port"
+
+	// AnnotationInject set to "false" opts a Pod out of injection even when it names
+	// locks. "true" is accepted and means the same as absent.
+	AnnotationInject = AnnotationPrefix + "inject"
+
+	// AnnotationStatus is written by the webhook ("injected"), never by users.
+	AnnotationStatus = AnnotationPrefix + "status"
+
+	// StatusInjected is the value of AnnotationStatus on an injected Pod.
+	StatusInjected = "injected"
+)
+
+// Defaults for the timing annotations: client-go's leader election defaults.
+const (
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+
+	// MaxLeaseDuration bounds every timing annotation.
+	MaxLeaseDuration = 24 * time.Hour
+
+	// jitterFactor is client-go's leaderelection.JitterFactor: renew-deadline must
+	// exceed jitterFactor * retry-period.
+	jitterFactor = 1.2
+)
+
+// knownAnnotations are all the keys under AnnotationPrefix that the webhook accepts.
+var knownAnnotations = []string{
+	AnnotationLocks, AnnotationLeader, AnnotationLeaseDuration, AnnotationRenewDeadline,
+	AnnotationRetryPeriod, AnnotationTCPPort, AnnotationInject, AnnotationStatus,
+}
+
+// Config is what a Pod's annotations ask of the agent.
+type Config struct {
+	// Locks are the on-demand mutexes, in annotation order.
+	Locks []string
+	// Leader are the locks held continuously, in annotation order.
+	Leader []string
+
+	LeaseDuration time.Duration
+	RenewDeadline time.Duration
+	RetryPeriod   time.Duration
+
+	// TCPPort is the loopback HTTP port, 0 when off.
+	TCPPort int32
+}
+
+// Wanted reports whether the annotations ask for an agent: a lock annotation is present
+// and the Pod has not opted out with leasehold.io/inject: "false".
+func Wanted(annotations map[string]string) bool {
+	if annotations[AnnotationInject] == "false" {
+		return false
+	}
+	_, locks := annotations[AnnotationLocks]
+	_, leader := annotations[AnnotationLeader]
+	return locks || leader
+}
+
+// HasLeaseholdAnnotations reports whether any key carries AnnotationPrefix.
+func HasLeaseholdAnnotations(annotations map[string]string) bool {
+	for k := range annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+var annotationsPath = field.NewPath("metadata", "annotations")
+
+func invalid(key, value, detail string) *field.Error {
+	return field.Invalid(annotationsPath.Key(key), value, detail)
+}
+
+// ParseAnnotations turns a Pod's annotations into a Config. Every problem is reported
+// (not only the first) as a field error that names the annotation, the bad value and
+// the fix. Callers decide with Wanted whether the Pod asks for an agent at all; a
+// Pod with leasehold.io/* keys but no lock annotation is an error here, since its
+// timing or port annotations would otherwise be silently ignored.
+func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) {
+	var errs field.ErrorList
+	cfg := &Config{}
+
+	// Unknown keys first: a typo of leasehold.io/locks must not leave a Pod without
+	// its agent.
+	var keys []string
+	for k := range annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !isKnown(k) {
+			errs = append(errs, invalid(k, annotations[k], fmt.Sprintf(
+				"unknown Leasehold annotation key; fix: did you mean %q? Known keys: %s",
+				closest(k), strings.Join(knownAnnotations, ", "))))
+		}
+	}
+
+	if v, ok := annotations[AnnotationInject]; ok && v != "true" && v != "false" {
+		errs = append(errs, invalid(AnnotationInject, v, `fix: use "false" to opt out or remove the annotation`))
+	}
+	if v, ok := annotations[AnnotationStatus]; ok && v != StatusInjected {
+		errs = append(errs, invalid(AnnotationStatus, v,
+			"this annotation is written by the webhook; fix: remove it"))
+	}
+
+	seen := map[string]string{} // lock name -> annotation that first named it
+	cfg.Locks, errs = parseNames(annotations, AnnotationLocks, seen, errs)
+	cfg.Leader, errs = parseNames(annotations, AnnotationLeader, seen, errs)
+	_, hasLocks := annotations[AnnotationLocks]
+	_, hasLeader := annotations[AnnotationLeader]
+	if !hasLocks && !hasLeader {
+		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationTCPPort} {
+			if v, ok := annotations[k]; ok {
+				errs = append(errs, invalid(k, v, fmt.Sprintf("the Pod names no lock; fix: add %s or %s, or remove %s",
+					AnnotationLocks, AnnotationLeader, k)))
+			}
+		}
+	} else if len(cfg.Locks) == 0 && len(cfg.Leader) == 0 && len(errs) == 0 {
+		key := AnnotationLocks
+		if !hasLocks {
+			key = AnnotationLeader
+		}
+		errs = append(errs, invalid(key, annotations[key],
+			"no lock name given; fix: list at least one lock name (e.g. \"db-migration\") or remove the annotation"))
+	}
+
+	var durOK bool
+	cfg.LeaseDuration, durOK, errs = parseDuration(annotations, AnnotationLeaseDuration, DefaultLeaseDuration, true, errs)
+	okAll := durOK
+	cfg.RenewDeadline, durOK, errs = parseDuration(annotations, AnnotationRenewDeadline, DefaultRenewDeadline, false, errs)
+	okAll = okAll && durOK
+	cfg.RetryPeriod, durOK, errs = parseDuration(annotations, AnnotationRetryPeriod, DefaultRetryPeriod, false, errs)
+	okAll = okAll && durOK
+	if okAll {
+		errs = checkTimings(annotations, cfg, errs)
+	}
+
+	if v, ok := annotations[AnnotationTCPPort]; ok {
+		p, err := strconv.ParseInt(strings.TrimSpace(v), 10, 32)
+		switch {
+		case err != nil:
+			errs = append(errs, invalid(AnnotationTCPPort, v,
+				"not a port number; fix: use a number from 1024 to 65535 (e.g. \"8970\"), or remove the annotation to use only the Unix socket"))
+		case p < 1024 || p > 65535:
+			errs = append(errs, invalid(AnnotationTCPPort, v,
+				"port out of range (the agent runs without privileges); fix: use a number from 1024 to 65535, or remove the annotation"))
+		default:
+			cfg.TCPPort = int32(p)
+		}
+	}
+
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return cfg, nil
+}
+
+func isKnown(k string) bool {
+	for _, known := range knownAnnotations {
+		if k == known {
+			return true
+		}
+	}
+	return false
+}
+
+func parseNames(annotations map[string]string, key string, seen map[string]string, errs field.ErrorList) ([]string, field.ErrorList) {
+	v, ok := annotations[key]
+	if !ok {
+		return nil, errs
+	}
+	var names []string
+	if strings.TrimSpace(v) == "" {
+		return nil, errs
+	}
+	for _, raw := range strings.Split(v, ",") {
+		name := strings.TrimSpace(raw)
+		switch {
+		case name == "":
+			errs = append(errs, invalid(key, v, "empty lock name between commas; fix: remove the extra comma"))
+			continue
+		case len(validation.IsDNS1123Subdomain(name)) > 0:
+			errs = append(errs, invalid(key, v, fmt.Sprintf(
+				"lock name %q is not a valid Lease name; fix: use lowercase letters, digits, '-' and '.', "+
+					"starting and ending with a letter or digit, at most 253 characters (e.g. %q)",
+				name, suggestName(name))))
+			continue
+		}
+		if first, dup := seen[name]; dup {
+			if first == key {
+				errs = append(errs, invalid(key, v, fmt.Sprintf("lock name %q is listed twice; fix: list it once", name)))
+			} else {
+				errs = append(errs, invalid(key, v, fmt.Sprintf(
+					"lock name %q is also listed in %s; a lock is either on demand (%s) or held continuously (%s); fix: keep it in one of them",
+					name, first, AnnotationLocks, AnnotationLeader)))
+			}
+			continue
+		}
+		seen[name] = key
+		names = append(names, name)
+	}
+	return names, errs
+}
+
+// parseDuration returns the annotation's duration or def, and whether it is usable.
+func parseDuration(annotations map[string]string, key string, def time.Duration, wholeSeconds bool, errs field.ErrorList) (time.Duration, bool, field.ErrorList) {
+	v, ok := annotations[key]
+	if !ok {
+		return def, true, errs
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	switch {
+	case err != nil:
+		return 0, false, append(errs, invalid(key, v, fmt.Sprintf(
+			"not a duration; fix: use Go duration syntax with a unit, e.g. %q (default %s)", def.String(), def)))
+	case d < time.Second:
+		return 0, false, append(errs, invalid(key, v, fmt.Sprintf(
+			"must be at least 1s; fix: use e.g. %q (default %s)", def.String(), def)))
+	case d > MaxLeaseDuration:
+		return 0, false, append(errs, invalid(key, v, fmt.Sprintf(
+			"must be at most %s; fix: use e.g. %q (default %s)", MaxLeaseDuration, def.String(), def)))
+	case wholeSeconds && d%time.Second != 0:
+		return 0, false, append(errs, invalid(key, v, fmt.Sprintf(
+			"must be whole seconds (a Lease stores leaseDurationSeconds); fix: use %q", d.Round(time.Second).String())))
+	}
+	return d, true, errs
+}
+
+func describe(annotations map[string]string, key string, d time.Duration) string {
+	if _, ok := annotations[key]; ok {
+		return fmt.Sprintf("%s (%s)", key, d)
+	}
+	return fmt.Sprintf("%s (%s, the default)", key, d)
+}
+
+// checkTimings applies client-go's leader election rules.
+func checkTimings(annotations map[string]string, cfg *Config, errs field.ErrorList) field.ErrorList {
+	// Blame the annotation the user set; when both are set, blame the later one.
+	blame := func(a, b string, da, db time.Duration) (string, string) {
+		if _, ok := annotations[b]; ok {
+			return b, annotations[b]
+		}
+		if _, ok := annotations[a]; ok {
+			return a, annotations[a]
+		}
+		return b, db.String()
+	}
+	if cfg.LeaseDuration <= cfg.RenewDeadline {
+		k, v := blame(AnnotationLeaseDuration, AnnotationRenewDeadline, cfg.LeaseDuration, cfg.RenewDeadline)
+		errs = append(errs, invalid(k, v, fmt.Sprintf(
+			"%s must be greater than %s, so that a hold is given up before other Pods may take the lock; "+
+				"fix: raise %s or lower %s",
+			describe(annotations, AnnotationLeaseDuration, cfg.LeaseDuration),
+			describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline),
+			AnnotationLeaseDuration, AnnotationRenewDeadline)))
+	}
+	if float64(cfg.RenewDeadline) <= jitterFactor*float64(cfg.RetryPeriod) {
+		k, v := blame(AnnotationRenewDeadline, AnnotationRetryPeriod, cfg.RenewDeadline, cfg.RetryPeriod)
+		errs = append(errs, invalid(k, v, fmt.Sprintf(
+			"%s must be greater than 1.2 x %s, so that a renewal can be retried before the deadline; "+
+				"fix: raise %s or lower %s",
+			describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline),
+			describe(annotations, AnnotationRetryPeriod, cfg.RetryPeriod),
+			AnnotationRenewDeadline, AnnotationRetryPeriod)))
+	}
+	return errs
+}
+
+// suggestName lowercases a name and replaces what a Lease name cannot hold.
+func suggestName(name string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(name) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '.':
+			b.WriteRune(r)
+		default:
+			b.WriteRune('-')
+		}
+	}
+	s := strings.Trim(b.String(), "-.")
+	if len(s) > validation.DNS1123SubdomainMaxLength {
+		s = strings.Trim(s[:validation.DNS1123SubdomainMaxLength], "-.")
+	}
+	if s == "" {
+		return "my-lock"
+	}
+	return s
+}
+
+// closest returns the known annotation nearest to k by edit distance.
+func closest(k string) string {
+	best, bestD := knownAnnotations[0], -1
+	for _, known := range knownAnnotations {
+		if d := editDistance(k, known); bestD < 0 || d < bestD {
+			best, bestD = known, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	if len(a) > 256 {
+		a = a[:256]
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,183 @@
+package webhook
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseAnnotations(t *testing.T) {
+	def := func(c Config) *Config {
+		if c.LeaseDuration == 0 {
+			c.LeaseDuration = DefaultLeaseDuration
+		}
+		if c.RenewDeadline == 0 {
+			c.RenewDeadline = DefaultRenewDeadline
+		}
+		if c.RetryPeriod == 0 {
+			c.RetryPeriod = DefaultRetryPeriod
+		}
+		return &c
+	}
+	tests := map[string]struct {
+		in   map[string]string
+		want *Config
+	}{
+		"one lock": {
+			in:   map[string]string{AnnotationLocks: "db"},
+			want: def(Config{Locks: []string{"db"}}),
+		},
+		"spaces and dots": {
+			in:   map[string]string{AnnotationLocks: " a , b.c ", AnnotationLeader: "lead"},
+			want: def(Config{Locks: []string{"a", "b.c"}, Leader: []string{"lead"}}),
+		},
+		"timings and port": {
+			in: map[string]string{AnnotationLeader: "l", AnnotationLeaseDuration: "1m", AnnotationRenewDeadline: "40s",
+				AnnotationRetryPeriod: "5s", AnnotationTCPPort: "8970", AnnotationInject: "true", "other.io/x": "y"},
+			want: &Config{Leader: []string{"l"}, LeaseDuration: time.Minute, RenewDeadline: 40 * time.Second,
+				RetryPeriod: 5 * time.Second, TCPPort: 8970},
+		},
+		"status written by the webhook is accepted": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationStatus: StatusInjected},
+			want: def(Config{Locks: []string{"db"}}),
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, errs := ParseAnnotations(tc.in)
+			if len(errs) > 0 {
+				t.Fatalf("unexpected errors: %v", errs.ToAggregate())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestParseAnnotationsErrors checks that each denial names the annotation, the value
+// and a fix.
+func TestParseAnnotationsErrors(t *testing.T) {
+	tests := map[string]struct {
+		in   map[string]string
+		want []string // each must appear in the message
+	}{
+		"uppercase name": {
+			in:   map[string]string{AnnotationLocks: "DB_Lock"},
+			want: []string{`metadata.annotations[leasehold.io/locks]: Invalid value: "DB_Lock"`, `lock name "DB_Lock" is not a valid Lease name`, `fix:`, `"db-lock"`},
+		},
+		"empty between commas": {
+			in:   map[string]string{AnnotationLocks: "a,,b"},
+			want: []string{`[leasehold.io/locks]: Invalid value: "a,,b"`, "fix: remove the extra comma"},
+		},
+		"empty value": {
+			in:   map[string]string{AnnotationLeader: " "},
+			want: []string{`[leasehold.io/leader]: Invalid value: " "`, "no lock name given; fix: list at least one lock name"},
+		},
+		"duplicate in one annotation": {
+			in:   map[string]string{AnnotationLocks: "a,b,a"},
+			want: []string{`[leasehold.io/locks]: Invalid value: "a,b,a"`, `lock name "a" is listed twice; fix: list it once`},
+		},
+		"duplicate across annotations": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationLeader: "a"},
+			want: []string{`[leasehold.io/leader]: Invalid value: "a"`, `lock name "a" is also listed in leasehold.io/locks`, "fix: keep it in one of them"},
+		},
+		"bad duration": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationLeaseDuration: "15"},
+			want: []string{`[leasehold.io/lease-duration]: Invalid value: "15"`, `not a duration; fix: use Go duration syntax with a unit, e.g. "15s"`},
+		},
+		"fractional lease duration": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationLeaseDuration: "15500ms"},
+			want: []string{`[leasehold.io/lease-duration]: Invalid value: "15500ms"`, "must be whole seconds", `fix: use "16s"`},
+		},
+		"too short": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationRetryPeriod: "100ms"},
+			want: []string{`[leasehold.io/retry-period]: Invalid value: "100ms"`, "must be at least 1s"},
+		},
+		"renew deadline not below lease duration": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationRenewDeadline: "20s"},
+			want: []string{`[leasehold.io/renew-deadline]: Invalid value: "20s"`, "leasehold.io/lease-duration (15s, the default) must be greater than leasehold.io/renew-deadline (20s)", "fix: raise leasehold.io/lease-duration or lower leasehold.io/renew-deadline"},
+		},
+		"lease duration set too low": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationLeaseDuration: "5s"},
+			want: []string{`[leasehold.io/lease-duration]: Invalid value: "5s"`, "leasehold.io/lease-duration (5s) must be greater than leasehold.io/renew-deadline (10s, the default)"},
+		},
+		"retry period too long for the deadline": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationRetryPeriod: "9s"},
+			want: []string{`[leasehold.io/retry-period]: Invalid value: "9s"`, "must be greater than 1.2 x leasehold.io/retry-period (9s)"},
+		},
+		"port not a number": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationTCPPort: "http"},
+			want: []string{`[leasehold.io/tcp-port]: Invalid value: "http"`, "not a port number; fix: use a number from 1024 to 65535"},
+		},
+		"privileged port": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationTCPPort: "80"},
+			want: []string{`[leasehold.io/tcp-port]: Invalid value: "80"`, "port out of range"},
+		},
+		"unknown key (typo)": {
+			in:   map[string]string{AnnotationLocks: "a", "leasehold.io/lease-duraton": "20s"},
+			want: []string{`[leasehold.io/lease-duraton]: Invalid value: "20s"`, `unknown Leasehold annotation key; fix: did you mean "leasehold.io/lease-duration"?`},
+		},
+		"typo of the lock key alone": {
+			in:   map[string]string{"leasehold.io/lock": "a"},
+			want: []string{`[leasehold.io/lock]`, `did you mean "leasehold.io/locks"?`},
+		},
+		"timing without locks": {
+			in:   map[string]string{AnnotationLeaseDuration: "20s"},
+			want: []string{`[leasehold.io/lease-duration]`, "the Pod names no lock; fix: add leasehold.io/locks or leasehold.io/leader"},
+		},
+		"inject typo": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationInject: "flase"},
+			want: []string{`[leasehold.io/inject]: Invalid value: "flase"`, `fix: use "false" to opt out`},
+		},
+		"status written by a user": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationStatus: "done"},
+			want: []string{`[leasehold.io/status]: Invalid value: "done"`, "written by the webhook; fix: remove it"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			cfg, errs := ParseAnnotations(tc.in)
+			if len(errs) == 0 {
+				t.Fatalf("no error; config %+v", cfg)
+			}
+			if cfg != nil {
+				t.Errorf("config %+v returned with errors", cfg)
+			}
+			msg := errs.ToAggregate().Error()
+			for _, w := range tc.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("message %q\ndoes not contain %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseAnnotationsReportsAll(t *testing.T) {
+	_, errs := ParseAnnotations(map[string]string{AnnotationLocks: "A", AnnotationTCPPort: "1", "leasehold.io/x": ""})
+	if len(errs) != 3 {
+		t.Errorf("want 3 errors, got %d: %v", len(errs), errs.ToAggregate())
+	}
+}
+
+func TestWanted(t *testing.T) {
+	tests := map[string]struct {
+		in   map[string]string
+		want bool
+	}{
+		"none":          {nil, false},
+		"locks":         {map[string]string{AnnotationLocks: "a"}, true},
+		"leader":        {map[string]string{AnnotationLeader: "a"}, true},
+		"opted out":     {map[string]string{AnnotationLocks: "a", AnnotationInject: "false"}, false},
+		"explicit true": {map[string]string{AnnotationLocks: "a", AnnotationInject: "true"}, true},
+		"timing only":   {map[string]string{AnnotationLeaseDuration: "20s"}, false},
+	}
+	for name, tc := range tests {
+		if got := Wanted(tc.in); got != tc.want {
+			t.Errorf("%s: Wanted = %v, want %v", name, got, tc.want)
+		}
+	}
+}

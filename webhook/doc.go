@@ -1,0 +1,37 @@
+// Package webhook is Leasehold's mutating admission webhook: it injects the lock agent
+// into Pods that name locks in their annotations.
+//
+// It owns three things, kept apart:
+//   - annotations.go: the leasehold.io/* keys (documented constants) and ParseAnnotations,
+//     which turns them into a Config or field errors that name the annotation, the bad
+//     value and the fix. Unknown leasehold.io/* keys are errors, so a typo never leaves a
+//     Pod without its agent.
+//   - inject.go: Inject, a pure function (no I/O) from a Pod and a Config to the injected
+//     Pod: the agent as a native sidecar (first init container, restartPolicy Always, an
+//     exec startup probe) or, by option, a plain container; the leasehold-socket emptyDir
+//     mounted in every container; LEASEHOLD_SOCKET (and LEASEHOLD_URL) in every app and
+//     init container; the socket group in supplementalGroups; leasehold.io/status.
+//   - handler.go: PodInjector, the admission.Handler: HTTP in, JSON patch out.
+//
+// Guarantees:
+//   - Inject is idempotent: injecting its output again changes nothing, and a reinvoked
+//     webhook only completes what another webhook added (a new container gets the mount
+//     and the environment). The agent container is replaced only when its image or
+//     arguments differ from what the annotations ask for.
+//   - A Pod whose annotations are wrong, or that already uses the agent's names in an
+//     incompatible way, is denied, never admitted half-injected.
+//   - The handler makes no API call and has no side effects.
+//   - The agent gets its own projected ServiceAccount token (leasehold-agent-token),
+//     so it reaches the API even when the Pod turns automountServiceAccountToken off.
+//   - In a hostNetwork Pod the agent's metrics are off (the node's loopback is shared)
+//     and leasehold.io/tcp-port is refused.
+//
+// Plain-container mode (Options.PlainContainer, for clusters older than 1.29) is weaker:
+// init containers run before the agent exists, so they cannot take locks, and app
+// containers may start before the agent serves (the kubelet does not wait for a plain
+// container's startup probe), so apps must retry until the socket answers.
+//
+// Not guaranteed by this package: that the webhook is called. That is the job of the
+// MutatingWebhookConfiguration in manifests/ (matchConditions, namespaceSelector and
+// failurePolicy: Fail, so that a lock-annotated Pod is refused when the webhook is down).
+package webhook

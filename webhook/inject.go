@@ -1,0 +1,306 @@
+package webhook
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
+)
+
+// DefaultContainerAnnotation is kubectl's default container for logs and exec. In
+// plain-container mode the agent comes first in spec.containers, so the webhook points
+// this at the first app container (unless the user set it).
+const DefaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
+
+// Inject adds the lock agent to pod as cfg and opts say. It is pure (no I/O) and
+// idempotent: injecting its own output changes nothing. Where the Pod already uses the
+// agent's names in a way the agent cannot share (a volume called leasehold-socket that
+// is not an emptyDir, another volume at /run/leasehold, LEASEHOLD_SOCKET set to
+// something else, the TCP port taken by a container port), it returns the conflicts
+// and leaves pod unchanged.
+func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
+	if errs := conflicts(pod, cfg, opts); len(errs) > 0 {
+		return errs
+	}
+	spec := &pod.Spec
+	if spec.HostNetwork {
+		// The node's loopback is shared by every host-network Pod: two agents would
+		// fight over the metrics port. Their metrics are off.
+		opts.AgentMetricsBindAddress = "0"
+	}
+	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
+
+	// The agent: kept when it is already the one these annotations ask for (so that
+	// reinvocation after API server defaulting changes nothing), otherwise replaced.
+	existing, inInit := findAgent(spec)
+	keep := existing != nil && inInit != opts.PlainContainer &&
+		existing.Image == want.Image && slices.Equal(existing.Args, want.Args)
+	if !keep {
+		spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isAgent)
+		spec.Containers = slices.DeleteFunc(spec.Containers, isAgent)
+		if opts.PlainContainer {
+			if len(spec.Containers) > 0 {
+				setAnnotationIfAbsent(pod, DefaultContainerAnnotation, spec.Containers[0].Name)
+			}
+			spec.Containers = slices.Insert(spec.Containers, 0, want)
+		} else {
+			spec.InitContainers = slices.Insert(spec.InitContainers, 0, want)
+		}
+	}
+
+	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == SocketVolumeName }) {
+		spec.Volumes = append(spec.Volumes, corev1.Volume{
+			Name:         SocketVolumeName,
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
+		})
+	}
+
+	// The agent's own token needs a ServiceAccount, which the API server's
+	// ServiceAccount admission always sets before webhooks run (only an API server
+	// without that plugin, such as a bare envtest, leaves it empty).
+	if spec.ServiceAccountName != "" {
+		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }) {
+			spec.Volumes = append(spec.Volumes, tokenVolume())
+		}
+	}
+
+	env := []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}}
+	if cfg.TCPPort != 0 {
+		env = append(env, corev1.EnvVar{Name: EnvURL, Value: agentURL(cfg.TCPPort)})
+	}
+	for _, c := range appContainers(spec) {
+		if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SocketVolumeName }) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: SocketVolumeName, MountPath: SocketDir})
+		}
+		for _, e := range env {
+			if !slices.ContainsFunc(c.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }) {
+				c.Env = append(c.Env, e)
+			}
+		}
+	}
+
+	if spec.SecurityContext == nil {
+		spec.SecurityContext = &corev1.PodSecurityContext{}
+	}
+	if !slices.Contains(spec.SecurityContext.SupplementalGroups, opts.SocketGroup) {
+		spec.SecurityContext.SupplementalGroups = append(spec.SecurityContext.SupplementalGroups, opts.SocketGroup)
+	}
+
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[AnnotationStatus] = StatusInjected
+	return nil
+}
+
+func isAgent(c corev1.Container) bool { return c.Name == AgentContainerName }
+
+func findAgent(spec *corev1.PodSpec) (c *corev1.Container, inInit bool) {
+	for i := range spec.InitContainers {
+		if isAgent(spec.InitContainers[i]) {
+			return &spec.InitContainers[i], true
+		}
+	}
+	for i := range spec.Containers {
+		if isAgent(spec.Containers[i]) {
+			return &spec.Containers[i], false
+		}
+	}
+	return nil, false
+}
+
+// appContainers are every init and app container except the agent.
+func appContainers(spec *corev1.PodSpec) []*corev1.Container {
+	var out []*corev1.Container
+	for i := range spec.InitContainers {
+		if !isAgent(spec.InitContainers[i]) {
+			out = append(out, &spec.InitContainers[i])
+		}
+	}
+	for i := range spec.Containers {
+		if !isAgent(spec.Containers[i]) {
+			out = append(out, &spec.Containers[i])
+		}
+	}
+	return out
+}
+
+func setAnnotationIfAbsent(pod *corev1.Pod, k, v string) {
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	if _, ok := pod.Annotations[k]; !ok {
+		pod.Annotations[k] = v
+	}
+}
+
+func agentURL(port int32) string { return "http://127.0.0.1:" + strconv.Itoa(int(port)) }
+
+// conflicts lists what in the Pod the agent cannot share.
+func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
+	var errs field.ErrorList
+	spec := field.NewPath("spec")
+	for i, v := range pod.Spec.Volumes {
+		if v.Name == SocketVolumeName && v.EmptyDir == nil {
+			errs = append(errs, field.Invalid(spec.Child("volumes").Index(i).Child("name"), v.Name, fmt.Sprintf(
+				"the volume name %q is reserved for the Leasehold agent's socket (an emptyDir); fix: rename this volume", SocketVolumeName)))
+		}
+		if v.Name == TokenVolumeName && v.Projected == nil {
+			errs = append(errs, field.Invalid(spec.Child("volumes").Index(i).Child("name"), v.Name, fmt.Sprintf(
+				"the volume name %q is reserved for the Leasehold agent's ServiceAccount token; fix: rename this volume", TokenVolumeName)))
+		}
+	}
+	wantEnv := map[string]string{EnvSocket: SocketPath}
+	if cfg.TCPPort != 0 {
+		wantEnv[EnvURL] = agentURL(cfg.TCPPort)
+	}
+	check := func(p *field.Path, c corev1.Container) {
+		if isAgent(c) {
+			return
+		}
+		for j, m := range c.VolumeMounts {
+			mp := p.Child("volumeMounts").Index(j)
+			switch {
+			case m.Name != SocketVolumeName && path.Clean(m.MountPath) == SocketDir:
+				errs = append(errs, field.Invalid(mp.Child("mountPath"), m.MountPath, fmt.Sprintf(
+					"%s is where the Leasehold agent's socket volume is mounted; fix: mount volume %q elsewhere", SocketDir, m.Name)))
+			case m.Name == SocketVolumeName && path.Clean(m.MountPath) != SocketDir:
+				errs = append(errs, field.Invalid(mp.Child("mountPath"), m.MountPath, fmt.Sprintf(
+					"the Leasehold socket volume must be mounted at %s (where %s points); fix: remove this mount, the webhook adds it",
+					SocketDir, EnvSocket)))
+			}
+		}
+		for j, e := range c.Env {
+			want, ours := wantEnv[e.Name]
+			if ours && (e.ValueFrom != nil || e.Value != want) {
+				errs = append(errs, field.Invalid(p.Child("env").Index(j), e.Name, fmt.Sprintf(
+					"%s is set by the Leasehold webhook to %q; fix: remove it from container %q", e.Name, want, c.Name)))
+			}
+		}
+		if cfg.TCPPort != 0 {
+			for j, port := range c.Ports {
+				if port.ContainerPort == cfg.TCPPort {
+					errs = append(errs, field.Invalid(p.Child("ports").Index(j).Child("containerPort"), port.ContainerPort, fmt.Sprintf(
+						"container %q uses port %d, which %s asks the agent to listen on; fix: choose another %s",
+						c.Name, port.ContainerPort, AnnotationTCPPort, AnnotationTCPPort)))
+				}
+			}
+		}
+	}
+	for i, c := range pod.Spec.InitContainers {
+		check(spec.Child("initContainers").Index(i), c)
+	}
+	for i, c := range pod.Spec.Containers {
+		check(spec.Child("containers").Index(i), c)
+	}
+	if cfg.TCPPort != 0 && pod.Spec.HostNetwork {
+		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)),
+			"the Pod uses hostNetwork, so the port would be on the node's loopback, open to every host-network Pod; "+
+				"fix: remove "+AnnotationTCPPort+" and use the Unix socket ("+EnvSocket+")"))
+	}
+	if cfg.TCPPort != 0 && !pod.Spec.HostNetwork && strings.HasSuffix(opts.AgentMetricsBindAddress, ":"+strconv.Itoa(int(cfg.TCPPort))) {
+		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)), fmt.Sprintf(
+			"the agent serves its metrics on %s; fix: choose another port", opts.AgentMetricsBindAddress)))
+	}
+	return errs
+}
+
+// tokenVolume is the kubelet's kube-api-access volume, for the agent alone.
+func tokenVolume() corev1.Volume {
+	return corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: ptr.To[int32](0o644),
+		Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To[int64](3607)}},
+			{ConfigMap: &corev1.ConfigMapProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+				Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
+			}},
+			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{
+				Path: "namespace", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"},
+			}}}},
+		},
+	}}}
+}
+
+// AgentArgs is the agent's command line for cfg, as the contract fixes it.
+func AgentArgs(cfg *Config, opts Options) []string {
+	return []string{
+		"--namespace=$(POD_NAMESPACE)",
+		"--pod-name=$(POD_NAME)",
+		"--pod-uid=$(POD_UID)",
+		"--locks=" + strings.Join(cfg.Locks, ","),
+		"--leader=" + strings.Join(cfg.Leader, ","),
+		"--lease-duration=" + cfg.LeaseDuration.String(),
+		"--renew-deadline=" + cfg.RenewDeadline.String(),
+		"--retry-period=" + cfg.RetryPeriod.String(),
+		"--socket=" + SocketPath,
+		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
+		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
+	}
+}
+
+func fieldEnv(name, fieldPath string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: fieldPath},
+	}}
+}
+
+func probe(endpoint string, period, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+			Command: []string{AgentBinary, "--probe=" + endpoint, "--socket=" + SocketPath},
+		}},
+		TimeoutSeconds:   1,
+		PeriodSeconds:    period,
+		SuccessThreshold: 1,
+		FailureThreshold: failures,
+	}
+}
+
+// agentContainer is the injected container. Every field the API server would default
+// is set, so that the stored Pod equals what the webhook computed.
+func agentContainer(cfg *Config, opts Options, token bool) corev1.Container {
+	c := corev1.Container{
+		Name:    AgentContainerName,
+		Image:   opts.AgentImage,
+		Command: []string{AgentBinary},
+		Args:    AgentArgs(cfg, opts),
+		Env: []corev1.EnvVar{
+			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+			fieldEnv("POD_NAME", "metadata.name"),
+			fieldEnv("POD_UID", "metadata.uid"),
+		},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: opts.CPURequest, corev1.ResourceMemory: opts.MemoryRequest},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: opts.CPULimit, corev1.ResourceMemory: opts.MemoryLimit},
+		},
+		VolumeMounts:             []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir}},
+		StartupProbe:             probe("/healthz", 1, 60),
+		ReadinessProbe:           probe("/readyz", 5, 3),
+		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		ImagePullPolicy:          opts.AgentImagePullPolicy,
+		SecurityContext: &corev1.SecurityContext{
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			Privileged:               ptr.To(false),
+			RunAsUser:                ptr.To(AgentUID),
+			RunAsGroup:               ptr.To(AgentUID),
+			RunAsNonRoot:             ptr.To(true),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+	if token {
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: ServiceAccountTokenDir, ReadOnly: true})
+	}
+	if !opts.PlainContainer {
+		c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+	}
+	return c
+}

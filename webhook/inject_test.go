@@ -1,0 +1,392 @@
+package webhook
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	psapi "k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+// goldenCases maps a golden file prefix to the options it is injected with.
+func goldenCases() map[string]Options {
+	cases := map[string]Options{}
+	matches, _ := filepath.Glob("testdata/golden/*.in.yaml")
+	for _, m := range matches {
+		name := strings.TrimSuffix(filepath.Base(m), ".in.yaml")
+		opts := DefaultOptions()
+		if name == "plain-container" {
+			opts.PlainContainer = true
+		}
+		cases[name] = opts
+	}
+	return cases
+}
+
+func readPod(t testing.TB, path string) *corev1.Pod {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{}
+	if err := yaml.UnmarshalStrict(b, pod); err != nil {
+		t.Fatalf("decode %s: %v", path, err)
+	}
+	return pod
+}
+
+func mustInject(t testing.TB, pod *corev1.Pod, opts Options) *corev1.Pod {
+	t.Helper()
+	cfg, errs := ParseAnnotations(pod.Annotations)
+	if len(errs) > 0 {
+		t.Fatalf("parse annotations: %v", errs.ToAggregate())
+	}
+	out := pod.DeepCopy()
+	if errs := Inject(out, cfg, opts); len(errs) > 0 {
+		t.Fatalf("inject: %v", errs.ToAggregate())
+	}
+	return out
+}
+
+// TestInjectGolden compares the whole injected Pod with a golden file for each input
+// Pod, then injects the output again and expects no change.
+func TestInjectGolden(t *testing.T) {
+	cases := goldenCases()
+	if len(cases) < 8 {
+		t.Fatalf("found %d golden inputs in testdata/golden, want at least 8", len(cases))
+	}
+	for name, opts := range cases {
+		t.Run(name, func(t *testing.T) {
+			in := readPod(t, filepath.Join("testdata/golden", name+".in.yaml"))
+			got := mustInject(t, in, opts)
+
+			goldenPath := filepath.Join("testdata/golden", name+".out.yaml")
+			if *update {
+				b, err := yaml.Marshal(got)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(goldenPath, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := readPod(t, goldenPath)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("injected pod differs from %s (-want +got):\n%s", goldenPath, diff)
+			}
+
+			again := mustInject(t, got, opts)
+			if diff := cmp.Diff(got, again); diff != "" {
+				t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestInjectGoldenShape pins the contract's points in the golden outputs, so that a
+// golden file regenerated with -update cannot silently lose them.
+func TestInjectGoldenShape(t *testing.T) {
+	for name, opts := range goldenCases() {
+		t.Run(name, func(t *testing.T) {
+			in := readPod(t, filepath.Join("testdata/golden", name+".in.yaml"))
+			out := readPod(t, filepath.Join("testdata/golden", name+".out.yaml"))
+			var agent corev1.Container
+			if opts.PlainContainer {
+				agent = out.Spec.Containers[0]
+				if len(out.Spec.InitContainers) != len(in.Spec.InitContainers) {
+					t.Errorf("plain mode changed the number of init containers")
+				}
+				if agent.RestartPolicy != nil {
+					t.Errorf("plain container has restartPolicy %v", *agent.RestartPolicy)
+				}
+				if diff := cmp.Diff(in.Spec.Containers, stripInjected(out.Spec.Containers[1:]), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("app containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+				if diff := cmp.Diff(in.Spec.InitContainers, stripInjected(out.Spec.InitContainers), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("init containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+			} else {
+				agent = out.Spec.InitContainers[0]
+				if agent.RestartPolicy == nil || *agent.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+					t.Errorf("native sidecar needs restartPolicy Always, got %v", agent.RestartPolicy)
+				}
+				if diff := cmp.Diff(in.Spec.Containers, stripInjected(out.Spec.Containers)); diff != "" {
+					t.Errorf("app containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+				if diff := cmp.Diff(in.Spec.InitContainers, stripInjected(out.Spec.InitContainers[1:]), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("init containers changed beyond mount and env (-in +out):\n%s", diff)
+				}
+			}
+			if agent.Name != AgentContainerName || agent.StartupProbe == nil || agent.StartupProbe.Exec == nil {
+				t.Fatalf("agent container %q without exec startup probe", agent.Name)
+			}
+			for _, c := range append(append([]corev1.Container{}, out.Spec.InitContainers...), out.Spec.Containers...) {
+				if !hasMount(c) {
+					t.Errorf("container %q lacks the socket mount", c.Name)
+				}
+				if c.Name != AgentContainerName && envValue(c, EnvSocket) != SocketPath {
+					t.Errorf("container %q: %s=%q", c.Name, EnvSocket, envValue(c, EnvSocket))
+				}
+				if c.Name != AgentContainerName && (envValue(c, EnvURL) != "") != (out.Annotations[AnnotationTCPPort] != "") {
+					t.Errorf("container %q: %s=%q with tcp-port %q", c.Name, EnvURL, envValue(c, EnvURL), out.Annotations[AnnotationTCPPort])
+				}
+			}
+			n := 0
+			for _, g := range out.Spec.SecurityContext.SupplementalGroups {
+				if g == AgentUID {
+					n++
+				}
+			}
+			if n != 1 {
+				t.Errorf("supplementalGroups %v: want %d exactly once", out.Spec.SecurityContext.SupplementalGroups, AgentUID)
+			}
+			if out.Annotations[AnnotationStatus] != StatusInjected {
+				t.Errorf("status annotation %q", out.Annotations[AnnotationStatus])
+			}
+		})
+	}
+}
+
+func hasMount(c corev1.Container) bool {
+	for _, m := range c.VolumeMounts {
+		if m.Name == SocketVolumeName && m.MountPath == SocketDir {
+			return true
+		}
+	}
+	return false
+}
+
+func envValue(c corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
+}
+
+// stripInjected removes the socket mount and the LEASEHOLD_* env from containers.
+func stripInjected(cs []corev1.Container) []corev1.Container {
+	out := make([]corev1.Container, 0, len(cs))
+	for _, c := range cs {
+		c = *c.DeepCopy()
+		var mounts []corev1.VolumeMount
+		for _, m := range c.VolumeMounts {
+			if m.Name != SocketVolumeName {
+				mounts = append(mounts, m)
+			}
+		}
+		c.VolumeMounts = mounts
+		var env []corev1.EnvVar
+		for _, e := range c.Env {
+			if e.Name != EnvSocket && e.Name != EnvURL {
+				env = append(env, e)
+			}
+		}
+		c.Env = env
+		out = append(out, c)
+	}
+	return out
+}
+
+// TestInjectReinvocation: another webhook adds a container after ours; the reinvoked
+// injector gives that container the mount and env and changes nothing else.
+func TestInjectReinvocation(t *testing.T) {
+	opts := DefaultOptions()
+	first := mustInject(t, readPod(t, "testdata/golden/bare.in.yaml"), opts)
+	later := first.DeepCopy()
+	later.Spec.Containers = append(later.Spec.Containers, corev1.Container{Name: "mesh-proxy", Image: "proxy:1"})
+
+	got := mustInject(t, later, opts)
+
+	want := later.DeepCopy()
+	want.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir}}
+	want.Spec.Containers[1].Env = []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("reinvocation (-want +got):\n%s", diff)
+	}
+}
+
+// TestInjectReplacesStaleAgent: a Pod re-submitted with different locks gets an agent
+// with the new arguments, still exactly one.
+func TestInjectReplacesStaleAgent(t *testing.T) {
+	opts := DefaultOptions()
+	first := mustInject(t, readPod(t, "testdata/golden/bare.in.yaml"), opts)
+	first.Annotations[AnnotationLocks] = "other"
+	got := mustInject(t, first, opts)
+	if n := len(got.Spec.InitContainers); n != 1 {
+		t.Fatalf("%d init containers, want 1", n)
+	}
+	if args := strings.Join(got.Spec.InitContainers[0].Args, " "); !strings.Contains(args, "--locks=other ") {
+		t.Errorf("agent args not updated: %s", args)
+	}
+}
+
+func TestInjectHostNetworkTurnsAgentMetricsOff(t *testing.T) {
+	pod := readPod(t, "testdata/golden/bare.in.yaml")
+	pod.Spec.HostNetwork = true
+	got := mustInject(t, pod, DefaultOptions())
+	if args := got.Spec.InitContainers[0].Args; !slices.Contains(args, "--metrics-bind-address=0") {
+		t.Errorf("hostNetwork agent args %v, want --metrics-bind-address=0", args)
+	}
+}
+
+func TestInjectStatusAloneDoesNotSkip(t *testing.T) {
+	pod := readPod(t, "testdata/golden/bare.in.yaml")
+	pod.Annotations[AnnotationStatus] = StatusInjected
+	got := mustInject(t, pod, DefaultOptions())
+	if len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != AgentContainerName {
+		t.Errorf("a user-written status annotation must not bypass injection: %+v", got.Spec.InitContainers)
+	}
+}
+
+func TestInjectConflicts(t *testing.T) {
+	base := func() *corev1.Pod { return readPod(t, "testdata/golden/bare.in.yaml") }
+	tests := map[string]struct {
+		mutate func(*corev1.Pod)
+		want   string // in the error
+	}{
+		"volume name taken by a hostPath": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: SocketVolumeName,
+					VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run"}}})
+			},
+			want: `spec.volumes[0].name: Invalid value: "leasehold-socket": the volume name "leasehold-socket" is reserved`,
+		},
+		"token volume name taken": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: TokenVolumeName,
+					VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+			},
+			want: `the volume name "leasehold-agent-token" is reserved`,
+		},
+		"another volume at /run/leasehold": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "mine", MountPath: "/run/leasehold/"}}
+			},
+			want: `spec.containers[0].volumeMounts[0].mountPath: Invalid value: "/run/leasehold/": /run/leasehold is where`,
+		},
+		"socket volume mounted elsewhere": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: "/sock"}}
+			},
+			want: `must be mounted at /run/leasehold`,
+		},
+		"LEASEHOLD_SOCKET set to something else": {
+			mutate: func(p *corev1.Pod) {
+				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: EnvSocket, Value: "/tmp/x.sock"}}
+			},
+			want: `spec.containers[0].env[0]: Invalid value: "LEASEHOLD_SOCKET": LEASEHOLD_SOCKET is set by the Leasehold webhook to "/run/leasehold/agent.sock"; fix: remove it from container "app"`,
+		},
+		"tcp port used by a container": {
+			mutate: func(p *corev1.Pod) {
+				p.Annotations[AnnotationTCPPort] = "8080"
+				p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
+			},
+			want: `container "app" uses port 8080, which leasehold.io/tcp-port asks the agent to listen on`,
+		},
+		"tcp port with hostNetwork": {
+			mutate: func(p *corev1.Pod) {
+				p.Annotations[AnnotationTCPPort] = "8970"
+				p.Spec.HostNetwork = true
+			},
+			want: `the Pod uses hostNetwork, so the port would be on the node's loopback`,
+		},
+		"tcp port is the agent's metrics port": {
+			mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" },
+			want:   `the agent serves its metrics on 127.0.0.1:9090`,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := base()
+			tc.mutate(pod)
+			cfg, errs := ParseAnnotations(pod.Annotations)
+			if len(errs) > 0 {
+				t.Fatal(errs.ToAggregate())
+			}
+			before := pod.DeepCopy()
+			errs = Inject(pod, cfg, DefaultOptions())
+			if len(errs) == 0 {
+				t.Fatalf("no conflict reported")
+			}
+			if msg := errs.ToAggregate().Error(); !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q\nwant it to contain %q", msg, tc.want)
+			}
+			if diff := cmp.Diff(before, pod); diff != "" {
+				t.Errorf("a refused pod was modified:\n%s", diff)
+			}
+		})
+	}
+}
+
+// restrictedApp makes a Pod's own containers meet the restricted profile, so that
+// the only thing under test is what the injection adds.
+func restrictedApp(pod *corev1.Pod) {
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			cs[i].SecurityContext = &corev1.SecurityContext{
+				RunAsNonRoot:             ptr.To(true),
+				AllowPrivilegeEscalation: ptr.To(false),
+				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			}
+		}
+	}
+}
+
+// TestInjectedPodsAreRestricted evaluates every injected golden Pod (its own
+// containers made compliant first) and a Pod holding only the agent with
+// k8s.io/pod-security-admission's own checks at the restricted level.
+func TestInjectedPodsAreRestricted(t *testing.T) {
+	evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lv := psapi.LevelVersion{Level: psapi.LevelRestricted, Version: psapi.LatestVersion()}
+	check := func(t *testing.T, pod *corev1.Pod) {
+		t.Helper()
+		res := policy.AggregateCheckResults(evaluator.EvaluatePod(lv, &pod.ObjectMeta, &pod.Spec))
+		if !res.Allowed {
+			t.Errorf("restricted: %s: %s", res.ForbiddenReason(), res.ForbiddenDetail())
+		}
+	}
+	for name, opts := range goldenCases() {
+		t.Run(name, func(t *testing.T) {
+			in := readPod(t, filepath.Join("testdata/golden", name+".in.yaml"))
+			restrictedApp(in)
+			check(t, in) // the premise: the app alone passes
+			check(t, mustInject(t, in, opts))
+		})
+	}
+	t.Run("agent alone", func(t *testing.T) {
+		for _, plain := range []bool{false, true} {
+			opts := DefaultOptions()
+			opts.PlainContainer = plain
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationLocks: "x"}}}
+			check(t, mustInject(t, pod, opts))
+		}
+	})
+	t.Run("the check can fail", func(t *testing.T) {
+		opts := DefaultOptions()
+		pod := mustInject(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationLocks: "x"}}}, opts)
+		pod.Spec.InitContainers[0].SecurityContext.AllowPrivilegeEscalation = nil
+		res := policy.AggregateCheckResults(evaluator.EvaluatePod(lv, &pod.ObjectMeta, &pod.Spec))
+		if res.Allowed {
+			t.Errorf("an agent without allowPrivilegeEscalation=false passed restricted")
+		}
+	})
+}

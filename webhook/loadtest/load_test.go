@@ -1,0 +1,446 @@
+//go:build loadtest
+
+// Package loadtest measures the webhook as it runs: the real leasehold-webhook binary
+// serving TLS, registered with a real kube-apiserver through manifests/base's
+// MutatingWebhookConfiguration. Run with `make bench-webhook`; results go to
+// BENCHMARKS.md. It is a measurement, not a test: it fails only when it cannot measure.
+package loadtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/webhook"
+)
+
+func env(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[int(math.Ceil(float64(len(s))*p/100))-1]
+}
+
+// rssKiB reads VmRSS and VmHWM (peak) of pid.
+func rssKiB(pid int) (rss, hwm int) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "VmRSS:":
+			rss, _ = strconv.Atoi(fields[1])
+		case "VmHWM:":
+			hwm, _ = strconv.Atoi(fields[1])
+		}
+	}
+	return rss, hwm
+}
+
+// histogramP99 reads a Prometheus histogram from a /metrics text body and returns the
+// smallest bucket bound holding 99% of the observations.
+func histogramP99(body, name string) (bound string, count float64) {
+	type bucket struct {
+		le    string
+		count float64
+	}
+	var buckets []bucket
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name+"_count") {
+			count, _ = strconv.ParseFloat(strings.Fields(line)[1], 64)
+		}
+		if !strings.HasPrefix(line, name+"_bucket{") {
+			continue
+		}
+		i := strings.Index(line, `le="`)
+		le := line[i+4 : i+4+strings.Index(line[i+4:], `"`)]
+		c, _ := strconv.ParseFloat(strings.Fields(line)[len(strings.Fields(line))-1], 64)
+		buckets = append(buckets, bucket{le, c})
+	}
+	for _, b := range buckets {
+		if count > 0 && b.count >= 0.99*count {
+			return b.le, count
+		}
+	}
+	return "?", count
+}
+
+func TestLoad(t *testing.T) {
+	bin := os.Getenv("LEASEHOLD_WEBHOOK_BIN")
+	if bin == "" {
+		t.Fatal("set LEASEHOLD_WEBHOOK_BIN to a built leasehold-webhook (make bench-webhook does)")
+	}
+	e, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.WebhookInstallOptions = envtest.WebhookInstallOptions{
+		Paths: []string{filepath.Join("..", "..", "manifests", "base", "mutatingwebhookconfiguration.yaml")},
+	}
+	cfg, err := e.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Stop()
+	wo := e.WebhookInstallOptions
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, e.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	metricsPort, probePort := freePort(t), freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin,
+		"--kubeconfig="+kubeconfig, "--self-signed-certs=false", "--cert-dir="+wo.LocalServingCertDir,
+		"--webhook-port="+strconv.Itoa(wo.LocalServingPort),
+		"--metrics-bind-address=127.0.0.1:"+strconv.Itoa(metricsPort),
+		"--health-probe-bind-address=127.0.0.1:"+strconv.Itoa(probePort))
+	cmd.Env = append(os.Environ(), "GOMEMLIMIT="+envString("WEBHOOK_GOMEMLIMIT", "40MiB"), "GOGC="+envString("WEBHOOK_GOGC", "100"))
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = cmd.Wait()
+	}()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", probePort))
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, nil
+	}); err != nil {
+		t.Fatalf("webhook not ready: %v\n%s", err, logs.String())
+	}
+	pid := cmd.Process.Pid
+	idleRSS, _ := rssKiB(pid)
+	t.Logf("webhook pid %d ready, idle RSS %.1f MiB (%s)", pid, float64(idleRSS)/1024, rollup(pid))
+
+	// 1. Load against the TLS endpoint: C concurrent clients, N reviews.
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(wo.LocalServingCAData)
+	concurrency, total := env("LOAD_CONCURRENCY", 100), env("LOAD_REVIEWS", 20000)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: concurrency, ForceAttemptHTTP2: false}
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	url := fmt.Sprintf("https://127.0.0.1:%d%s", wo.LocalServingPort, webhook.Path)
+	body := reviewBody(t)
+
+	var peakRSS int
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-tick.C:
+				if r, _ := rssKiB(pid); r > peakRSS {
+					peakRSS = r
+				}
+			}
+		}
+	}()
+	var (
+		mu   sync.Mutex
+		lats []time.Duration
+		errs int
+		next = make(chan struct{}, total)
+		wg   sync.WaitGroup
+	)
+	// LOAD_RATE=0: closed loop, every client sends its next review as soon as the last
+	// is answered (saturation). LOAD_RATE=r: reviews are released at r per second
+	// (open loop), still served by up to `concurrency` clients at once.
+	rate := env("LOAD_RATE", 0)
+	go func() {
+		defer close(next)
+		if rate <= 0 {
+			for range total {
+				next <- struct{}{}
+			}
+			return
+		}
+		interval := time.Second / time.Duration(rate)
+		t0 := time.Now()
+		for i := range total {
+			time.Sleep(time.Until(t0.Add(time.Duration(i) * interval)))
+			next <- struct{}{}
+		}
+	}()
+	start := time.Now()
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for range next {
+				s := time.Now()
+				resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != 200 {
+					mu.Lock()
+					errs++
+					mu.Unlock()
+					continue
+				}
+				mine = append(mine, time.Since(s))
+			}
+			mu.Lock()
+			lats = append(lats, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(stopSampling)
+	<-sampled
+	_, hwm := rssKiB(pid)
+	t.Logf("TLS load: after load %s", rollup(pid))
+	if errs > 0 {
+		t.Errorf("%d of %d reviews failed", errs, total)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	bound, count := histogramP99(string(mb), "leasehold_webhook_request_duration_seconds")
+	crBound, _ := histogramP99(string(mb), "controller_runtime_webhook_latency_seconds")
+	t.Logf("TLS load: %d reviews, %d concurrent clients, rate %s, %.0f reviews/s achieved", len(lats), concurrency,
+		map[bool]string{true: "unlimited (closed loop)", false: strconv.Itoa(rate) + "/s (open loop)"}[rate <= 0],
+		float64(len(lats))/elapsed.Seconds())
+	t.Logf("TLS load: client-side latency p50 %v p99 %v max %v", pct(lats, 50), pct(lats, 99), pct(lats, 100))
+	t.Logf("TLS load: server-side p99 <= %ss (leasehold_webhook_request_duration_seconds bucket, %v observations); controller-runtime latency p99 bucket <= %ss",
+		bound, count, crBound)
+	t.Logf("TLS load: webhook RSS peak sampled %.1f MiB, VmHWM %.1f MiB", float64(peakRSS)/1024, float64(hwm)/1024)
+
+	// 2. Creating an annotated Pod through the API server, with the webhook and without.
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}); err != nil {
+		t.Fatal(err)
+	}
+	pods := env("CREATE_PODS", 300)
+	seq := 0
+	create := func(wantInjected bool) []time.Duration {
+		var ds []time.Duration
+		for range pods {
+			seq++
+			p := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("p%d", seq),
+					Annotations: map[string]string{webhook.AnnotationLocks: "db"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+			}
+			s := time.Now()
+			if err := c.Create(ctx, p); err != nil {
+				t.Fatalf("create pod: %v", err)
+			}
+			ds = append(ds, time.Since(s))
+			if injected := len(p.Spec.InitContainers) == 1; injected != wantInjected {
+				t.Fatalf("pod %s injected=%v, want %v", p.Name, injected, wantInjected)
+			}
+		}
+		return ds
+	}
+	mwcs := wo.MutatingWebhooks
+	setWebhook := func(on bool) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		err := c.Get(ctx, client.ObjectKey{Name: mwcs[0].Name}, mwc)
+		switch {
+		case on && err != nil:
+			fresh := mwcs[0].DeepCopy()
+			fresh.ResourceVersion = ""
+			if err := c.Create(ctx, fresh); err != nil {
+				t.Fatal(err)
+			}
+		case !on && err == nil:
+			if err := c.Delete(ctx, mwc); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The API server picks configuration changes up asynchronously: probe until
+		// a Pod shows the wanted state.
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			seq++
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("probe%d", seq),
+				Annotations: map[string]string{webhook.AnnotationLocks: "db"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}}}
+			if err := c.Create(ctx, p); err != nil {
+				return false, nil
+			}
+			return (len(p.Spec.InitContainers) == 1) == on, nil
+		}); err != nil {
+			t.Fatalf("webhook on=%v not effective: %v", on, err)
+		}
+	}
+	conns := func() string {
+		out, err := exec.Command("ss", "-tan").Output()
+		if err != nil {
+			return "ss: " + err.Error()
+		}
+		states := map[string]int{}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 4 && strings.HasSuffix(f[3], ":"+strconv.Itoa(wo.LocalServingPort)) {
+				states[f[0]]++
+			}
+		}
+		return fmt.Sprint(states)
+	}
+	t.Logf("webhook port %d connections before Pod creation: %s", wo.LocalServingPort, conns())
+	defer func() { t.Logf("webhook port connections after Pod creation: %s", conns()) }()
+	var with, without []time.Duration
+	for round := range 2 {
+		setWebhook(true)
+		with = append(with, create(true)...)
+		setWebhook(false)
+		without = append(without, create(false)...)
+		_ = round
+	}
+	if cs, err := kubernetes.NewForConfig(cfg); err == nil {
+		if raw, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(ctx); err == nil {
+			sum, count := metricSumCount(string(raw), "apiserver_admission_webhook_admission_duration_seconds", `name="inject.leasehold.io"`)
+			if count > 0 {
+				t.Logf("API server's view of the webhook call (apiserver_admission_webhook_admission_duration_seconds): %v calls, mean %v",
+					count, time.Duration(sum/count*float64(time.Second)))
+			}
+		}
+	}
+	t.Logf("Pod create via API server (%d annotated Pods each, sequential, 2 alternating rounds): with webhook p50 %v p99 %v; without p50 %v p99 %v; added p99 %v",
+		len(with), pct(with, 50), pct(with, 99), pct(without, 50), pct(without, 99), pct(with, 99)-pct(without, 99))
+}
+
+// rollup summarises /proc/<pid>/smaps_rollup: resident anonymous and file-backed memory.
+func rollup(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "Rss:" || f[0] == "Anonymous:" || f[0] == "Pss_File:") {
+			out = append(out, f[0]+" "+f[1]+" kB")
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+// metricSumCount returns a histogram's _sum and _count for the series whose labels
+// contain match.
+func metricSumCount(body, name, match string) (sum, count float64) {
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.Contains(line, match) {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		switch {
+		case strings.HasPrefix(line, name+"_sum{"):
+			sum += v
+		case strings.HasPrefix(line, name+"_count{"):
+			count += v
+		}
+	}
+	return sum, count
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func reviewBody(t *testing.T) []byte {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-7c9d8b6f5-", Namespace: "team-a",
+			Labels:      map[string]string{"app": "web", "pod-template-hash": "7c9d8b6f5"},
+			Annotations: map[string]string{webhook.AnnotationLeader: "web-leader"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "example.com/web:2",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
+	}
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "load", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+			Namespace: "team-a", Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

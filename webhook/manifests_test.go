@@ -1,0 +1,147 @@
+package webhook
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	psapi "k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
+)
+
+// TestManifests decodes manifests/base strictly into typed objects and checks what the
+// issue and the contract ask of them.
+func TestManifests(t *testing.T) {
+	t.Run("webhook configuration", func(t *testing.T) {
+		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		decodeManifests(t, "mutatingwebhookconfiguration.yaml", mwc)
+		if len(mwc.Webhooks) != 1 {
+			t.Fatalf("%d webhooks", len(mwc.Webhooks))
+		}
+		w := mwc.Webhooks[0]
+		if s := w.ClientConfig.Service; s == nil || s.Name != "leasehold-webhook" || s.Namespace != "leasehold-system" ||
+			s.Path == nil || *s.Path != Path || s.Port == nil || *s.Port != 443 {
+			t.Errorf("clientConfig.service %+v", s)
+		}
+		if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Fail {
+			t.Errorf("failurePolicy %v, want Fail", w.FailurePolicy)
+		}
+		if w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone {
+			t.Errorf("sideEffects %v", w.SideEffects)
+		}
+		if w.TimeoutSeconds == nil || *w.TimeoutSeconds > 5 {
+			t.Errorf("timeoutSeconds %v, want at most 5", w.TimeoutSeconds)
+		}
+		if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionregistrationv1.IfNeededReinvocationPolicy {
+			t.Errorf("reinvocationPolicy %v", w.ReinvocationPolicy)
+		}
+		if len(w.MatchConditions) == 0 {
+			t.Errorf("no matchConditions")
+		}
+		wantSel := []string{"kube-system", "leasehold-system"}
+		if w.NamespaceSelector == nil || len(w.NamespaceSelector.MatchExpressions) != 1 ||
+			w.NamespaceSelector.MatchExpressions[0].Key != "kubernetes.io/metadata.name" ||
+			!cmp.Equal(w.NamespaceSelector.MatchExpressions[0].Values, wantSel) {
+			t.Errorf("namespaceSelector %+v, want NotIn %v", w.NamespaceSelector, wantSel)
+		}
+		if len(w.Rules) != 1 || !cmp.Equal(w.Rules[0].Operations, []admissionregistrationv1.OperationType{admissionregistrationv1.Create}) ||
+			!cmp.Equal(w.Rules[0].Resources, []string{"pods"}) {
+			t.Errorf("rules %+v", w.Rules)
+		}
+	})
+
+	t.Run("deployment", func(t *testing.T) {
+		d := &appsv1.Deployment{}
+		decodeManifests(t, "deployment.yaml", d)
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+			t.Errorf("replicas %v, want 2", d.Spec.Replicas)
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		if c.Image != DefaultAgentImage || c.ImagePullPolicy != corev1.PullIfNotPresent {
+			t.Errorf("image %s %s", c.Image, c.ImagePullPolicy)
+		}
+		ports := map[string]int32{}
+		for _, p := range c.Ports {
+			ports[p.Name] = p.ContainerPort
+		}
+		if diff := cmp.Diff(map[string]int32{"webhook": 9443, "metrics": 8080, "health": 8081}, ports); diff != "" {
+			t.Errorf("ports (-want +got):\n%s", diff)
+		}
+		evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := policy.AggregateCheckResults(evaluator.EvaluatePod(
+			psapi.LevelVersion{Level: psapi.LevelRestricted, Version: psapi.LatestVersion()},
+			&d.Spec.Template.ObjectMeta, &d.Spec.Template.Spec))
+		if !res.Allowed {
+			t.Errorf("webhook pod is not restricted: %s: %s", res.ForbiddenReason(), res.ForbiddenDetail())
+		}
+		pdb := &policyv1.PodDisruptionBudget{}
+		decodeManifests(t, "pdb.yaml", pdb)
+		if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 ||
+			!cmp.Equal(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+			t.Errorf("pdb %+v", pdb.Spec)
+		}
+		svc := &corev1.Service{}
+		decodeManifests(t, "service.yaml", svc)
+		if !cmp.Equal(svc.Spec.Selector, d.Spec.Template.Labels) {
+			t.Errorf("service selector %v, pod labels %v", svc.Spec.Selector, d.Spec.Template.Labels)
+		}
+	})
+
+	t.Run("webhook RBAC has no Lease rights", func(t *testing.T) {
+		role, rb, cr, crb := &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{}
+		decodeManifests(t, "rbac.yaml", role, rb, cr, crb)
+		for _, r := range append(append([]rbacv1.PolicyRule{}, role.Rules...), cr.Rules...) {
+			if slices.Contains(r.APIGroups, "coordination.k8s.io") || slices.Contains(r.Resources, "pods") || slices.Contains(r.Verbs, "*") {
+				t.Errorf("webhook rule too broad: %+v", r)
+			}
+			for _, v := range r.Verbs {
+				if (v == "update" || v == "patch") && len(r.ResourceNames) == 0 {
+					t.Errorf("write rule not narrowed to resourceNames: %+v", r)
+				}
+			}
+		}
+	})
+
+	t.Run("agent ClusterRole as the contract says", func(t *testing.T) {
+		cr := &rbacv1.ClusterRole{}
+		decodeManifests(t, "agent-clusterrole.yaml", cr)
+		want := []rbacv1.PolicyRule{
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		}
+		if cr.Name != "leasehold-agent" {
+			t.Errorf("name %q", cr.Name)
+		}
+		if diff := cmp.Diff(want, cr.Rules); diff != "" {
+			t.Errorf("rules (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("kustomization lists every file", func(t *testing.T) {
+		k := struct {
+			Resources []string `json:"resources"`
+		}{}
+		b := readManifest(t, "kustomization.yaml")
+		if err := yamlUnmarshal(b, &k); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "secret.yaml", "service.yaml",
+			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml"} {
+			if !slices.Contains(k.Resources, f) {
+				t.Errorf("kustomization.yaml lacks %s", f)
+			}
+		}
+		if strings.Contains(string(b), "namespace:") {
+			t.Errorf("base sets a namespace transformer; the webhook's namespaceSelector names leasehold-system")
+		}
+	})
+}
