@@ -192,7 +192,7 @@ func waitForLog(t *testing.T, ns, pod, container string, re *regexp.Regexp, time
 	var match []string
 	var last string
 	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		raw, err := cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
+		raw, err := cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container, Timestamps: true}).DoRaw(ctx)
 		if err != nil {
 			return false, nil
 		}
@@ -207,9 +207,11 @@ func waitForLog(t *testing.T, ns, pod, container string, re *regexp.Regexp, time
 	return match
 }
 
+// logs returns a container's log, each line prefixed with the time the container runtime
+// read it (RFC 3339, nanoseconds): the one clock that every Pod on the node shares.
 func logs(t *testing.T, ns, pod, container string) string {
 	t.Helper()
-	raw, err := cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container}).DoRaw(context.Background())
+	raw, err := cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container, Timestamps: true}).DoRaw(context.Background())
 	if err != nil {
 		t.Fatalf("logs of %s/%s %s: %v", ns, pod, container, err)
 	}
@@ -251,10 +253,10 @@ func podsOf(t *testing.T, ns, app string) []corev1.Pod {
 type interval struct {
 	pod         string
 	token       int64
-	enter, exit int64 // node clock, ns
+	enter, exit time.Time // when the runtime read the line
 }
 
-var sectionLine = regexp.MustCompile(`(?m)^(?:migrate )?(enter|exit) token=(\d+) at=(\d+) pod=(\S+)$`)
+var sectionLine = regexp.MustCompile(`(?m)^(\S+) (?:migrate )?(enter|exit) token=(\d+) pod=(\S+)$`)
 
 // sections parses the enter/exit lines of one container's log into complete intervals.
 func sections(t *testing.T, log string) []interval {
@@ -262,9 +264,12 @@ func sections(t *testing.T, log string) []interval {
 	var out []interval
 	var open *interval
 	for _, m := range sectionLine.FindAllStringSubmatch(log, -1) {
-		tok, _ := strconv.ParseInt(m[2], 10, 64)
-		at, _ := strconv.ParseInt(m[3], 10, 64)
-		switch m[1] {
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil {
+			t.Fatalf("log timestamp %q: %v", m[1], err)
+		}
+		tok, _ := strconv.ParseInt(m[3], 10, 64)
+		switch m[2] {
 		case "enter":
 			open = &interval{pod: m[4], token: tok, enter: at}
 		case "exit":
@@ -284,12 +289,13 @@ func sections(t *testing.T, log string) []interval {
 // order the sections were entered.
 func checkExclusive(t *testing.T, all []interval) {
 	t.Helper()
-	sort.Slice(all, func(i, j int) bool { return all[i].enter < all[j].enter })
+	sort.Slice(all, func(i, j int) bool { return all[i].enter.Before(all[j].enter) })
 	for i := 1; i < len(all); i++ {
 		prev, cur := all[i-1], all[i]
-		if cur.enter < prev.exit {
-			t.Errorf("critical sections overlap: %s token %d [%d,%d] and %s token %d [%d,%d]",
-				prev.pod, prev.token, prev.enter, prev.exit, cur.pod, cur.token, cur.enter, cur.exit)
+		if cur.enter.Before(prev.exit) {
+			t.Errorf("critical sections overlap: %s token %d [%s, %s] and %s token %d [%s, %s]",
+				prev.pod, prev.token, prev.enter.Format(time.StampMicro), prev.exit.Format(time.StampMicro),
+				cur.pod, cur.token, cur.enter.Format(time.StampMicro), cur.exit.Format(time.StampMicro))
 		}
 		if cur.token <= prev.token {
 			t.Errorf("fencing token did not rise: %s held token %d, then %s got token %d", prev.pod, prev.token, cur.pod, cur.token)
@@ -464,21 +470,21 @@ func checkOneLeader(t *testing.T, ns, app, lock string, samples int) {
 	}
 }
 
-var gotLine = regexp.MustCompile(`got token=(\d+) at=(\d+)`)
+var gotLine = regexp.MustCompile(`(?m)^(\S+) got token=(\d+)`)
 
-// holderAndWaiter starts a Pod that holds lock and a second one that waits for it, and
-// returns when the waiter's agent is ready (so it is really waiting).
-func holderAndWaiter(t *testing.T, ns, lock string, annotations map[string]string) (holder *corev1.Pod) {
+// holderAndWaiter starts a Pod that holds lock by running holderScript (which must print
+// "holding token=N" once it holds), and a second Pod that waits for it, and returns when
+// the waiter is really waiting.
+func holderAndWaiter(t *testing.T, ns, lock string, annotations map[string]string, holderScript string) (holder *corev1.Pod) {
 	t.Helper()
 	a := map[string]string{"leasehold.io/locks": lock}
 	for k, v := range annotations {
 		a[k] = v
 	}
-	holder = createPod(t, ns, appPod("holder", a,
-		`leasehold run `+lock+` -- sh -c 'echo "holding token=$LEASEHOLD_TOKEN"; sleep 3600'; echo "run ended: $?"; sleep 3600`))
+	holder = createPod(t, ns, appPod("holder", a, holderScript))
 	waitForLog(t, ns, "holder", "app", regexp.MustCompile(`holding token=\d+`), 120*time.Second)
 	createPod(t, ns, appPod("waiter", a,
-		`echo waiting; leasehold run --wait 300s `+lock+` -- sh -c 'echo "got token=$LEASEHOLD_TOKEN at=$(date +%s%N)"; sleep 3600'`))
+		`echo waiting; leasehold run --wait 300s `+lock+` -- sh -c 'echo "got token=$LEASEHOLD_TOKEN"; sleep 3600'`))
 	waitForLog(t, ns, "waiter", "app", regexp.MustCompile(`waiting`), 120*time.Second)
 	time.Sleep(time.Second) // the waiter's acquire call is in flight
 	if m := gotLine.FindStringSubmatch(logs(t, ns, "waiter", "app")); m != nil {
@@ -493,15 +499,17 @@ func holderAndWaiter(t *testing.T, ns, lock string, annotations map[string]strin
 
 func TestDeletingTheHolderHandsOverAtOnce(t *testing.T) {
 	ns := newNamespace(t, true)
-	holderAndWaiter(t, ns, "handover", nil)
+	// `exec`: leasehold run is the container's main process, as in `command: [leasehold,
+	// run, LOCK, --, app]`, so the kubelet's SIGTERM reaches it and it ends the hold.
+	holderAndWaiter(t, ns, "handover", nil,
+		`exec leasehold run handover -- sh -c 'echo "holding token=$LEASEHOLD_TOKEN"; sleep 3600'`)
 	start := time.Now()
 	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), "holder", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	m := waitForLog(t, ns, "waiter", "app", gotLine, 60*time.Second)
-	at, _ := strconv.ParseInt(m[2], 10, 64)
-	handover := time.Unix(0, at).Sub(start)
-	t.Logf("Pod deleted -> waiter holds: %s (token %s)", handover, m[1])
+	handover := logTime(t, m[1]).Sub(start)
+	t.Logf("Pod deleted -> waiter holds: %s (token %s)", handover, m[2])
 	// The lease-duration is 15s: a handover well inside it was a release on SIGTERM, not
 	// an expiry. (Speed itself is measured in BENCHMARKS.md, not asserted here.)
 	if handover > 5*time.Second {
@@ -512,15 +520,15 @@ func TestDeletingTheHolderHandsOverAtOnce(t *testing.T) {
 func TestKilledAgentFreesTheLockOnlyAfterLeaseDuration(t *testing.T) {
 	ns := newNamespace(t, true)
 	timing := map[string]string{"leasehold.io/lease-duration": "8s", "leasehold.io/renew-deadline": "5s", "leasehold.io/retry-period": "1s"}
-	holder := holderAndWaiter(t, ns, "expiry", timing)
+	holder := holderAndWaiter(t, ns, "expiry", timing,
+		`leasehold run expiry -- sh -c 'echo "holding token=$LEASEHOLD_TOKEN"; sleep 3600'; echo "run ended: $?"; sleep 3600`)
 	pid := agentPID(t, string(holder.UID))
 	start := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill -9 the holder's agent (pid %d): %v", pid, err)
 	}
 	m := waitForLog(t, ns, "waiter", "app", gotLine, 60*time.Second)
-	at, _ := strconv.ParseInt(m[2], 10, 64)
-	handover := time.Unix(0, at).Sub(start)
+	handover := logTime(t, m[1]).Sub(start)
 	t.Logf("holder's agent killed -> waiter holds: %s (lease-duration 8s)", handover)
 	// The last renew came at most renew-deadline/2 before the kill, so the waiter may take
 	// the lock no earlier than about lease-duration minus that.
@@ -529,6 +537,15 @@ func TestKilledAgentFreesTheLockOnlyAfterLeaseDuration(t *testing.T) {
 	}
 	// The holder's client learnt that it lost the hold (its connection to the agent broke).
 	waitForLog(t, ns, "holder", "app", regexp.MustCompile(`run ended: [1-9]`), 30*time.Second)
+}
+
+func logTime(t *testing.T, stamp string) time.Time {
+	t.Helper()
+	at, err := time.Parse(time.RFC3339Nano, stamp)
+	if err != nil {
+		t.Fatalf("log timestamp %q: %v", stamp, err)
+	}
+	return at
 }
 
 // agentPID finds the agent process of the Pod with uid on this node.
