@@ -33,7 +33,10 @@ e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tea
 	hack/e2e.sh
 
 .PHONY: test
-test: unit e2e ## Run every test: unit, envtest (real kube-apiserver + etcd) and the real-node e2e suite.
+test: ## Run every test: unit + envtest suites (real kube-apiserver + etcd), a short fuzz run, the real-node e2e suite.
+	$(MAKE) unit
+	$(MAKE) fuzz-short
+	$(MAKE) e2e
 
 .PHONY: demo
 demo: ## Build everything, bring up a local one-node cluster, install Leasehold and the example app, show locks changing hands (root).
@@ -48,8 +51,9 @@ deploy: ## Install Leasehold on the cluster of your current kubeconfig (kubectl 
 	kubectl apply -k manifests/base
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
-.PHONY: vet
-vet: ## go vet and gofmt.
+.PHONY: vet lint
+lint: vet
+vet: ## go vet and gofmt (also: make lint).
 	go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 
@@ -72,7 +76,8 @@ cluster-down: ## Stop the cluster and remove every trace (processes, mounts, ipt
 .PHONY: cluster-smoke
 cluster-smoke: ## Check the running cluster: native sidecar, downward API, tokens, Service IPs, SIGTERM.
 	hack/cluster-smoke.sh
-##@ Webhook
+
+# ---- Webhook fuzzing, manifests, benchmarks ---------------------------------------------
 
 FUZZTIME ?= 5s
 FUZZTIME_LONG ?= 10m
@@ -84,8 +89,6 @@ fuzz-short: ## Short fuzz run of every webhook fuzz target ($(FUZZTIME) each; pa
 	  echo "go test ./webhook/ -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME)"; \
 	  go test ./webhook/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
 	done
-
-test: fuzz-short
 
 .PHONY: fuzz
 fuzz: ## Long fuzz run of every webhook fuzz target ($(FUZZTIME_LONG) each).
