@@ -46,9 +46,11 @@ demo: ## Build everything, bring up a local one-node cluster, install Leasehold 
 demo-down: ## Tear the local cluster down, leaving nothing behind.
 	hack/cluster.sh down
 
+IMAGE ?= leasehold.local/leasehold:dev
+
 .PHONY: deploy
-deploy: ## Install Leasehold on the cluster of your current kubeconfig (kubectl apply -k manifests/base).
-	kubectl apply -k manifests/base
+deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=your/registry/leasehold:tag (built from the Dockerfile).
+	kubectl kustomize manifests/base | sed 's|leasehold.local/leasehold:dev|$(IMAGE)|g' | kubectl apply -f -
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
 .PHONY: vet lint
