@@ -1,13 +1,16 @@
 package agent_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -274,4 +277,43 @@ type netConn = net.Conn
 
 func dialUnix(ctx context.Context, path string) (net.Conn, error) {
 	return (&net.Dialer{}).DialContext(ctx, "unix", path)
+}
+
+// streamEvents follows the lock's server-sent events; the channel carries event names.
+func streamEvents(t *testing.T, a *agentProc, name string) <-chan string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://leasehold/v1/locks/"+name+"/events", nil)
+	resp, err := clientFor(a).Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("events of %s: %v %v", name, resp, err)
+	}
+	ch := make(chan string, 64)
+	go func() {
+		defer resp.Body.Close()
+		defer close(ch)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if ev, ok := strings.CutPrefix(sc.Text(), "event: "); ok {
+				ch <- ev
+			}
+		}
+	}()
+	return ch
+}
+
+func waitEvent(ch <-chan string, want lock.EventType, timeout time.Duration) bool {
+	t := time.After(timeout)
+	for {
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				return false
+			}
+			if ev == string(want) {
+				return true
+			}
+		case <-t:
+			return false
+		}
+	}
 }
