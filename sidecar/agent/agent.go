@@ -304,8 +304,8 @@ func newMetrics() *metrics {
 			Name: "leasehold_lock_events_total", Help: "Lock events by lock and type (acquired, lost, released, shutdown).",
 		}, []string{"lock", "type"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "leasehold_kube_api_requests_total", Help: "Requests made to the Kubernetes API server, by method.",
-		}, []string{"method"}),
+			Name: "leasehold_kube_api_requests_total", Help: "Requests made to the Kubernetes API server, by method (WATCH for watches) and resource.",
+		}, []string{"method", "resource"}),
 	}
 	m.reg.MustRegister(m.events, m.requests, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
@@ -339,6 +339,21 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Query().Get("watch") == "true" {
 		method = "WATCH"
 	}
-	c.m.requests.WithLabelValues(method).Inc()
+	c.m.requests.WithLabelValues(method, resourceOf(r.URL.Path)).Inc()
 	return c.rt.RoundTrip(r)
+}
+
+// resourceOf names the resource of an API path: /apis/g/v/namespaces/ns/leases/x ->
+// leases, /apis/g/v/selfsubjectaccessreviews -> selfsubjectaccessreviews.
+func resourceOf(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i, p := range parts {
+		if p == "namespaces" && i+2 < len(parts) {
+			return parts[i+2]
+		}
+	}
+	if len(parts) > 0 {
+		return parts[len(parts)-1]
+	}
+	return ""
 }

@@ -91,7 +91,7 @@ func writeKubeconfig(path, host string) error {
 
 // agentProc is one agent process, as in one Pod.
 type agentProc struct {
-	t      *testing.T
+	t      testing.TB
 	pod    string
 	uid    string
 	socket string
@@ -108,7 +108,7 @@ var podSeq struct {
 }
 
 // startAgent starts an agent process for a new Pod and waits until it is ready.
-func startAgent(t *testing.T, pod string, args ...string) *agentProc {
+func startAgent(t testing.TB, pod string, args ...string) *agentProc {
 	t.Helper()
 	podSeq.Lock()
 	podSeq.n++
