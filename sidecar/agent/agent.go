@@ -15,21 +15,9 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	authorizationv1 "k8s.io/api/authorization/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/scheme"
-	authorizationv1client "k8s.io/client-go/kubernetes/typed/authorization/v1"
-	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/leasehold/leasehold/sidecar/api"
+	"github.com/leasehold/leasehold/sidecar/kubeapi"
 	"github.com/leasehold/leasehold/sidecar/listen"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
@@ -44,7 +32,7 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		return err
 	}
 	start := time.Now()
-	cfg, err := kubeConfig(o.Kubeconfig)
+	cfg, err := kubeapi.Config(o.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -52,54 +40,40 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	cfg.UserAgent = "leasehold-agent"
 	m := newMetrics()
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, m} })
-
-	coord, err := coordinationv1client.NewForConfig(cfg)
+	kc, err := kubeapi.New(cfg, o.Namespace)
 	if err != nil {
-		return fmt.Errorf("create Lease client: %w", err)
+		return err
 	}
-	authz, err := authorizationv1client.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("create authorization client: %w", err)
-	}
-
-	pod := &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: o.Namespace, Name: o.PodName, UID: types.UID(o.PodUID)}
-	var recorder record.EventRecorder
+	var recorder *kubeapi.EventRecorder
 	if o.Events {
-		core, err := corev1client.NewForConfig(cfg)
-		if err != nil {
-			return fmt.Errorf("create Event client: %w", err)
-		}
-		b := record.NewBroadcaster(record.WithContext(ctx))
-		b.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: core.Events(o.Namespace)})
-		defer b.Shutdown()
-		recorder = b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "leasehold-agent"})
+		recorder = kc.NewEventRecorder(o.PodName, o.PodUID, "leasehold-agent", log)
 	}
 
 	mgr, err := lock.NewManager(lock.ManagerConfig{
 		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
-		Client: coord.Leases(o.Namespace), Log: log,
+		Client: kc, Log: log,
 		OnEvent: func(ev lock.Event) {
-			m.events.WithLabelValues(ev.Lock, string(ev.Type)).Inc()
+			m.event(ev.Lock, string(ev.Type))
 			if recorder == nil || ev.Type == lock.EventShutdown {
 				return
 			}
 			reason := map[lock.EventType]string{lock.EventAcquired: "LockAcquired", lock.EventLost: "LockLost", lock.EventReleased: "LockReleased"}[ev.Type]
-			etype := corev1.EventTypeNormal
+			etype := "Normal"
 			if ev.Type == lock.EventLost {
-				etype = corev1.EventTypeWarning
+				etype = "Warning"
 			}
 			msg := fmt.Sprintf("Lock %s %s (token %d)", ev.Lock, ev.Type, ev.Token)
 			if ev.Reason != "" {
 				msg += ": " + ev.Reason
 			}
-			recorder.Event(pod, etype, reason, msg)
+			recorder.Record(kubeapi.PodEvent{Type: etype, Reason: reason, Message: msg})
 		},
 	})
 	if err != nil {
 		return err
 	}
-	m.register(mgr)
+	m.mgr = mgr
 
 	sa := o.ServiceAccount
 	if sa == "" {
@@ -129,7 +103,11 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	defer stopRun()
 	var wg sync.WaitGroup
 	wg.Go(func() { mgr.Run(runCtx) })
-	wg.Go(func() { eng.checkAccess(runCtx, authz, o, log) })
+	wg.Go(func() { eng.checkAccess(runCtx, kc, o, log) })
+	if recorder != nil {
+		// Events are posted until the holds are released at shutdown.
+		wg.Go(func() { recorder.Run(runCtx) })
+	}
 	wg.Go(func() {
 		// Log the time to ready once, for operators and the start-to-ready benchmark.
 		for d := time.Millisecond; runCtx.Err() == nil; d = min(2*d, 100*time.Millisecond) {
@@ -167,7 +145,7 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 			wg.Wait()
 			return fmt.Errorf("--metrics-bind-address: %w", err)
 		}
-		metricsSrv = &http.Server{Handler: promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 2 * time.Second}
+		metricsSrv = &http.Server{Handler: m, ReadHeaderTimeout: 2 * time.Second}
 		wg.Go(func() { _ = metricsSrv.Serve(ml) })
 	}
 	log.Info("Serving", "socket", o.Socket, "tcpPort", o.TCPPort, "metrics", o.MetricsBindAddress,
@@ -192,24 +170,6 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	return nil
 }
 
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		path = os.Getenv("KUBECONFIG")
-	}
-	if path != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
-		}
-		return cfg, nil
-	}
-	cfg, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no --kubeconfig and not in a cluster: %w", err)
-	}
-	return cfg, nil
-}
-
 func inClusterServiceAccount() string {
 	ns, _ := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 	if len(ns) == 0 {
@@ -231,29 +191,14 @@ func (e *engine) Ready() error {
 	return e.Manager.Ready()
 }
 
-// checkAccess asks the API server whether the agent may get, watch, create and
-// update Leases in its namespace, until it may.
-func (e *engine) checkAccess(ctx context.Context, c authorizationv1client.AuthorizationV1Interface, o *Options, log logr.Logger) {
+// checkAccess asks the API server whether the agent may create and update Leases in
+// its namespace, until it may.
+func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
 	for ctx.Err() == nil {
-		var denied []string
-		var failed error
-		for _, verb := range []string{"create", "update"} {
-			r, err := c.SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
-				Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
-					Namespace: o.Namespace, Verb: verb, Group: "coordination.k8s.io", Resource: "leases",
-				}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				failed = err
-				break
-			}
-			if !r.Status.Allowed {
-				denied = append(denied, verb)
-			}
-		}
+		denied, err := kc.CanWriteLeases(ctx, "create", "update")
 		switch {
-		case failed != nil:
-			log.V(1).Info("Failed to check access to Leases", "err", failed.Error())
+		case err != nil:
+			log.V(1).Info("Failed to check access to Leases", "err", err.Error())
 		case len(denied) > 0:
 			msg := fmt.Sprintf("may not %s Leases in namespace %s", strings.Join(denied, ", "), o.Namespace)
 			e.denied.Store(&msg)
@@ -291,44 +236,6 @@ func Probe(socket, path string, out io.Writer) int {
 	return 0
 }
 
-type metrics struct {
-	reg      *prometheus.Registry
-	events   *prometheus.CounterVec
-	requests *prometheus.CounterVec
-}
-
-func newMetrics() *metrics {
-	m := &metrics{
-		reg: prometheus.NewRegistry(),
-		events: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "leasehold_lock_events_total", Help: "Lock events by lock and type (acquired, lost, released, shutdown).",
-		}, []string{"lock", "type"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "leasehold_kube_api_requests_total", Help: "Requests made to the Kubernetes API server, by method (WATCH for watches) and resource.",
-		}, []string{"method", "resource"}),
-	}
-	m.reg.MustRegister(m.events, m.requests, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	return m
-}
-
-func (m *metrics) register(mgr *lock.Manager) {
-	for _, name := range mgr.Names() {
-		l, _ := mgr.Lock(name)
-		labels := prometheus.Labels{"lock": name, "mode": string(l.Mode())}
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "leasehold_lock_held", Help: "1 while this Pod holds the lock (within renew-deadline of its last write).", ConstLabels: labels,
-		}, func() float64 {
-			if l.State().Held {
-				return 1
-			}
-			return 0
-		}))
-		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "leasehold_lock_token", Help: "Fencing token (leaseTransitions) last seen for the lock.", ConstLabels: labels,
-		}, func() float64 { return float64(l.State().Token) }))
-	}
-}
-
 type countingTransport struct {
 	rt http.RoundTripper
 	m  *metrics
@@ -339,7 +246,7 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Query().Get("watch") == "true" {
 		method = "WATCH"
 	}
-	c.m.requests.WithLabelValues(method, resourceOf(r.URL.Path)).Inc()
+	c.m.request(method, resourceOf(r.URL.Path))
 	return c.rt.RoundTrip(r)
 }
 

@@ -116,6 +116,8 @@ func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 	case errors.As(err, &held):
 		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is %s: retry later or pass wait (e.g. ?wait=10s) to wait for it",
 			name, held.Error()))
+	case errors.Is(err, lock.ErrNotAcquired):
+		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q was not acquired: %v: retry later or pass wait (e.g. ?wait=10s) to wait for it", name, err))
 	case errors.Is(err, lock.ErrTimeout):
 		writeError(w, http.StatusRequestTimeout, name, fmt.Sprintf("lock %q was not acquired within the wait: "+
 			"wait longer, or check who holds it with GET /v1/locks/%s", name, name))

@@ -397,6 +397,9 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 		if err == nil {
 			return nil
 		}
+		if try && errors.Is(err, errConflict) {
+			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
+		}
 		if try || errors.Is(err, ErrShutdown) {
 			return err
 		}
