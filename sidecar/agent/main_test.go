@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
 	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/sidecar/lock"
@@ -29,6 +31,7 @@ import (
 // The test ground shared by the tests of this package: one real kube-apiserver + etcd
 // (envtest), the agent and client binaries built from this tree, and a kubeconfig.
 var (
+	env        *envtest.Environment
 	restCfg    *rest.Config
 	kube       kubernetes.Interface
 	binDir     string
@@ -59,7 +62,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build the agent:", err)
 		return 1
 	}
-	env, err := testenv.New()
+	env, err = testenv.New()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -141,6 +144,9 @@ func startAgent(t testing.TB, pod string, args ...string) *agentProc {
 		}
 	})
 	a.c = client.New(a.socket, "")
+	if os.Getenv("LEASEHOLD_TEST_NO_WAIT_READY") == pod {
+		return a
+	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		code, _, err := a.c.Get(context.Background(), "/readyz")
