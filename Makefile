@@ -35,3 +35,10 @@ test: unit ## Run every test: unit, envtest (real kube-apiserver + etcd) and the
 vet: ## go vet and gofmt.
 	go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+.PHONY: bench
+bench: bench-agent ## Run every benchmark and write the results into BENCHMARKS.md.
+
+.PHONY: bench-agent
+bench-agent: envtest ## Measure the lock agent against its targets, side by side with client-go leader election; writes BENCHMARKS.md (Agent).
+	LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md go test -count=1 -p 1 -run '^$$' -bench BenchmarkAgent -benchtime=1x -timeout 20m ./sidecar/agent/
