@@ -1,7 +1,7 @@
 package agent_test
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -157,4 +157,32 @@ func clientFor(a *agentProc) *http.Client {
 	}}}
 }
 
-var _ = bytes.MinRead
+// A client that sends its body too slowly gets a JSON 408 naming the problem, and
+// the lock it named stays untouched.
+func TestSlowBody(t *testing.T) {
+	a := startAgent(t, "pod-slow", "--locks=slow")
+	c, err := dialUnix(context.Background(), a.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_, _ = c.Write([]byte("POST /v1/locks/slow/acquire HTTP/1.1\r\nHost: leasehold\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"wa"))
+	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a slow body: %v", err)
+	}
+	defer resp.Body.Close()
+	var m map[string]string
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
+		t.Fatalf("answer is not JSON: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(m["error"], "body not received") {
+		t.Fatalf("want 408 naming the slow body, got %d %v", resp.StatusCode, m)
+	}
+	t.Logf("answered after %s", time.Since(start))
+	if s := a.state("slow"); s.Held {
+		t.Fatalf("slow request took the lock: %+v", s)
+	}
+}
