@@ -67,7 +67,8 @@ func main() {
 	ctx := context.Background()
 	switch sub {
 	case "run":
-		if len(args) < 2 || args[1] != "--" && len(args) < 2 {
+		// leasehold run LOCK -- COMMAND...: flag parsing stops at LOCK; "--" is optional.
+		if len(args) < 2 {
 			usage()
 		}
 		name, cmd := args[0], args[1:]
