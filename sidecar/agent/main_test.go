@@ -40,9 +40,9 @@ var (
 
 // Timings of the agents in tests: short so that expiry tests take seconds.
 const (
-	leaseDuration = 2 * time.Second
-	renewDeadline = 1500 * time.Millisecond
-	retryPeriod   = 200 * time.Millisecond
+	leaseDuration = 3 * time.Second
+	renewDeadline = 2 * time.Second
+	retryPeriod   = 250 * time.Millisecond
 )
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
