@@ -442,6 +442,18 @@ func BenchmarkAgent(b *testing.B) {
 				for j := 0; j < 5; j++ {
 					time.Sleep(2 * time.Second)
 				}
+				if sm, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", a.cmd.Process.Pid)); err == nil && os.Getenv("LEASEHOLD_BENCH_SMAPS") != "" {
+					var cur string
+					for _, l := range strings.Split(string(sm), "\n") {
+						f := strings.Fields(l)
+						if len(f) >= 5 && strings.Contains(f[0], "-") {
+							cur = l
+						}
+						if len(f) == 3 && f[0] == "Rss:" && f[1] != "0" {
+							b.Logf("%s kB  %s", f[1], cur)
+						}
+					}
+				}
 				kb, sp := vmRSS(b, a.cmd.Process.Pid)
 				rss, split = append(rss, kb), sp
 			}

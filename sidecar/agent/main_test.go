@@ -57,6 +57,7 @@ func runMain(m *testing.M) int {
 	binDir = dir
 	build := exec.Command("go", "build", "-o", dir+"/",
 		"github.com/leasehold/leasehold/cmd/leasehold-agent", "github.com/leasehold/leasehold/cmd/leasehold")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: static, like `make build`
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build the agent:", err)
