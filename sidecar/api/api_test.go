@@ -31,11 +31,11 @@ func (f fakeEngine) State(name string) (lock.State, error) {
 func (f fakeEngine) Acquire(context.Context, string, lock.AcquireOptions) (*lock.Hold, lock.State, error) {
 	return nil, lock.State{}, f.err
 }
-func (f fakeEngine) Release(context.Context, string) (lock.State, error)       { return lock.State{}, f.err }
-func (f fakeEngine) ReleaseHold(context.Context, string, *lock.Hold, string)   {}
-func (f fakeEngine) Renew(string, time.Duration) (lock.State, error)           { return lock.State{}, f.err }
-func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error)       { return nil, nil, f.err }
-func (f fakeEngine) Ready() error                                              { return f.err }
+func (f fakeEngine) Release(context.Context, string) (lock.State, error)     { return lock.State{}, f.err }
+func (f fakeEngine) ReleaseHold(context.Context, string, *lock.Hold, string) {}
+func (f fakeEngine) Renew(string, time.Duration) (lock.State, error)         { return lock.State{}, f.err }
+func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error)     { return nil, nil, f.err }
+func (f fakeEngine) Ready() error                                            { return f.err }
 
 func TestStatusCodes(t *testing.T) {
 	tests := map[string]struct {
