@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/leasehold/leasehold/sidecar/client"
 )
 
 // A hold with a ttl ends when the ttl passes unless renewed; renew extends it.
@@ -61,7 +64,27 @@ func TestEventsMetricsAndLeaderCalls(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	a := startAgent(t, "pod-ev", "--locks=ev-mutex", "--leader=ev-leader", fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port))
+	l, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	a := startAgent(t, "pod-ev", "--locks=ev-mutex", "--leader=ev-leader", fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port),
+		fmt.Sprintf("--tcp-port=%d", apiPort))
+
+	// The same API on loopback TCP; the probe mode of the binary on the socket.
+	if s, err := client.New("", fmt.Sprintf("http://127.0.0.1:%d", apiPort)).State(ctx, "ev-mutex"); err != nil || s.Name != "ev-mutex" {
+		t.Fatalf("API over loopback TCP: %+v %v", s, err)
+	}
+	probe := exec.Command(filepath.Join(binDir, "leasehold-agent"), "--probe=/readyz", "--socket="+a.socket)
+	if out, err := probe.CombinedOutput(); err != nil {
+		t.Fatalf("probe /readyz: %v %s", err, out)
+	}
+	probe = exec.Command(filepath.Join(binDir, "leasehold-agent"), "--probe=/readyz", "--socket="+a.socket+".missing")
+	if err := probe.Run(); probe.ProcessState.ExitCode() != 1 {
+		t.Fatalf("probe on a missing socket: want exit 1, got %v", err)
+	}
 	if _, err := a.c.Acquire(ctx, "ev-mutex", 0, 0); err != nil {
 		t.Fatal(err)
 	}
