@@ -193,3 +193,43 @@ func doPost(a *agentProc, path string) (int, []byte, error) {
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, b, err
 }
+
+// Clients of one Pod that want the same lock are served one at a time, in the order
+// they asked, each acquisition with its own, greater token.
+func TestLocalClientsQueueInOrder(t *testing.T) {
+	ctx := context.Background()
+	a := startAgent(t, "pod-q", "--locks=queue")
+	first, err := a.c.Acquire(ctx, "queue", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan int, 3)
+	tokens := make(chan int64, 3)
+	for i := 1; i <= 3; i++ {
+		go func() {
+			s, err := a.c.Acquire(ctx, "queue", 20*time.Second, 0)
+			if err != nil {
+				t.Error(err)
+				order <- -1
+				return
+			}
+			order <- i
+			tokens <- s.Token
+		}()
+		time.Sleep(100 * time.Millisecond) // queued in this order
+	}
+	last := first.Token
+	for want := 1; want <= 3; want++ {
+		if _, err := a.c.Release(ctx, "queue"); err != nil {
+			t.Fatal(err)
+		}
+		if got := <-order; got != want {
+			t.Fatalf("client %d got the lock, want client %d (arrival order)", got, want)
+		}
+		if tok := <-tokens; tok <= last {
+			t.Fatalf("token %d not greater than %d", tok, last)
+		} else {
+			last = tok
+		}
+	}
+}
