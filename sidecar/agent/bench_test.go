@@ -262,7 +262,7 @@ func BenchmarkAgent(b *testing.B) {
 				}
 				got <- time.Now()
 			}()
-			time.Sleep(20 * time.Millisecond) // the waiter is queued on the watch
+			time.Sleep(50 * time.Millisecond) // the waiter is queued on the watch
 			t0 := time.Now()
 			if _, err := holder.c.Release(ctx, "bench-handover"); err != nil {
 				b.Fatal(err)
