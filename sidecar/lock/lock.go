@@ -163,6 +163,7 @@ var errConflict = errors.New("the Lease changed since it was read")
 type Hold struct {
 	lock   *Lock
 	token  int64
+	ttl    time.Duration
 	timer  clock.Timer
 	done   chan struct{}
 	reason string
@@ -340,7 +341,10 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, State, 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if opts.TTL > 0 && l.hold == h {
-		h.timer = l.cfg.Clock.AfterFunc(opts.TTL, func() { l.releaseHold(h, "ttl expired") })
+		// Timer callbacks release in their own goroutine: a clock may run callbacks
+		// under its own lock (the fake clock does), and releasing stops the timer.
+		h.ttl = opts.TTL
+		h.timer = l.cfg.Clock.AfterFunc(opts.TTL, func() { go l.releaseHold(h, "ttl expired") })
 	}
 	return h, l.stateLocked(l.cfg.Clock.Now()), nil
 }
@@ -700,7 +704,8 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	return l.stateLocked(l.cfg.Clock.Now()), nil
 }
 
-// Renew extends this Pod's hold of a mutex lock by ttl (0 removes the ttl).
+// Renew restarts the ttl of this Pod's hold of a mutex lock: with ttl > 0 as the new
+// ttl, with 0 the ttl given at acquire (a hold without ttl stays without).
 func (l *Lock) Renew(ttl time.Duration) (State, error) {
 	if l.cfg.Mode == ModeLeader {
 		return l.State(), ErrLeaderLock
@@ -717,7 +722,10 @@ func (l *Lock) Renew(ttl time.Duration) (State, error) {
 		h.timer = nil
 	}
 	if ttl > 0 {
-		h.timer = l.cfg.Clock.AfterFunc(ttl, func() { l.releaseHold(h, "ttl expired") })
+		h.ttl = ttl
+	}
+	if h.ttl > 0 {
+		h.timer = l.cfg.Clock.AfterFunc(h.ttl, func() { go l.releaseHold(h, "ttl expired") })
 	}
 	return l.stateLocked(now), nil
 }

@@ -241,3 +241,34 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("valid config refused: %v", err)
 	}
 }
+
+// A ttl ends the hold unless renewed; renew without a ttl restarts the one given at
+// acquire.
+func TestTTL(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Second)
+	if _, err := l.Renew(0); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Second) // 4s after acquire, 2s after renew
+	select {
+	case <-h.Done():
+		t.Fatalf("hold ended before the renewed ttl: %s", h.Reason())
+	default:
+	}
+	clk.Step(time.Second)
+	select {
+	case <-h.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("hold did not end when its ttl passed")
+	}
+	if h.Reason() != "ttl expired" {
+		t.Fatalf("reason: %q", h.Reason())
+	}
+}
