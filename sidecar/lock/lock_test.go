@@ -26,7 +26,7 @@ type memClient struct {
 	rv      int
 	fail    error
 	updates int
-	w       *watch.FakeWatcher
+	w       *watch.RaceFreeFakeWatcher
 }
 
 func (m *memClient) List(context.Context, metav1.ListOptions) (*coordinationv1.LeaseList, error) {
@@ -42,7 +42,7 @@ func (m *memClient) List(context.Context, metav1.ListOptions) (*coordinationv1.L
 func (m *memClient) Watch(context.Context, metav1.ListOptions) (watch.Interface, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.w = watch.NewFakeWithChanSize(100, false)
+	m.w = watch.NewRaceFreeFake()
 	return m.w, nil
 }
 
