@@ -114,5 +114,10 @@ bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and a 
 	LEASEHOLD_WEBHOOK_BIN=$(CURDIR)/bin/leasehold-webhook LOAD_RATE=1000 LOAD_REVIEWS=10000 CREATE_PODS=0 \
 	  go test -tags loadtest ./webhook/loadtest/ -run TestLoad -count 1 -v 2>&1 | grep -E 'load_test|^(ok|FAIL|---)'
 
+
 .PHONY: bench
-bench: bench-webhook ## Run every benchmark.
+bench: bench-agent bench-webhook ## Run every benchmark and write the results into BENCHMARKS.md.
+
+.PHONY: bench-agent
+bench-agent: envtest ## Measure the lock agent against its targets, side by side with client-go leader election; writes BENCHMARKS.md (Agent).
+	LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md go test -count=1 -p 1 -run '^$$' -bench BenchmarkAgent -benchtime=1x -timeout 20m ./sidecar/agent/

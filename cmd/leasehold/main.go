@@ -1,0 +1,184 @@
+// Command leasehold is the small client of the Leasehold agent:
+//
+//	leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]   run COMMAND under LOCK, like flock
+//	leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK        take LOCK for this Pod
+//	leasehold release LOCK                                 end this Pod's hold
+//	leasehold status [LOCK]                                print the state as JSON
+//
+// It talks to $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else /run/leasehold/agent.sock.
+//
+// Exit status: run passes COMMAND's status through; otherwise 0 on success, 1 not
+// acquired / not held, 2 wait timed out, 64 usage, 69 agent or API server unavailable.
+// run uses a hold tied to its connection: when leasehold (or its COMMAND) dies, the
+// lock is released at once. If the agent ends the hold (lost, shutdown), COMMAND is
+// sent SIGTERM.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/leasehold/leasehold/sidecar/client"
+)
+
+const (
+	exitNotAcquired = 1
+	exitTimeout     = 2
+	exitUsage       = 64
+	exitUnavailable = 69
+)
+
+func usage() {
+	fmt.Fprintln(os.Stderr, `usage:
+  leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]
+  leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK
+  leasehold release LOCK
+  leasehold status [LOCK]
+flags (before the subcommand or after it): --socket PATH, --url http://127.0.0.1:PORT`)
+	os.Exit(exitUsage)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	sub := os.Args[1]
+	fs := flag.NewFlagSet("leasehold "+sub, flag.ExitOnError)
+	socket := fs.String("socket", "", "agent socket (default $LEASEHOLD_SOCKET or "+client.DefaultSocket+")")
+	rawURL := fs.String("url", "", "agent URL (default $LEASEHOLD_URL)")
+	wait := fs.Duration("wait", 0, "how long to wait for the lock; 0 = try once (run waits forever by default)")
+	ttl := fs.Duration("ttl", 0, "acquire: the hold ends unless renewed or released within ttl")
+	_ = fs.Parse(os.Args[2:])
+	c := client.FromEnv()
+	if *socket != "" || *rawURL != "" {
+		c = client.New(*socket, *rawURL)
+	}
+	args := fs.Args()
+	ctx := context.Background()
+	switch sub {
+	case "run":
+		// leasehold run LOCK -- COMMAND...: flag parsing stops at LOCK; "--" is optional.
+		if len(args) < 2 {
+			usage()
+		}
+		name, cmd := args[0], args[1:]
+		if cmd[0] == "--" {
+			cmd = cmd[1:]
+		}
+		if len(cmd) == 0 {
+			usage()
+		}
+		w := *wait
+		if w == 0 && !flagSet(fs, "wait") {
+			w = 24 * time.Hour * 365
+		}
+		os.Exit(run(ctx, c, name, w, cmd))
+	case "acquire":
+		if len(args) != 1 {
+			usage()
+		}
+		s, err := c.Acquire(ctx, args[0], *wait, *ttl)
+		os.Exit(report(s, err))
+	case "release":
+		if len(args) != 1 {
+			usage()
+		}
+		s, err := c.Release(ctx, args[0])
+		os.Exit(report(s, err))
+	case "status":
+		if len(args) == 0 {
+			ls, err := c.States(ctx)
+			os.Exit(report(map[string]any{"locks": ls}, err))
+		}
+		s, err := c.State(ctx, args[0])
+		os.Exit(report(s, err))
+	default:
+		usage()
+	}
+}
+
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func report(v any, err error) int {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "leasehold:", err)
+		return exitCode(err)
+	}
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+	return 0
+}
+
+func exitCode(err error) int {
+	var e *client.Error
+	if !errors.As(err, &e) {
+		return exitUnavailable
+	}
+	switch e.Status {
+	case http.StatusConflict:
+		return exitNotAcquired
+	case http.StatusRequestTimeout:
+		return exitTimeout
+	case http.StatusServiceUnavailable:
+		return exitUnavailable
+	default:
+		return exitUsage
+	}
+}
+
+func run(ctx context.Context, c *client.Client, name string, wait time.Duration, argv []string) int {
+	h, err := c.HoldConnection(ctx, name, wait, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "leasehold:", err)
+		return exitCode(err)
+	}
+	defer h.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "LEASEHOLD_LOCK="+name, "LEASEHOLD_TOKEN="+strconv.FormatInt(h.State.Token, 10))
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "leasehold: start command:", err)
+		return 127
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case s := <-sigs:
+			_ = cmd.Process.Signal(s)
+		case <-h.Ended:
+			fmt.Fprintf(os.Stderr, "leasehold: lock %s ended (%s): stopping the command\n", name, h.Reason)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			h.Ended = nil
+		case err := <-done:
+			var ee *exec.ExitError
+			switch {
+			case err == nil:
+				return 0
+			case errors.As(err, &ee):
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					return 128 + int(ws.Signal())
+				}
+				return ee.ExitCode()
+			default:
+				return 1
+			}
+		}
+	}
+}

@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/leasehold/leasehold/sidecar/api"
+	"github.com/leasehold/leasehold/sidecar/kubeapi"
+	"github.com/leasehold/leasehold/sidecar/listen"
+	"github.com/leasehold/leasehold/sidecar/lock"
+)
+
+// ClusterRole is the role an agent's ServiceAccount needs in its namespace.
+const ClusterRole = "leasehold-agent"
+
+// Run serves the agent until ctx ends (SIGTERM), then tells the event streams,
+// releases every hold and returns.
+func Run(ctx context.Context, o *Options, log logr.Logger) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	start := time.Now()
+	cfg, err := kubeapi.Config(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = float32(o.QPS), o.Burst
+	cfg.UserAgent = "leasehold-agent"
+	m := newMetrics()
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt, m} })
+	kc, err := kubeapi.New(cfg, o.Namespace)
+	if err != nil {
+		return err
+	}
+	var recorder *kubeapi.EventRecorder
+	if o.Events {
+		recorder = kc.NewEventRecorder(o.PodName, o.PodUID, "leasehold-agent", log)
+	}
+
+	mgr, err := lock.NewManager(lock.ManagerConfig{
+		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader,
+		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
+		Client: kc, Log: log,
+		OnEvent: func(ev lock.Event) {
+			m.event(ev.Lock, string(ev.Type))
+			if recorder == nil || ev.Type == lock.EventShutdown {
+				return
+			}
+			reason := map[lock.EventType]string{lock.EventAcquired: "LockAcquired", lock.EventLost: "LockLost", lock.EventReleased: "LockReleased"}[ev.Type]
+			etype := "Normal"
+			if ev.Type == lock.EventLost {
+				etype = "Warning"
+			}
+			msg := fmt.Sprintf("Lock %s %s (token %d)", ev.Lock, ev.Type, ev.Token)
+			if ev.Reason != "" {
+				msg += ": " + ev.Reason
+			}
+			recorder.Record(kubeapi.PodEvent{Type: etype, Reason: reason, Message: msg})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	m.mgr = mgr
+
+	sa := o.ServiceAccount
+	if sa == "" {
+		sa = inClusterServiceAccount()
+	}
+	hint := fmt.Sprintf("bind the ClusterRole %s to the ServiceAccount %s in namespace %s with a RoleBinding "+
+		"(kubectl create rolebinding leasehold-agent -n %s --clusterrole=%s --serviceaccount=%s:%s)",
+		ClusterRole, sa, o.Namespace, o.Namespace, ClusterRole, o.Namespace, strings.TrimPrefix(sa, "default/"))
+	eng := &engine{Manager: mgr}
+
+	// Listeners first, so that /healthz answers while the locks sync.
+	sock, err := listen.Unix(o.Socket, listen.SocketMode)
+	if err != nil {
+		return err
+	}
+	listeners := []net.Listener{sock}
+	if o.TCPPort > 0 {
+		l, err := listen.Loopback(net.JoinHostPort("127.0.0.1", strconv.Itoa(o.TCPPort)))
+		if err != nil {
+			_ = sock.Close()
+			return err
+		}
+		listeners = append(listeners, l)
+	}
+
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	var wg sync.WaitGroup
+	wg.Go(func() { mgr.Run(runCtx) })
+	wg.Go(func() { eng.checkAccess(runCtx, kc, o, log) })
+	if recorder != nil {
+		// Events are posted until the holds are released at shutdown.
+		wg.Go(func() { recorder.Run(runCtx) })
+	}
+	wg.Go(func() {
+		// Log the time to ready once, for operators and the start-to-ready benchmark.
+		for d := time.Millisecond; runCtx.Err() == nil; d = min(2*d, 100*time.Millisecond) {
+			if eng.Ready() == nil {
+				log.Info("Became ready", "pod", o.PodName, "locks", mgr.Names(), "startToReady", time.Since(start).String())
+				return
+			}
+			time.Sleep(d)
+		}
+	})
+
+	streamCtx, stopStreams := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStreams()
+	handler := api.NewHandler(eng, log, hint)
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 2 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		BaseContext:       func(net.Listener) context.Context { return streamCtx },
+	}
+	for _, l := range listeners {
+		wg.Go(func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(err, "Failed to serve", "address", l.Addr().String())
+			}
+		})
+	}
+	var metricsSrv *http.Server
+	if o.MetricsBindAddress != "" && o.MetricsBindAddress != "0" {
+		ml, err := listen.Loopback(o.MetricsBindAddress)
+		if err != nil {
+			_ = srv.Close()
+			stopRun()
+			wg.Wait()
+			return fmt.Errorf("--metrics-bind-address: %w", err)
+		}
+		metricsSrv = &http.Server{Handler: m, ReadHeaderTimeout: 2 * time.Second}
+		wg.Go(func() { _ = metricsSrv.Serve(ml) })
+	}
+	log.Info("Serving", "socket", o.Socket, "tcpPort", o.TCPPort, "metrics", o.MetricsBindAddress,
+		"identity", o.Identity(), "mutexes", o.Locks, "leaders", o.Leader)
+
+	<-ctx.Done()
+	log.Info("Shutting down: releasing every hold", "pod", o.PodName)
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout)
+	defer cancel()
+	if err := mgr.Shutdown(sctx); err != nil {
+		log.Error(err, "Failed to release some holds; others can take them after lease-duration")
+	}
+	stopStreams()
+	_ = srv.Shutdown(sctx)
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(sctx)
+	}
+	stopRun()
+	wg.Wait()
+	_ = os.Remove(o.Socket)
+	log.Info("Stopped", "pod", o.PodName)
+	return nil
+}
+
+func inClusterServiceAccount() string {
+	ns, _ := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	if len(ns) == 0 {
+		return "<the Pod's ServiceAccount>"
+	}
+	return string(ns) + "/<the Pod's ServiceAccount>"
+}
+
+// engine adds the RBAC check to the lock manager's readiness.
+type engine struct {
+	*lock.Manager
+	denied atomic.Pointer[string]
+}
+
+func (e *engine) Ready() error {
+	if msg := e.denied.Load(); msg != nil {
+		return fmt.Errorf("%w: %s", lock.ErrForbidden, *msg)
+	}
+	return e.Manager.Ready()
+}
+
+// checkAccess asks the API server whether the agent may create and update Leases in
+// its namespace, until it may.
+func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
+	for ctx.Err() == nil {
+		denied, err := kc.CanWriteLeases(ctx, "create", "update")
+		switch {
+		case err != nil:
+			log.V(1).Info("Failed to check access to Leases", "err", err.Error())
+		case len(denied) > 0:
+			msg := fmt.Sprintf("may not %s Leases in namespace %s", strings.Join(denied, ", "), o.Namespace)
+			e.denied.Store(&msg)
+			log.Info("Not allowed to write Leases", "namespace", o.Namespace, "verbs", denied)
+		default:
+			e.denied.Store(nil)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(o.RetryPeriod):
+		}
+	}
+}
+
+// Probe does one GET of path on the socket: exit status 0 on 2xx, 1 otherwise.
+func Probe(socket, path string, out io.Writer) int {
+	c := &http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}},
+	}
+	resp, err := c.Get("http://leasehold" + path)
+	if err != nil {
+		fmt.Fprintf(out, "probe %s on %s: %v\n", path, socket, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	_, _ = out.Write(body)
+	if resp.StatusCode/100 != 2 {
+		return 1
+	}
+	return 0
+}
+
+type countingTransport struct {
+	rt http.RoundTripper
+	m  *metrics
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	method := r.Method
+	if r.URL.Query().Get("watch") == "true" {
+		method = "WATCH"
+	}
+	c.m.request(method, resourceOf(r.URL.Path))
+	return c.rt.RoundTrip(r)
+}
+
+// resourceOf names the resource of an API path: /apis/g/v/namespaces/ns/leases/x ->
+// leases, /apis/g/v/selfsubjectaccessreviews -> selfsubjectaccessreviews.
+func resourceOf(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i, p := range parts {
+		if p == "namespaces" && i+2 < len(parts) {
+			return parts[i+2]
+		}
+	}
+	if len(parts) > 0 {
+		return parts[len(parts)-1]
+	}
+	return ""
+}

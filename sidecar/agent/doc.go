@@ -1,0 +1,14 @@
+// Package agent assembles the lock agent: Kubernetes clients, the lock engine, the
+// local API on the Unix socket (and loopback TCP), Prometheus metrics on loopback,
+// Kubernetes Events on the Pod, readiness (synced, and allowed to write Leases by
+// RBAC), and SIGTERM handling. cmd/leasehold-agent only parses flags into Options and
+// calls Run.
+//
+// What it guarantees: on SIGTERM (ctx cancelled) the event streams get a "shutdown"
+// event, every hold is released (one conditional write per held lock, all at once,
+// bounded by --shutdown-timeout), then the listeners close and Run returns.
+//
+// What it does NOT guarantee: releases on SIGKILL or a node crash; those locks are
+// free after lease-duration. Kubernetes Events are best effort (client-go's
+// broadcaster may drop or aggregate them).
+package agent

@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// DefaultSocket is where the agent listens unless told otherwise.
+const DefaultSocket = "/run/leasehold/agent.sock"
+
+// Options are the agent's command line (CONTRACT.md, "Agent command line").
+type Options struct {
+	Namespace, PodName, PodUID string
+	Locks, Leader              []string
+	LeaseDuration              time.Duration
+	RenewDeadline              time.Duration
+	RetryPeriod                time.Duration
+	Socket                     string
+	TCPPort                    int
+	MetricsBindAddress         string
+	Kubeconfig                 string
+	ServiceAccount             string
+	Events                     bool
+	Probe                      string
+	QPS                        float64
+	Burst                      int
+	ShutdownTimeout            time.Duration
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		LeaseDuration:      15 * time.Second,
+		RenewDeadline:      10 * time.Second,
+		RetryPeriod:        2 * time.Second,
+		Socket:             DefaultSocket,
+		MetricsBindAddress: "127.0.0.1:9090",
+		Events:             true,
+		QPS:                50,
+		Burst:              100,
+		ShutdownTimeout:    5 * time.Second,
+	}
+}
+
+type listFlag struct{ v *[]string }
+
+func (f listFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return strings.Join(*f.v, ",")
+}
+
+func (f listFlag) Set(s string) error {
+	*f.v = nil
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*f.v = append(*f.v, p)
+		}
+	}
+	return nil
+}
+
+// BindFlags adds the options to fs.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the Pod and of its Leases (downward API metadata.namespace).")
+	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of the Pod (downward API metadata.name).")
+	fs.StringVar(&o.PodUID, "pod-uid", o.PodUID, "UID of the Pod (downward API metadata.uid); holder identity is <pod-name>_<pod-uid>.")
+	fs.Var(listFlag{&o.Locks}, "locks", "Comma-separated on-demand mutex lock names.")
+	fs.Var(listFlag{&o.Leader}, "leader", "Comma-separated leader lock names, held continuously.")
+	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "How long others wait after the last renew before taking a lock.")
+	fs.DurationVar(&o.RenewDeadline, "renew-deadline", o.RenewDeadline, "How long a hold is relied on after the last successful write.")
+	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between retries after a failed write.")
+	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket to serve the API on (mode 0660).")
+	fs.IntVar(&o.TCPPort, "tcp-port", o.TCPPort, "Also serve the API on 127.0.0.1:<port>; 0 = off.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Loopback address for Prometheus metrics; \"0\" = off.")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file; empty = in-cluster configuration.")
+	fs.StringVar(&o.ServiceAccount, "service-account", o.ServiceAccount, "ServiceAccount named in RBAC error messages (default: read from the in-cluster token).")
+	fs.BoolVar(&o.Events, "events", o.Events, "Record Kubernetes Events on the Pod for acquired / lost / released.")
+	fs.StringVar(&o.Probe, "probe", o.Probe, "Probe mode: GET this path (e.g. /healthz) on --socket, exit 0 on 2xx, 1 otherwise.")
+	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client-side rate limit towards the API server (requests per second).")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client-side burst towards the API server.")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "How long SIGTERM handling may take to release holds.")
+}
+
+// Identity is the holder identity: unique per Pod incarnation.
+func (o *Options) Identity() string { return o.PodName + "_" + o.PodUID }
+
+// Validate checks the options for serving (not for probe mode).
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Namespace == "" {
+		errs = append(errs, errors.New("--namespace is required (downward API metadata.namespace)"))
+	} else if e := validation.IsDNS1123Label(o.Namespace); len(e) > 0 {
+		errs = append(errs, fmt.Errorf("--namespace=%q is not a namespace name: %s", o.Namespace, strings.Join(e, "; ")))
+	}
+	if o.PodName == "" {
+		errs = append(errs, errors.New("--pod-name is required (downward API metadata.name)"))
+	}
+	if o.PodUID == "" {
+		errs = append(errs, errors.New("--pod-uid is required (downward API metadata.uid)"))
+	}
+	if len(o.Locks)+len(o.Leader) == 0 {
+		errs = append(errs, errors.New("declare at least one lock with --locks or --leader"))
+	}
+	if o.LeaseDuration <= o.RenewDeadline {
+		errs = append(errs, fmt.Errorf("--lease-duration=%s must be greater than --renew-deadline=%s", o.LeaseDuration, o.RenewDeadline))
+	}
+	if o.RenewDeadline <= o.RetryPeriod {
+		errs = append(errs, fmt.Errorf("--renew-deadline=%s must be greater than --retry-period=%s", o.RenewDeadline, o.RetryPeriod))
+	}
+	if o.TCPPort < 0 || o.TCPPort > 65535 {
+		errs = append(errs, fmt.Errorf("--tcp-port=%d is not a port (0 = off)", o.TCPPort))
+	}
+	if o.Socket == "" {
+		errs = append(errs, errors.New("--socket must not be empty"))
+	}
+	return errors.Join(errs...)
+}

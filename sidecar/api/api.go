@@ -1,0 +1,405 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
+)
+
+// Engine is the door to the lock engine.
+type Engine interface {
+	Names() []string
+	States() []lock.State
+	State(name string) (lock.State, error)
+	Acquire(ctx context.Context, name string, opts lock.AcquireOptions) (*lock.Hold, lock.State, error)
+	Release(ctx context.Context, name string) (lock.State, error)
+	ReleaseHold(ctx context.Context, name string, h *lock.Hold, reason string)
+	Renew(name string, ttl time.Duration) (lock.State, error)
+	Subscribe(name string) (<-chan lock.Event, func(), error)
+	Ready() error
+}
+
+var _ Engine = (*lock.Manager)(nil)
+
+const (
+	// MaxBodyBytes is the largest request body accepted (413 beyond).
+	MaxBodyBytes = 4 << 10
+	// BodyTimeout is how long a client may take to send its body (408 beyond).
+	BodyTimeout = 5 * time.Second
+	// heartbeat keeps event streams and connection holds alive through proxies.
+	heartbeat = 15 * time.Second
+)
+
+// Handler serves the local API v1.
+type Handler struct {
+	Engine Engine
+	Log    logr.Logger
+	// ForbiddenHint is appended to readiness and write errors when the agent may not
+	// write Leases (names the ServiceAccount, namespace and ClusterRole to bind).
+	ForbiddenHint string
+	// ReleaseTimeout bounds the release write made when a connection hold ends.
+	ReleaseTimeout time.Duration
+
+	mux *http.ServeMux
+}
+
+// NewHandler returns the API handler.
+func NewHandler(engine Engine, log logr.Logger, forbiddenHint string) *Handler {
+	h := &Handler{Engine: engine, Log: log, ForbiddenHint: forbiddenHint, ReleaseTimeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", h.only(http.MethodGet, h.healthz))
+	mux.HandleFunc("/readyz", h.only(http.MethodGet, h.readyz))
+	mux.HandleFunc("/v1/locks", h.only(http.MethodGet, h.list))
+	mux.HandleFunc("/v1/locks/{name}", h.only(http.MethodGet, h.get))
+	mux.HandleFunc("/v1/locks/{name}/acquire", h.only(http.MethodPost, h.acquire))
+	mux.HandleFunc("/v1/locks/{name}/release", h.only(http.MethodPost, h.release))
+	mux.HandleFunc("/v1/locks/{name}/renew", h.only(http.MethodPost, h.renew))
+	mux.HandleFunc("/v1/locks/{name}/events", h.only(http.MethodGet, h.events))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "", fmt.Sprintf("no such endpoint %s %s: the API is GET /v1/locks, "+
+			"GET /v1/locks/{name}, POST /v1/locks/{name}/acquire|release|renew, GET /v1/locks/{name}/events, /healthz, /readyz",
+			r.Method, r.URL.Path))
+	})
+	h.mux = mux
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func (h *Handler) only(method string, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != method && !(method == http.MethodGet && r.Method == http.MethodHead) {
+			w.Header().Set("Allow", method)
+			writeError(w, http.StatusMethodNotAllowed, r.PathValue("name"),
+				fmt.Sprintf("%s is not allowed on %s: use %s", r.Method, r.URL.Path, method))
+			return
+		}
+		next(w, r)
+	}
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Lock  string `json:"lock,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, name, msg string) {
+	writeJSON(w, code, errorBody{Error: msg, Lock: name})
+}
+
+// engineError maps an engine error to a status code and an actionable message.
+func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
+	var held *lock.HeldError
+	switch {
+	case errors.Is(err, lock.ErrUndeclared):
+		writeError(w, http.StatusNotFound, name, fmt.Sprintf("lock %q is not declared for this Pod (declared: %s): "+
+			"add it to the leasehold.io/locks or leasehold.io/leader annotation", name, strings.Join(h.Engine.Names(), ", ")))
+	case errors.As(err, &held) && held.Local:
+		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is held by another client of this Pod: "+
+			"retry later or pass wait (e.g. ?wait=10s) to queue for it", name))
+	case errors.As(err, &held):
+		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is %s: retry later or pass wait (e.g. ?wait=10s) to wait for it",
+			name, held.Error()))
+	case errors.Is(err, lock.ErrNotAcquired):
+		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q was not acquired: %v: retry later or pass wait (e.g. ?wait=10s) to wait for it", name, err))
+	case errors.Is(err, lock.ErrTimeout):
+		writeError(w, http.StatusRequestTimeout, name, fmt.Sprintf("lock %q was not acquired within the wait: "+
+			"wait longer, or check who holds it with GET /v1/locks/%s", name, name))
+	case errors.Is(err, lock.ErrNotHeld):
+		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is not held by this Pod: acquire it first", name))
+	case errors.Is(err, lock.ErrLeaderLock):
+		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("lock %q is a leader lock that the agent holds "+
+			"continuously: it cannot be released or renewed; ask GET /v1/locks/%s?require=held", name, name))
+	case errors.Is(err, lock.ErrForbidden):
+		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("%v: %s", err, h.ForbiddenHint))
+	case errors.Is(err, lock.ErrUnavailable), errors.Is(err, lock.ErrShutdown):
+		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("%v: retry when the API server answers", err))
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads the answer.
+	default:
+		writeError(w, http.StatusInternalServerError, name, err.Error())
+	}
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := h.Engine.Ready(); err != nil {
+		msg := err.Error()
+		if errors.Is(err, lock.ErrForbidden) {
+			msg += ": " + h.ForbiddenHint
+		}
+		writeError(w, http.StatusServiceUnavailable, "", msg)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (h *Handler) list(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"locks": h.Engine.States()})
+}
+
+func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s, err := h.Engine.State(name)
+	if err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	switch req := r.URL.Query().Get("require"); req {
+	case "":
+	case "held":
+		if !s.Held {
+			writeJSON(w, http.StatusConflict, s)
+			return
+		}
+	default:
+		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("require=%q is not understood: the only value is require=held", req))
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+// params are the options of acquire and renew, from the body and/or the query.
+type params struct {
+	Wait string `json:"wait"`
+	TTL  string `json:"ttl"`
+}
+
+// readParams reads the optional JSON body and the query. It writes the error itself.
+func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...string) (wait, ttl time.Duration, ok bool) {
+	name := r.PathValue("name")
+	var p params
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(BodyTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		// Do not wait for the rest of a bad body: answer and close the connection.
+		w.Header().Set("Connection", "close")
+	} else {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, name, fmt.Sprintf("request body is larger than %d bytes: send only {\"wait\":\"5s\",\"ttl\":\"30s\"}", MaxBodyBytes))
+		return 0, 0, false
+	case isTimeout(err):
+		writeError(w, http.StatusRequestTimeout, name, fmt.Sprintf("request body not received within %s: send the whole body at once", BodyTimeout))
+		return 0, 0, false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("read request body: %v", err))
+		return 0, 0, false
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("request body is not valid JSON of the form "+
+				"{\"wait\":\"5s\",\"ttl\":\"30s\"} (durations as Go duration strings): %v", err))
+			return 0, 0, false
+		}
+	}
+	q := r.URL.Query()
+	for k := range q {
+		if !contains(allowed, k) {
+			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("query parameter %q is not understood here: allowed are %s", k, strings.Join(allowed, ", ")))
+			return 0, 0, false
+		}
+	}
+	if v := q.Get("wait"); v != "" {
+		p.Wait = v
+	}
+	if v := q.Get("ttl"); v != "" {
+		p.TTL = v
+	}
+	parse := func(field, v string) (time.Duration, bool) {
+		if v == "" {
+			return 0, true
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("%s=%q is not a non-negative Go duration: write e.g. %s=10s or %s=1m30s",
+				field, v, field, field))
+			return 0, false
+		}
+		return d, true
+	}
+	if wait, ok = parse("wait", p.Wait); !ok {
+		return 0, 0, false
+	}
+	if ttl, ok = parse("ttl", p.TTL); !ok {
+		return 0, 0, false
+	}
+	return wait, ttl, true
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
+}
+
+func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	wait, ttl, ok := h.readParams(w, r, "wait", "ttl", "hold")
+	if !ok {
+		return
+	}
+	connection := false
+	switch v := r.URL.Query().Get("hold"); v {
+	case "":
+	case "connection":
+		connection = true
+	default:
+		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("hold=%q is not understood: the only value is hold=connection", v))
+		return
+	}
+	if _, err := h.Engine.State(name); err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	hold, s, err := h.Engine.Acquire(r.Context(), name, lock.AcquireOptions{Wait: wait, TTL: ttl})
+	if err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	if r.Context().Err() != nil && hold != nil {
+		// The client left while we acquired: nobody would ever release this hold.
+		h.releaseHold(name, hold, "client disconnected")
+		return
+	}
+	if !connection || hold == nil {
+		writeJSON(w, http.StatusOK, s)
+		return
+	}
+	h.holdConnection(w, r, name, hold, s)
+}
+
+func (h *Handler) releaseHold(name string, hold *lock.Hold, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), h.ReleaseTimeout)
+	defer cancel()
+	h.Engine.ReleaseHold(ctx, name, hold, reason)
+}
+
+// holdConnection keeps the response open while the hold lasts: the state line first,
+// then one line per event; the hold ends when the client closes the connection.
+func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name string, hold *lock.Hold, s lock.State) {
+	writeJSON(w, http.StatusOK, s)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	t := time.NewTicker(heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			h.Log.V(1).Info("Releasing connection hold", "lock", name, "token", hold.Token())
+			h.releaseHold(name, hold, "client connection closed")
+			return
+		case <-hold.Done():
+			b, _ := json.Marshal(map[string]any{"event": "ended", "lock": name, "reason": hold.Reason()})
+			_, _ = w.Write(append(b, '\n'))
+			_ = rc.Flush()
+			return
+		case <-t.C:
+			_, _ = w.Write([]byte("\n"))
+			_ = rc.Flush()
+		}
+	}
+}
+
+func (h *Handler) release(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, _, ok := h.readParams(w, r); !ok {
+		return
+	}
+	s, err := h.Engine.Release(r.Context(), name)
+	if err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+func (h *Handler) renew(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	_, ttl, ok := h.readParams(w, r, "ttl")
+	if !ok {
+		return
+	}
+	s, err := h.Engine.Renew(name, ttl)
+	if err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+// events streams server-sent events: the state first, then acquired / lost /
+// released / shutdown.
+func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ch, cancel, err := h.Engine.Subscribe(name)
+	if err != nil {
+		h.engineError(w, name, err)
+		return
+	}
+	defer cancel()
+	s, _ := h.Engine.State(name)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	send := func(event string, v any) {
+		b, _ := json.Marshal(v)
+		_, _ = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		_ = rc.Flush()
+	}
+	send("state", s)
+	t := time.NewTicker(heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev, ok := <-ch:
+			if !ok {
+				send("error", errorBody{Error: "event stream closed: the client read too slowly or the agent stops; reconnect", Lock: name})
+				return
+			}
+			send(string(ev.Type), ev)
+			if ev.Type == lock.EventShutdown {
+				return
+			}
+		case <-t.C:
+			_, _ = w.Write([]byte(": keepalive\n\n"))
+			_ = rc.Flush()
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
+)
+
+// fakeEngine answers every call with err; it pins the mapping of engine errors to
+// status codes (the envtest suite in sidecar/agent drives the real engine).
+type fakeEngine struct{ err error }
+
+func (f fakeEngine) Names() []string      { return []string{"a"} }
+func (f fakeEngine) States() []lock.State { return nil }
+func (f fakeEngine) State(name string) (lock.State, error) {
+	if name != "a" {
+		return lock.State{}, lock.ErrUndeclared
+	}
+	return lock.State{Name: name}, nil
+}
+func (f fakeEngine) Acquire(context.Context, string, lock.AcquireOptions) (*lock.Hold, lock.State, error) {
+	return nil, lock.State{}, f.err
+}
+func (f fakeEngine) Release(context.Context, string) (lock.State, error)     { return lock.State{}, f.err }
+func (f fakeEngine) ReleaseHold(context.Context, string, *lock.Hold, string) {}
+func (f fakeEngine) Renew(string, time.Duration) (lock.State, error)         { return lock.State{}, f.err }
+func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error)     { return nil, nil, f.err }
+func (f fakeEngine) Ready() error                                            { return f.err }
+
+func TestStatusCodes(t *testing.T) {
+	tests := map[string]struct {
+		err     error
+		want    int
+		mention string
+	}{
+		"held by another Pod": {&lock.HeldError{Holder: "p_u", ValidFor: time.Second}, 409, "held by p_u"},
+		"held locally":        {&lock.HeldError{Local: true}, 409, "another client of this Pod"},
+		"conflict on try":     {fmt.Errorf("%w: raced", lock.ErrNotAcquired), 409, "not acquired"},
+		"wait timed out":      {lock.ErrTimeout, 408, "within the wait"},
+		"unavailable":         {fmt.Errorf("%w: dial tcp: refused", lock.ErrUnavailable), 503, "retry when the API server answers"},
+		"forbidden":           {fmt.Errorf("%w: leases is forbidden", lock.ErrForbidden), 503, "ClusterRole"},
+		"shutting down":       {lock.ErrShutdown, 503, "shutting down"},
+		"not held":            {lock.ErrNotHeld, 409, "not held"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			h := NewHandler(fakeEngine{err: tc.err}, logr.Discard(), "bind the ClusterRole leasehold-agent")
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/acquire", nil))
+			if tc.err == lock.ErrNotHeld {
+				w = httptest.NewRecorder()
+				h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/release", nil))
+			}
+			var body errorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+				t.Fatalf("not JSON: %q", w.Body.String())
+			}
+			if w.Code != tc.want || !strings.Contains(body.Error, tc.mention) || body.Lock != "a" {
+				t.Fatalf("want %d mentioning %q for lock a, got %d %+v", tc.want, tc.mention, w.Code, body)
+			}
+		})
+	}
+}
+
+func TestReadyzNotReady(t *testing.T) {
+	h := NewHandler(fakeEngine{err: errors.Join(lock.ErrForbidden)}, logr.Discard(), "bind the ClusterRole leasehold-agent")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	if w.Code != 503 || !strings.Contains(w.Body.String(), "leasehold-agent") {
+		t.Fatalf("want 503 naming the ClusterRole, got %d %s", w.Code, w.Body)
+	}
+}

@@ -1,0 +1,224 @@
+// Package client is a small Go client of the agent's local API v1, used by the
+// `leasehold` command and by tests and benchmarks.
+//
+// What it guarantees: a Hold from HoldConnection lasts at most as long as its
+// connection; closing it (or the process dying) ends the hold at the agent at once.
+// What it does NOT guarantee: retries; every call is one request.
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
+)
+
+// DefaultSocket is the agent's default socket.
+const DefaultSocket = "/run/leasehold/agent.sock"
+
+// Client talks to one agent.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the agent at socket (a Unix socket path) or, when rawURL
+// is not empty, at rawURL (http://127.0.0.1:port).
+func New(socket, rawURL string) *Client {
+	if rawURL != "" {
+		return &Client{base: strings.TrimSuffix(rawURL, "/"), http: &http.Client{}}
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 64,
+	}
+	return &Client{base: "http://leasehold", http: &http.Client{Transport: tr}}
+}
+
+// FromEnv uses $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else the default socket.
+func FromEnv() *Client {
+	if u := os.Getenv("LEASEHOLD_URL"); u != "" {
+		return New("", u)
+	}
+	s := os.Getenv("LEASEHOLD_SOCKET")
+	if s == "" {
+		s = DefaultSocket
+	}
+	return New(s, "")
+}
+
+// Error is a non-2xx answer of the agent.
+type Error struct {
+	Status  int
+	Message string `json:"error"`
+	Lock    string `json:"lock"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Message) }
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.http.Do(req)
+}
+
+func decode(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		// Answers like 409 on ?require=held carry a state, not an error.
+		if v != nil {
+			_ = json.Unmarshal(b, v)
+		}
+		return e
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(b, v)
+}
+
+func durations(wait, ttl time.Duration) url.Values {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	if ttl > 0 {
+		q.Set("ttl", ttl.String())
+	}
+	return q
+}
+
+// State asks for one lock.
+func (c *Client) State(ctx context.Context, name string) (lock.State, error) {
+	var s lock.State
+	resp, err := c.do(ctx, http.MethodGet, "/v1/locks/"+url.PathEscape(name), nil)
+	if err != nil {
+		return s, err
+	}
+	return s, decode(resp, &s)
+}
+
+// States asks for every lock.
+func (c *Client) States(ctx context.Context) ([]lock.State, error) {
+	var out struct {
+		Locks []lock.State `json:"locks"`
+	}
+	resp, err := c.do(ctx, http.MethodGet, "/v1/locks", nil)
+	if err != nil {
+		return nil, err
+	}
+	return out.Locks, decode(resp, &out)
+}
+
+// Acquire takes the lock (wait 0 = try once).
+func (c *Client) Acquire(ctx context.Context, name string, wait, ttl time.Duration) (lock.State, error) {
+	var s lock.State
+	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/acquire", durations(wait, ttl))
+	if err != nil {
+		return s, err
+	}
+	return s, decode(resp, &s)
+}
+
+// Release ends this Pod's hold.
+func (c *Client) Release(ctx context.Context, name string) (lock.State, error) {
+	var s lock.State
+	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/release", nil)
+	if err != nil {
+		return s, err
+	}
+	return s, decode(resp, &s)
+}
+
+// Get does a GET of path and returns the status code and body.
+func (c *Client) Get(ctx context.Context, path string) (int, []byte, error) {
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// Hold is a hold tied to a connection.
+type Hold struct {
+	State lock.State
+	body  io.ReadCloser
+	// Ended is closed when the agent ends the hold (lost, shutdown) or the connection
+	// breaks; Reason says why.
+	Ended  chan struct{}
+	Reason string
+}
+
+// Close ends the hold (closes the connection).
+func (h *Hold) Close() error { return h.body.Close() }
+
+// HoldConnection acquires the lock with ?hold=connection.
+func (c *Client) HoldConnection(ctx context.Context, name string, wait, ttl time.Duration) (*Hold, error) {
+	q := durations(wait, ttl)
+	q.Set("hold", "connection")
+	// The hold outlives ctx's wait: only the dial and the answer use ctx.
+	resp, err := c.do(context.WithoutCancel(ctx), http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/acquire", q)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, decode(resp, nil)
+	}
+	r := bufio.NewReader(resp.Body)
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("read hold state: %w", err)
+	}
+	h := &Hold{body: resp.Body, Ended: make(chan struct{})}
+	if err := json.Unmarshal(line, &h.State); err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("decode hold state: %w", err)
+	}
+	go func() {
+		defer close(h.Ended)
+		for {
+			line, err := r.ReadBytes('\n')
+			if len(strings.TrimSpace(string(line))) > 0 {
+				var ev struct {
+					Reason string `json:"reason"`
+				}
+				_ = json.Unmarshal(line, &ev)
+				h.Reason = ev.Reason
+				return
+			}
+			if err != nil {
+				h.Reason = "connection to the agent closed: " + err.Error()
+				return
+			}
+		}
+	}()
+	return h, nil
+}

@@ -1,0 +1,189 @@
+package kubeapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+)
+
+var (
+	scheme = runtime.NewScheme()
+	codecs = serializer.NewCodecFactory(scheme)
+	params = runtime.NewParameterCodec(scheme)
+)
+
+func init() {
+	if err := coordinationv1.AddToScheme(scheme); err != nil {
+		panic(err)
+	}
+	metav1.AddToGroupVersion(scheme, schema.GroupVersion{Version: "v1"})
+}
+
+// Client talks to the API server for one namespace.
+type Client struct {
+	rc        *rest.RESTClient
+	namespace string
+}
+
+// New returns a client of the namespace's Leases (and Events, access reviews).
+func New(cfg *rest.Config, namespace string) (*Client, error) {
+	c := rest.CopyConfig(cfg)
+	c.APIPath = "/apis"
+	c.GroupVersion = &coordinationv1.SchemeGroupVersion
+	c.NegotiatedSerializer = codecs.WithoutConversion()
+	c.ContentType = runtime.ContentTypeJSON
+	if c.UserAgent == "" {
+		c.UserAgent = rest.DefaultKubernetesUserAgent()
+	}
+	rc, err := rest.RESTClientFor(c)
+	if err != nil {
+		return nil, fmt.Errorf("create REST client: %w", err)
+	}
+	return &Client{rc: rc, namespace: namespace}, nil
+}
+
+// List lists the namespace's Leases.
+func (c *Client) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	out := &coordinationv1.LeaseList{}
+	err := c.rc.Get().Namespace(c.namespace).Resource("leases").VersionedParams(&opts, params).Do(ctx).Into(out)
+	return out, err
+}
+
+// Watch watches the namespace's Leases.
+func (c *Client) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.Watch = true
+	r := c.rc.Get().Namespace(c.namespace).Resource("leases").VersionedParams(&opts, params)
+	if opts.TimeoutSeconds != nil {
+		r = r.Timeout(time.Duration(*opts.TimeoutSeconds) * time.Second)
+	}
+	return r.Watch(ctx)
+}
+
+// Create creates a Lease.
+func (c *Client) Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error) {
+	out := &coordinationv1.Lease{}
+	err := c.rc.Post().Namespace(c.namespace).Resource("leases").VersionedParams(&opts, params).Body(lease).Do(ctx).Into(out)
+	return out, err
+}
+
+// Update replaces a Lease, conditional on its resourceVersion.
+func (c *Client) Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	out := &coordinationv1.Lease{}
+	err := c.rc.Put().Namespace(c.namespace).Resource("leases").Name(lease.Name).VersionedParams(&opts, params).Body(lease).Do(ctx).Into(out)
+	return out, err
+}
+
+// CanWriteLeases asks the API server (SelfSubjectAccessReview) which of the verbs
+// on Leases of the namespace are denied to the agent.
+func (c *Client) CanWriteLeases(ctx context.Context, verbs ...string) (denied []string, err error) {
+	for _, verb := range verbs {
+		body, _ := json.Marshal(map[string]any{
+			"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+			"spec": map[string]any{"resourceAttributes": map[string]string{
+				"namespace": c.namespace, "verb": verb, "group": "coordination.k8s.io", "resource": "leases",
+			}},
+		})
+		raw, err := c.rc.Post().AbsPath("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews").Body(body).DoRaw(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("review access to leases: %w", err)
+		}
+		var r struct {
+			Status struct {
+				Allowed bool `json:"allowed"`
+			} `json:"status"`
+		}
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return nil, fmt.Errorf("decode access review: %w", err)
+		}
+		if !r.Status.Allowed {
+			denied = append(denied, verb)
+		}
+	}
+	return denied, nil
+}
+
+// Event limits: a burst, then one per refill period.
+const (
+	EventBurst  = 25
+	EventRefill = 10 * time.Second
+)
+
+// PodEvent is one Event to record on the Pod.
+type PodEvent struct {
+	Type, Reason, Message string
+}
+
+// EventRecorder posts Events on one Pod, asynchronously and rate limited.
+type EventRecorder struct {
+	c                   *Client
+	pod, uid, component string
+	log                 logr.Logger
+	queue               chan PodEvent
+	mu                  sync.Mutex
+	tokens              float64
+	last                time.Time
+}
+
+// NewEventRecorder returns a recorder for the Pod; Run posts the queued Events.
+func (c *Client) NewEventRecorder(pod, uid, component string, log logr.Logger) *EventRecorder {
+	return &EventRecorder{c: c, pod: pod, uid: uid, component: component, log: log,
+		queue: make(chan PodEvent, 32), tokens: EventBurst, last: time.Now()}
+}
+
+// Record queues an Event; it never blocks.
+func (r *EventRecorder) Record(ev PodEvent) {
+	r.mu.Lock()
+	now := time.Now()
+	r.tokens = min(EventBurst, r.tokens+now.Sub(r.last).Seconds()/EventRefill.Seconds())
+	r.last = now
+	ok := r.tokens >= 1
+	if ok {
+		r.tokens--
+	}
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	select {
+	case r.queue <- ev:
+	default:
+	}
+}
+
+// Run posts queued Events until ctx ends.
+func (r *EventRecorder) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-r.queue:
+			now := time.Now().UTC().Format(time.RFC3339)
+			body, _ := json.Marshal(map[string]any{
+				"apiVersion": "v1", "kind": "Event",
+				"metadata":       map[string]string{"name": fmt.Sprintf("%s.%x", r.pod, time.Now().UnixNano()), "namespace": r.c.namespace},
+				"involvedObject": map[string]string{"kind": "Pod", "apiVersion": "v1", "namespace": r.c.namespace, "name": r.pod, "uid": r.uid},
+				"reason":         ev.Reason, "message": ev.Message, "type": ev.Type,
+				"source":         map[string]string{"component": r.component},
+				"firstTimestamp": now, "lastTimestamp": now, "count": 1,
+				"reportingComponent": r.component, "reportingInstance": r.pod,
+			})
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := r.c.rc.Post().AbsPath("/api/v1/namespaces", r.c.namespace, "events").Body(body).DoRaw(pctx)
+			cancel()
+			if err != nil {
+				r.log.V(1).Info("Failed to record event", "reason", ev.Reason, "err", err.Error())
+			}
+		}
+	}
+}

@@ -1,0 +1,34 @@
+// Package lock is the Lease lock engine of the Leasehold agent: one state machine per
+// declared lock, each backed by one coordination.k8s.io/v1 Lease in the Pod's namespace,
+// written in the same record shape as client-go's resourcelock.LeaseLock.
+//
+// What it owns: the Lease records of the declared locks (create, conditional update),
+// the watch that feeds its cache of those Leases, the renew loop, the local queue of
+// clients of the same Pod that want the same lock, and the fencing token.
+//
+// What it guarantees:
+//   - A lock is reported held (State.Held) only while the last successful write of this
+//     agent, timed from the moment it was sent on the agent's monotonic clock, is younger
+//     than RenewDeadline. State.ValidFor says how much of that window is left. Another
+//     participant that follows client-go's rules only takes the Lease LeaseDuration after
+//     it observed our last write, and LeaseDuration > RenewDeadline.
+//   - Every write is conditional on the resourceVersion it was based on. A conflict ends
+//     the hold at once; a 403, a timeout or any other failure counts as "not written".
+//   - Every acquisition writes spec.leaseTransitions = previous + 1 and reports it as the
+//     fencing token, so tokens are strictly increasing per Lease across agents and
+//     client-go leader electors.
+//   - A lock held by someone else is judged expired like client-go judges it:
+//     leaseDurationSeconds of the record after this agent observed the record change, on
+//     this agent's clock, never from the remote renewTime.
+//   - Waiters are woken by the watch (and by a timer for expiry), never by polling.
+//
+// What it does NOT guarantee:
+//   - Safety across clocks that run at very different rates: like client-go, it assumes
+//     the rate of every participant's monotonic clock is about the same.
+//   - Tokens survive deletion of the Lease: a deleted and recreated Lease starts again
+//     at 1. Downstream stores that fence on the token must not have the Lease deleted.
+//   - Fairness between Pods: whoever's conditional update lands first after a release
+//     wins. Clients of one Pod are served in arrival order.
+//   - Resource versions are compared as integers to drop stale watch events; this holds
+//     for etcd-backed API servers.
+package lock

@@ -1,0 +1,789 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/clock"
+)
+
+// Mode says how a lock is taken.
+type Mode string
+
+const (
+	// ModeMutex is a lock the application takes on demand (acquire, release).
+	ModeMutex Mode = "mutex"
+	// ModeLeader is a lock the agent holds continuously while the Pod lives.
+	ModeLeader Mode = "leader"
+)
+
+const (
+	// LabelManagedBy is set on every Lease the agent writes.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedBy is the value of LabelManagedBy on Leases the agent writes.
+	ManagedBy = "leasehold"
+	// AnnotationMode records on the Lease whether it is a mutex or a leader lock.
+	AnnotationMode = "leasehold.io/mode"
+)
+
+// LeaseClient is the part of the Kubernetes API the engine uses: the Leases of one
+// namespace. k8s.io/client-go's typed coordinationv1.LeaseInterface satisfies it.
+type LeaseClient interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+	Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error)
+	Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error)
+}
+
+// Config configures one lock.
+type Config struct {
+	// Namespace and Name of the Lease; Name is the lock's name.
+	Namespace, Name string
+	// Identity is written as holderIdentity: unique per Pod incarnation (name_uid).
+	Identity string
+	Mode     Mode
+	// LeaseDuration, RenewDeadline and RetryPeriod as client-go's leader election.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	Client                                    LeaseClient
+	// Clock defaults to the real clock.
+	Clock clock.WithDelayedExecution
+	Log   logr.Logger
+	// OnEvent is called for acquired, lost, released and shutdown. It is called with
+	// the lock's state mutex held: it must not block and must not call into the Lock.
+	OnEvent func(Event)
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Name == "" || c.Namespace == "":
+		return errors.New("lock needs a namespace and a name")
+	case c.Identity == "":
+		return errors.New("lock needs a holder identity")
+	case c.Mode != ModeMutex && c.Mode != ModeLeader:
+		return fmt.Errorf("lock %s: mode %q is neither %q nor %q", c.Name, c.Mode, ModeMutex, ModeLeader)
+	case c.LeaseDuration < time.Second:
+		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
+	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
+		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
+	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
+		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.Client == nil:
+		return fmt.Errorf("lock %s: no Lease client", c.Name)
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+	if c.OnEvent == nil {
+		c.OnEvent = func(Event) {}
+	}
+	return nil
+}
+
+// EventType names what happened to a lock.
+type EventType string
+
+// The events of a lock.
+const (
+	EventAcquired EventType = "acquired"
+	EventLost     EventType = "lost"
+	EventReleased EventType = "released"
+	EventShutdown EventType = "shutdown"
+)
+
+// Event is one change of a lock, as seen by this agent.
+type Event struct {
+	Type   EventType `json:"type"`
+	Lock   string    `json:"lock"`
+	Holder string    `json:"holder"`
+	Token  int64     `json:"token"`
+	Reason string    `json:"reason,omitempty"`
+	Time   time.Time `json:"time"`
+}
+
+// State is what the agent knows of a lock. Held means held by this Pod, now.
+type State struct {
+	Name           string `json:"name"`
+	Mode           Mode   `json:"mode"`
+	Held           bool   `json:"held"`
+	Holder         string `json:"holder"`
+	Token          int64  `json:"token"`
+	ValidFor       string `json:"validFor"`
+	ValidForMillis int64  `json:"validForMillis"`
+}
+
+// Errors the engine returns; the API maps them to status codes.
+var (
+	// ErrNotAcquired: a try found the lock held (by another Pod or another local client).
+	ErrNotAcquired = errors.New("not acquired")
+	// ErrTimeout: the wait ended before the lock was acquired.
+	ErrTimeout = errors.New("wait timed out")
+	// ErrNotHeld: release or renew of a lock this Pod does not hold.
+	ErrNotHeld = errors.New("not held")
+	// ErrUnavailable: the API server did not answer, refused, or is not synced yet.
+	ErrUnavailable = errors.New("API server unavailable")
+	// ErrForbidden: the agent may not write Leases (RBAC).
+	ErrForbidden = errors.New("not allowed to write Leases")
+	// ErrShutdown: the agent is shutting down.
+	ErrShutdown = errors.New("agent shutting down")
+	// ErrLeaderLock: the call does not apply to a leader lock.
+	ErrLeaderLock = errors.New("leader lock")
+)
+
+// HeldError tells who holds the lock when it was not acquired.
+type HeldError struct {
+	Holder   string
+	ValidFor time.Duration
+	// Local is true when another client of this same Pod holds it.
+	Local bool
+}
+
+func (e *HeldError) Error() string {
+	if e.Local {
+		return "held by another client of this Pod"
+	}
+	return fmt.Sprintf("held by %s for up to %s more", e.Holder, e.ValidFor.Round(time.Millisecond))
+}
+
+// Is makes errors.Is(err, ErrNotAcquired) true for a HeldError.
+func (e *HeldError) Is(target error) bool { return target == ErrNotAcquired }
+
+var errConflict = errors.New("the Lease changed since it was read")
+
+// Hold is one local client's hold of a mutex lock.
+type Hold struct {
+	lock   *Lock
+	token  int64
+	ttl    time.Duration
+	timer  clock.Timer
+	done   chan struct{}
+	reason string
+}
+
+// Done is closed when the hold ends (released, lost, ttl, shutdown).
+func (h *Hold) Done() <-chan struct{} { return h.done }
+
+// Token is the fencing token of the acquisition.
+func (h *Hold) Token() int64 { return h.token }
+
+// Reason says why the hold ended; read it after Done is closed.
+func (h *Hold) Reason() string {
+	h.lock.mu.Lock()
+	defer h.lock.mu.Unlock()
+	return h.reason
+}
+
+// Lock is the state machine of one lock. Create it with New; Run it.
+type Lock struct {
+	cfg        Config
+	durSeconds int32
+	// slot serializes the clients of this Pod: whoever holds a token in the channel
+	// is the one local client acquiring or holding. Blocked senders queue in order.
+	slot chan struct{}
+	// writeMu serializes this agent's writes of the Lease.
+	writeMu sync.Mutex
+
+	mu           sync.Mutex
+	synced       bool
+	closed       bool
+	lease        *coordinationv1.Lease // last known; nil when absent
+	rv           uint64
+	observedAt   time.Time // when this agent saw the record change
+	held         bool
+	token        int64
+	lastWrite    time.Time // send time of the last successful write while held
+	renewFailing bool
+	lastAttempt  time.Time
+	forbidden    bool
+	apiErr       error
+	hold         *Hold
+	changed      chan struct{}
+}
+
+// New validates cfg and returns the lock. It makes no API call.
+func New(cfg Config) (*Lock, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Lock{
+		cfg:        cfg,
+		durSeconds: int32(math.Ceil(cfg.LeaseDuration.Seconds())),
+		slot:       make(chan struct{}, 1),
+		changed:    make(chan struct{}),
+	}, nil
+}
+
+// Name is the lock's (and its Lease's) name.
+func (l *Lock) Name() string { return l.cfg.Name }
+
+// Mode is the lock's mode.
+func (l *Lock) Mode() Mode { return l.cfg.Mode }
+
+// Synced is true once the lock's Lease was listed from the API server.
+func (l *Lock) Synced() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.synced
+}
+
+// Forbidden is true when the last write was refused with 403.
+func (l *Lock) Forbidden() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.forbidden
+}
+
+// State reports the lock now. Held is computed from the clock at each call, so it
+// turns false at renew-deadline even if the renew goroutine is stuck.
+func (l *Lock) State() State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stateLocked(l.cfg.Clock.Now())
+}
+
+func (l *Lock) stateLocked(now time.Time) State {
+	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s"}
+	if l.lease != nil {
+		s.Holder = holderOf(l.lease)
+		if l.lease.Spec.LeaseTransitions != nil {
+			s.Token = int64(*l.lease.Spec.LeaseTransitions)
+		}
+	}
+	if left := l.validForLocked(now); left > 0 {
+		s.Held = true
+		s.Token = l.token
+		s.ValidFor = left.Round(time.Millisecond).String()
+		s.ValidForMillis = left.Milliseconds()
+	}
+	return s
+}
+
+func (l *Lock) validForLocked(now time.Time) time.Duration {
+	if !l.held {
+		return 0
+	}
+	return l.lastWrite.Add(l.cfg.RenewDeadline).Sub(now)
+}
+
+func (l *Lock) broadcastLocked() {
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+func (l *Lock) emitLocked(t EventType, reason string) {
+	ev := Event{Type: t, Lock: l.cfg.Name, Token: l.token, Reason: reason, Time: time.Now()}
+	if l.lease != nil {
+		ev.Holder = holderOf(l.lease)
+	}
+	l.cfg.OnEvent(ev)
+}
+
+// Run watches the Lease and renews it while held, and in leader mode keeps it
+// acquired. It blocks until ctx ends. Call Shutdown before cancelling ctx to release.
+func (l *Lock) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { l.watchLoop(ctx) })
+	if l.cfg.Mode == ModeLeader {
+		wg.Go(func() { l.leaderLoop(ctx) })
+	}
+	l.renewLoop(ctx)
+	wg.Wait()
+}
+
+// AcquireOptions are the options of Acquire.
+type AcquireOptions struct {
+	// Wait is how long to wait for the lock; 0 tries once.
+	Wait time.Duration
+	// TTL ends the hold unless renewed or released in time; 0 = no ttl.
+	TTL time.Duration
+}
+
+// Acquire takes a mutex lock for one local client, or, for a leader lock, waits until
+// the agent holds it (returning a nil Hold). The returned State has the token.
+func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, State, error) {
+	if opts.Wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, opts.Wait)
+		defer cancel()
+	}
+	if l.cfg.Mode == ModeLeader {
+		s, err := l.waitLeader(ctx, opts.Wait > 0)
+		return nil, s, err
+	}
+	// Our turn among the clients of this Pod.
+	if opts.Wait > 0 {
+		select {
+		case l.slot <- struct{}{}:
+		case <-ctx.Done():
+			return nil, l.State(), ctxErr(ctx)
+		}
+	} else {
+		select {
+		case l.slot <- struct{}{}:
+		default:
+			return nil, l.State(), &HeldError{Local: true}
+		}
+	}
+	h := &Hold{lock: l, done: make(chan struct{})}
+	if err := l.acquireRemote(ctx, opts.Wait == 0, h); err != nil {
+		<-l.slot
+		return nil, l.State(), err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if opts.TTL > 0 && l.hold == h {
+		// Timer callbacks release in their own goroutine: a clock may run callbacks
+		// under its own lock (the fake clock does), and releasing stops the timer.
+		h.ttl = opts.TTL
+		h.timer = l.cfg.Clock.AfterFunc(opts.TTL, func() { go l.releaseHold(h, "ttl expired") })
+	}
+	return h, l.stateLocked(l.cfg.Clock.Now()), nil
+}
+
+func ctxErr(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ErrTimeout
+	}
+	return ctx.Err()
+}
+
+func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
+	for {
+		l.mu.Lock()
+		ch := l.changed
+		now := l.cfg.Clock.Now()
+		s := l.stateLocked(now)
+		var err error
+		switch {
+		case s.Held:
+			l.mu.Unlock()
+			return s, nil
+		case !wait && !l.synced:
+			err = fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
+		case !wait && l.renewFailing:
+			err = fmt.Errorf("%w: %v", ErrUnavailable, l.apiErr)
+		case !wait:
+			err = &HeldError{Holder: s.Holder, ValidFor: l.observedAt.Add(l.leaseDurationLocked()).Sub(now)}
+		}
+		l.mu.Unlock()
+		if err != nil {
+			return s, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return l.State(), ctxErr(ctx)
+		}
+	}
+}
+
+func (l *Lock) leaseDurationLocked() time.Duration {
+	if l.lease == nil || l.lease.Spec.LeaseDurationSeconds == nil {
+		return 0
+	}
+	return time.Duration(*l.lease.Spec.LeaseDurationSeconds) * time.Second
+}
+
+// acquireRemote takes the Lease, waiting (if !try) for the watch to show it free or
+// for the current holder's lease to expire.
+func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
+	for {
+		changed, wait, err := l.tryAcquire(ctx, h)
+		if err == nil {
+			return nil
+		}
+		if try && errors.Is(err, errConflict) {
+			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
+		}
+		if try || errors.Is(err, ErrShutdown) {
+			return err
+		}
+		var timer clock.Timer
+		var fire <-chan time.Time
+		switch {
+		case errors.Is(err, ErrNotAcquired):
+			timer = l.cfg.Clock.NewTimer(wait)
+			fire = timer.C()
+		case errors.Is(err, errConflict):
+			// The watch brings the newer record.
+		default:
+			timer = l.cfg.Clock.NewTimer(l.cfg.RetryPeriod)
+			fire = timer.C()
+		}
+		select {
+		case <-changed:
+		case <-fire:
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return ctxErr(ctx)
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// writeTimeout bounds one API write.
+func (l *Lock) writeTimeout() time.Duration {
+	return max(l.cfg.RetryPeriod, l.cfg.RenewDeadline/2)
+}
+
+// tryAcquire makes at most one write. It returns the change channel to wait on. On
+// success h (nil in leader mode) becomes the lock's hold, and owns the local slot.
+func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.Duration, error) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	changed := l.changed
+	switch {
+	case l.closed:
+		l.mu.Unlock()
+		return changed, 0, ErrShutdown
+	case !l.synced:
+		l.mu.Unlock()
+		return changed, 0, fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
+	}
+	now := l.cfg.Clock.Now()
+	cur := l.lease
+	if cur != nil {
+		if h := holderOf(cur); h != "" && h != l.cfg.Identity {
+			if left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); left > 0 {
+				l.mu.Unlock()
+				return changed, left, &HeldError{Holder: h, ValidFor: left}
+			}
+		}
+	}
+	l.mu.Unlock()
+
+	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+	defer cancel()
+	send := l.cfg.Clock.Now()
+	var out *coordinationv1.Lease
+	var err error
+	if cur == nil {
+		out, err = l.cfg.Client.Create(wctx, l.newLease(send), metav1.CreateOptions{})
+	} else {
+		next := cur.DeepCopy()
+		l.stamp(next)
+		transitions := int32(1)
+		if cur.Spec.LeaseTransitions != nil {
+			transitions = *cur.Spec.LeaseTransitions + 1
+		}
+		next.Spec = l.spec(send, send, transitions)
+		out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		return changed, 0, l.writeFailedLocked("acquire", err)
+	}
+	l.forbidden = false
+	l.apiErr = nil
+	l.observeLocked(out, send)
+	l.held = true
+	l.token = int64(*out.Spec.LeaseTransitions)
+	l.lastWrite = send
+	l.renewFailing = false
+	if h != nil {
+		h.token = l.token
+		l.hold = h
+	}
+	l.broadcastLocked()
+	l.emitLocked(EventAcquired, "")
+	l.cfg.Log.V(1).Info("Acquired lock", "lock", l.cfg.Name, "token", l.token)
+	return changed, 0, nil
+}
+
+func (l *Lock) writeFailedLocked(what string, err error) error {
+	l.apiErr = err
+	switch {
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
+		return fmt.Errorf("%s lease %s/%s: %w", what, l.cfg.Namespace, l.cfg.Name, errConflict)
+	case apierrors.IsForbidden(err):
+		l.forbidden = true
+		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, ErrForbidden, err)
+	default:
+		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, ErrUnavailable, err)
+	}
+}
+
+func (l *Lock) stamp(lease *coordinationv1.Lease) {
+	if lease.Labels == nil {
+		lease.Labels = map[string]string{}
+	}
+	lease.Labels[LabelManagedBy] = ManagedBy
+	if lease.Annotations == nil {
+		lease.Annotations = map[string]string{}
+	}
+	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
+}
+
+func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: l.cfg.Name, Namespace: l.cfg.Namespace}}
+	l.stamp(lease)
+	lease.Spec = l.spec(now, now, 1)
+	return lease
+}
+
+// spec is the record in client-go's LeaseLock shape.
+func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordinationv1.LeaseSpec {
+	holder := l.cfg.Identity
+	dur := l.durSeconds
+	return coordinationv1.LeaseSpec{
+		HolderIdentity:       &holder,
+		LeaseDurationSeconds: &dur,
+		AcquireTime:          &metav1.MicroTime{Time: acquired},
+		RenewTime:            &metav1.MicroTime{Time: renewed},
+		LeaseTransitions:     &transitions,
+	}
+}
+
+func holderOf(lease *coordinationv1.Lease) string {
+	if lease == nil || lease.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *lease.Spec.HolderIdentity
+}
+
+func parseRV(rv string) uint64 {
+	n, _ := strconv.ParseUint(rv, 10, 64)
+	return n
+}
+
+// observeLocked takes a newer record into the cache (nil = absent) and ends our hold
+// when the record no longer names us.
+func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
+	if lease != nil {
+		if n := parseRV(lease.ResourceVersion); n != 0 {
+			if n <= l.rv {
+				return
+			}
+			l.rv = n
+		}
+	}
+	if !sameRecord(l.lease, lease) {
+		l.observedAt = now
+	}
+	l.lease = lease
+	if l.held && holderOf(lease) != l.cfg.Identity {
+		l.loseLocked("the Lease was taken over: holder is now " + fmt.Sprintf("%q", holderOf(lease)))
+	}
+}
+
+func sameRecord(a, b *coordinationv1.Lease) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	s, t := a.Spec, b.Spec
+	return holderOf(a) == holderOf(b) &&
+		eqInt32(s.LeaseDurationSeconds, t.LeaseDurationSeconds) &&
+		eqInt32(s.LeaseTransitions, t.LeaseTransitions) &&
+		eqTime(s.AcquireTime, t.AcquireTime) && eqTime(s.RenewTime, t.RenewTime)
+}
+
+func eqInt32(a, b *int32) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func eqTime(a, b *metav1.MicroTime) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(b)
+}
+
+// loseLocked ends the hold that is no longer safe.
+func (l *Lock) loseLocked(reason string) {
+	if !l.held {
+		return
+	}
+	l.held = false
+	l.renewFailing = false
+	l.endHoldLocked(reason)
+	l.broadcastLocked()
+	l.emitLocked(EventLost, reason)
+	l.cfg.Log.Info("Lost lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
+}
+
+func (l *Lock) endHoldLocked(reason string) {
+	h := l.hold
+	if h == nil {
+		return
+	}
+	l.hold = nil
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.reason = reason
+	close(h.done)
+	<-l.slot
+}
+
+// Release ends this Pod's hold of a mutex lock and clears the Lease (one write).
+func (l *Lock) Release(ctx context.Context) (State, error) {
+	if l.cfg.Mode == ModeLeader {
+		return l.State(), ErrLeaderLock
+	}
+	return l.release(ctx, nil, "released")
+}
+
+// ReleaseHold releases h if it is still this lock's hold (a connection closed).
+func (l *Lock) ReleaseHold(ctx context.Context, h *Hold, reason string) {
+	_, _ = l.release(ctx, h, reason)
+}
+
+func (l *Lock) releaseHold(h *Hold, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.writeTimeout())
+	defer cancel()
+	l.ReleaseHold(ctx, h, reason)
+}
+
+func (l *Lock) release(ctx context.Context, only *Hold, reason string) (State, error) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	if l.hold == nil || (only != nil && l.hold != only) {
+		s := l.stateLocked(l.cfg.Clock.Now())
+		l.mu.Unlock()
+		return s, ErrNotHeld
+	}
+	return l.clearLocked(ctx, reason)
+}
+
+// clearLocked is called with writeMu and mu held; it returns with mu released.
+func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
+	l.held = false
+	l.renewFailing = false
+	l.endHoldLocked(reason)
+	l.broadcastLocked()
+	cur := l.lease
+	if cur == nil || holderOf(cur) != l.cfg.Identity {
+		s := l.stateLocked(l.cfg.Clock.Now())
+		l.mu.Unlock()
+		return s, nil
+	}
+	l.mu.Unlock()
+
+	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+	defer cancel()
+	now := l.cfg.Clock.Now()
+	next := cur.DeepCopy()
+	empty := ""
+	one := int32(1)
+	next.Spec.HolderIdentity = &empty
+	next.Spec.LeaseDurationSeconds = &one
+	next.Spec.AcquireTime = &metav1.MicroTime{Time: now}
+	next.Spec.RenewTime = &metav1.MicroTime{Time: now}
+	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		err = l.writeFailedLocked("release", err)
+		l.cfg.Log.Error(err, "Failed to clear lease; others can take it after lease-duration", "lock", l.cfg.Name)
+		return l.stateLocked(l.cfg.Clock.Now()), err
+	}
+	l.observeLocked(out, now)
+	l.broadcastLocked()
+	l.emitLocked(EventReleased, reason)
+	l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
+	return l.stateLocked(l.cfg.Clock.Now()), nil
+}
+
+// Renew restarts the ttl of this Pod's hold of a mutex lock: with ttl > 0 as the new
+// ttl, with 0 the ttl given at acquire (a hold without ttl stays without).
+func (l *Lock) Renew(ttl time.Duration) (State, error) {
+	if l.cfg.Mode == ModeLeader {
+		return l.State(), ErrLeaderLock
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.cfg.Clock.Now()
+	h := l.hold
+	if h == nil || l.validForLocked(now) <= 0 {
+		return l.stateLocked(now), ErrNotHeld
+	}
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	if ttl > 0 {
+		h.ttl = ttl
+	}
+	if h.ttl > 0 {
+		h.timer = l.cfg.Clock.AfterFunc(h.ttl, func() { go l.releaseHold(h, "ttl expired") })
+	}
+	return l.stateLocked(now), nil
+}
+
+// Shutdown stops new acquisitions, ends any hold and clears the Lease if this agent
+// holds it. It is called before the Run context is cancelled.
+func (l *Lock) Shutdown(ctx context.Context) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	l.closed = true
+	l.emitLocked(EventShutdown, "agent shutting down")
+	if l.held || (l.lease != nil && holderOf(l.lease) == l.cfg.Identity) {
+		_, err := l.clearLocked(ctx, "agent shutting down")
+		return err
+	}
+	l.broadcastLocked()
+	l.mu.Unlock()
+	return nil
+}
+
+// Subscribers get events through OnEvent; Changed exposes the change channel for
+// callers that wait on the state (tests, leader waiters).
+func (l *Lock) Changed() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changed
+}
+
+func (l *Lock) sleep(ctx context.Context, d time.Duration) {
+	t := l.cfg.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+	case <-ctx.Done():
+	}
+}
+
+func (l *Lock) leaderLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := l.acquireRemote(ctx, false, nil); err != nil {
+			if errors.Is(err, ErrShutdown) {
+				return
+			}
+			continue
+		}
+		for {
+			l.mu.Lock()
+			held, ch := l.held, l.changed
+			l.mu.Unlock()
+			if !held {
+				break
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// memClient is a one-Lease in-memory API for the narrow timing tests of this file
+// (the envtest suites in sidecar/agent are the proof against a real API server). It
+// enforces resourceVersion preconditions like the API server.
+type memClient struct {
+	mu      sync.Mutex
+	lease   *coordinationv1.Lease
+	rv      int
+	fail    error
+	updates int
+	w       *watch.RaceFreeFakeWatcher
+}
+
+func (m *memClient) List(context.Context, metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := &coordinationv1.LeaseList{ListMeta: metav1.ListMeta{ResourceVersion: strconv.Itoa(m.rv)}}
+	if m.lease != nil {
+		l.Items = []coordinationv1.Lease{*m.lease.DeepCopy()}
+	}
+	return l, nil
+}
+
+func (m *memClient) Watch(context.Context, metav1.ListOptions) (watch.Interface, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.w = watch.NewRaceFreeFake()
+	return m.w, nil
+}
+
+func (m *memClient) store(l *coordinationv1.Lease) *coordinationv1.Lease {
+	m.rv++
+	l = l.DeepCopy()
+	l.ResourceVersion = strconv.Itoa(m.rv)
+	m.lease = l
+	if m.w != nil {
+		m.w.Modify(l.DeepCopy())
+	}
+	return l.DeepCopy()
+}
+
+func (m *memClient) Create(_ context.Context, l *coordinationv1.Lease, _ metav1.CreateOptions) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return nil, m.fail
+	}
+	if m.lease != nil {
+		return nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "leases"}, l.Name)
+	}
+	return m.store(l), nil
+}
+
+func (m *memClient) Update(_ context.Context, l *coordinationv1.Lease, _ metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return nil, m.fail
+	}
+	if m.lease == nil || l.ResourceVersion != m.lease.ResourceVersion {
+		return nil, apierrors.NewConflict(schema.GroupResource{Resource: "leases"}, l.Name, errors.New("stale resourceVersion"))
+	}
+	m.updates++
+	return m.store(l), nil
+}
+
+func startLock(t *testing.T, c *memClient, clk *clocktesting.FakeClock) (*Lock, *[]Event) {
+	t.Helper()
+	var mu sync.Mutex
+	events := &[]Event{}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Clock: clk, Log: logr.Discard(),
+		OnEvent: func(e Event) { mu.Lock(); *events = append(*events, e); mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for !l.Synced() {
+		if time.Now().After(deadline) {
+			t.Fatal("lock never synced")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return l, events
+}
+
+// The hold stops being reported exactly at renew-deadline after the send time of the
+// last successful write, when no renew succeeds.
+func TestSelfFencingAtRenewDeadline(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || !s.Held || s.Token != 1 || s.ValidForMillis != 10000 {
+		t.Fatalf("acquire: want held, token 1, valid 10s, got %+v %v", s, err)
+	}
+	c.mu.Lock()
+	c.fail = apierrors.NewTimeoutError("frozen", 1)
+	c.mu.Unlock()
+	clk.Step(10*time.Second - time.Millisecond)
+	if s := l.State(); !s.Held || s.ValidForMillis != 1 {
+		t.Fatalf("1ms before renew-deadline: want held for 1ms, got %+v", s)
+	}
+	clk.Step(time.Millisecond)
+	if s := l.State(); s.Held || s.ValidForMillis != 0 {
+		t.Fatalf("at renew-deadline: want not held, got %+v", s)
+	}
+}
+
+// A Lease held by someone else expires lease-duration after this agent observed it,
+// whatever its renewTime says (the other Pod's clock).
+func TestExpiryJudgedFromObservation(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	clk := clocktesting.NewFakeClock(now)
+	other, dur, tr := "other_pod", int32(15), int32(4)
+	old := metav1.NewMicroTime(now.Add(-time.Hour))
+	c := &memClient{rv: 7, lease: &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "7"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &dur, LeaseTransitions: &tr,
+			RenewTime: &old, AcquireTime: &old},
+	}}
+	l, _ := startLock(t, c, clk)
+	_, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder != other || held.ValidFor != 15*time.Second {
+		t.Fatalf("try on a Lease renewed an hour ago by its clock: want held by %s for 15s, got %v", other, err)
+	}
+	if c.updates != 0 {
+		t.Fatalf("a try on a held lock wrote %d times, want 0", c.updates)
+	}
+	clk.Step(15 * time.Second)
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || s.Token != 5 || s.Holder != "pod_uid" {
+		t.Fatalf("after lease-duration: want acquired with token 5, got %+v %v", s, err)
+	}
+	if c.updates != 1 {
+		t.Fatalf("acquire from an expired Lease: want 1 write, got %d", c.updates)
+	}
+}
+
+// Acquire from a free Lease is one write and release is one write; a conflict on
+// renew ends the hold at once.
+func TestWritesAndConflict(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startLock(t, c, clk)
+	h, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || s.Token != 1 {
+		t.Fatalf("acquire on absent Lease: %+v %v", s, err)
+	}
+	if _, err := l.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c.updates != 1 {
+		t.Fatalf("create + release: want 1 update, got %d", c.updates)
+	}
+	select {
+	case <-h.Done():
+	default:
+		t.Fatal("hold not ended by release")
+	}
+	h, s, err = l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || s.Token != 2 || c.updates != 2 {
+		t.Fatalf("acquire released Lease: want token 2 after 2 updates, got %+v %v (%d updates)", s, err, c.updates)
+	}
+	// Someone else writes the Lease behind our back: our next renew conflicts.
+	c.mu.Lock()
+	c.rv++
+	c.lease.ResourceVersion = strconv.Itoa(c.rv)
+	c.mu.Unlock()
+	l.renewOnce(context.Background())
+	select {
+	case <-h.Done():
+	default:
+		t.Fatal("hold not ended by a renew conflict")
+	}
+	if st := l.State(); st.Held {
+		t.Fatalf("held after conflict: %+v", st)
+	}
+	var types []EventType
+	for _, e := range *events {
+		types = append(types, e.Type)
+	}
+	want := []EventType{EventAcquired, EventReleased, EventAcquired, EventLost}
+	if len(types) != len(want) {
+		t.Fatalf("events: want %v, got %v", want, types)
+	}
+	for i := range want {
+		if types[i] != want[i] {
+			t.Fatalf("events: want %v, got %v", want, types)
+		}
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	base := Config{Namespace: "ns", Name: "x", Identity: "p_u", Mode: ModeMutex, LeaseDuration: 15 * time.Second,
+		RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second, Client: &memClient{}}
+	tests := map[string]func(*Config){
+		"lease not above renew": func(c *Config) { c.RenewDeadline = 15 * time.Second },
+		"renew not above retry": func(c *Config) { c.RetryPeriod = 10 * time.Second },
+		"sub-second lease":      func(c *Config) { c.LeaseDuration = 500 * time.Millisecond },
+		"no identity":           func(c *Config) { c.Identity = "" },
+		"bad mode":              func(c *Config) { c.Mode = "sometimes" },
+		"no client":             func(c *Config) { c.Client = nil },
+	}
+	for name, mut := range tests {
+		t.Run(name, func(t *testing.T) {
+			c := base
+			mut(&c)
+			if _, err := New(c); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+	if _, err := New(base); err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+}
+
+// A ttl ends the hold unless renewed; renew without a ttl restarts the one given at
+// acquire.
+func TestTTL(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Second)
+	if _, err := l.Renew(0); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(2 * time.Second) // 4s after acquire, 2s after renew
+	select {
+	case <-h.Done():
+		t.Fatalf("hold ended before the renewed ttl: %s", h.Reason())
+	default:
+	}
+	clk.Step(time.Second)
+	select {
+	case <-h.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("hold did not end when its ttl passed")
+	}
+	if h.Reason() != "ttl expired" {
+		t.Fatalf("reason: %q", h.Reason())
+	}
+}

@@ -1,0 +1,230 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// renewLoop renews the Lease while held: when healthy once the last successful write
+// is older than renew-deadline/2, after a failure every retry-period, and declares the
+// lock lost when renew-deadline passes without a successful write.
+func (l *Lock) renewLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		l.mu.Lock()
+		ch := l.changed
+		held := l.held
+		var next time.Duration
+		if held {
+			at := l.lastWrite.Add(l.cfg.RenewDeadline / 2)
+			if l.renewFailing {
+				at = l.lastAttempt.Add(l.cfg.RetryPeriod)
+			}
+			if deadline := l.lastWrite.Add(l.cfg.RenewDeadline); deadline.Before(at) {
+				at = deadline
+			}
+			next = at.Sub(l.cfg.Clock.Now())
+		}
+		l.mu.Unlock()
+		switch {
+		case !held:
+			select {
+			case <-ch:
+			case <-ctx.Done():
+			}
+		case next <= 0:
+			l.renewOnce(ctx)
+		default:
+			t := l.cfg.Clock.NewTimer(next)
+			select {
+			case <-ch:
+			case <-t.C():
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+	}
+}
+
+func (l *Lock) renewOnce(ctx context.Context) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	if !l.held || l.lease == nil {
+		l.mu.Unlock()
+		return
+	}
+	send := l.cfg.Clock.Now()
+	deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
+	left := deadline.Sub(send)
+	if left <= 0 {
+		l.loseLocked("renew-deadline passed without a successful renew")
+		l.mu.Unlock()
+		return
+	}
+	next := l.lease.DeepCopy()
+	l.stamp(next)
+	acquired := send
+	if next.Spec.AcquireTime != nil {
+		acquired = next.Spec.AcquireTime.Time
+	}
+	next.Spec = l.spec(acquired, send, int32(l.token))
+	l.mu.Unlock()
+
+	wctx, cancel := context.WithTimeout(ctx, min(left, l.writeTimeout()))
+	defer cancel()
+	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastAttempt = send
+	if !l.held {
+		return
+	}
+	if err == nil {
+		l.forbidden = false
+		l.apiErr = nil
+		l.observeLocked(out, send)
+		if l.held {
+			l.lastWrite = send
+			l.renewFailing = false
+		}
+		l.broadcastLocked()
+		l.cfg.Log.V(5).Info("Renewed lease", "lock", l.cfg.Name)
+		return
+	}
+	err = l.writeFailedLocked("renew", err)
+	if errors.Is(err, errConflict) {
+		l.loseLocked("renew conflict: the Lease was changed by someone else")
+		return
+	}
+	l.renewFailing = true
+	l.cfg.Log.Info("Failed to renew lease", "lock", l.cfg.Name, "err", err.Error())
+	if !l.cfg.Clock.Now().Before(deadline) {
+		l.loseLocked("renew-deadline passed without a successful renew")
+	}
+	l.broadcastLocked()
+}
+
+// watchLoop lists the one Lease by name, then watches it from the listed
+// resourceVersion, relisting when the watch is too old. It feeds the cache.
+func (l *Lock) watchLoop(ctx context.Context) {
+	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
+	for ctx.Err() == nil {
+		list, err := l.cfg.Client.List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			l.watchFailed(err)
+			l.sleep(ctx, l.cfg.RetryPeriod)
+			continue
+		}
+		var item *coordinationv1.Lease
+		if len(list.Items) > 0 {
+			item = &list.Items[0]
+		}
+		l.mu.Lock()
+		l.observeAbsentOrLocked(item, list.ResourceVersion)
+		l.synced = true
+		l.broadcastLocked()
+		l.mu.Unlock()
+		rv := list.ResourceVersion
+		for ctx.Err() == nil {
+			timeout := int64(300 + rand.IntN(300))
+			w, err := l.cfg.Client.Watch(ctx, metav1.ListOptions{
+				FieldSelector: sel, ResourceVersion: rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
+			})
+			if err != nil {
+				if apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
+					break
+				}
+				l.watchFailed(err)
+				l.sleep(ctx, l.cfg.RetryPeriod)
+				continue
+			}
+			var relist bool
+			rv, relist = l.consume(ctx, w, rv)
+			w.Stop()
+			if relist {
+				break
+			}
+		}
+	}
+}
+
+func (l *Lock) watchFailed(err error) {
+	l.cfg.Log.V(1).Info("Failed to watch lease", "lock", l.cfg.Name, "err", err.Error())
+}
+
+func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string) (string, bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return rv, false
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return rv, false
+			}
+			switch ev.Type {
+			case watch.Added, watch.Modified:
+				lease, ok := ev.Object.(*coordinationv1.Lease)
+				if !ok {
+					continue
+				}
+				rv = lease.ResourceVersion
+				l.mu.Lock()
+				l.observeAbsentOrLocked(lease, rv)
+				l.broadcastLocked()
+				l.mu.Unlock()
+			case watch.Deleted:
+				if m, err := meta.Accessor(ev.Object); err == nil {
+					rv = m.GetResourceVersion()
+				}
+				l.mu.Lock()
+				l.observeAbsentOrLocked(nil, rv)
+				l.broadcastLocked()
+				l.mu.Unlock()
+			case watch.Bookmark:
+				if m, err := meta.Accessor(ev.Object); err == nil {
+					rv = m.GetResourceVersion()
+				}
+			case watch.Error:
+				err := apierrors.FromObject(ev.Object)
+				if apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
+					return rv, true
+				}
+				l.watchFailed(err)
+				return rv, false
+			}
+		}
+	}
+}
+
+// observeAbsentOrLocked takes a listed or watched record; a nil lease means absent as
+// of resourceVersion rv.
+func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
+	now := l.cfg.Clock.Now()
+	if lease != nil {
+		l.observeLocked(lease, now)
+		return
+	}
+	if n := parseRV(rv); n != 0 {
+		if n <= l.rv {
+			return
+		}
+		l.rv = n
+	}
+	if l.lease != nil {
+		l.observedAt = now
+	}
+	l.lease = nil
+	if l.held {
+		l.loseLocked("the Lease was deleted")
+	}
+}
