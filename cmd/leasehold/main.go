@@ -3,7 +3,8 @@
 //	leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]   run COMMAND under LOCK, like flock
 //	leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK        take LOCK for this Pod
 //	leasehold release LOCK                                 end this Pod's hold
-//	leasehold status [LOCK]                                print the state as JSON
+//	leasehold status [--held] [LOCK]                       print the state as JSON
+//	                                                       (--held: exit 1 unless this Pod holds LOCK)
 //
 // It talks to $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else /run/leasehold/agent.sock.
 //
@@ -43,7 +44,7 @@ func usage() {
   leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]
   leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK
   leasehold release LOCK
-  leasehold status [LOCK]
+  leasehold status [--held] [LOCK]
 flags (before the subcommand or after it): --socket PATH, --url http://127.0.0.1:PORT`)
 	os.Exit(exitUsage)
 }
@@ -58,6 +59,7 @@ func main() {
 	rawURL := fs.String("url", "", "agent URL (default $LEASEHOLD_URL)")
 	wait := fs.Duration("wait", 0, "how long to wait for the lock; 0 = try once (run waits forever by default)")
 	ttl := fs.Duration("ttl", 0, "acquire: the hold ends unless renewed or released within ttl")
+	heldOnly := fs.Bool("held", false, "status: exit 1 unless this Pod holds LOCK (am I the leader?)")
 	_ = fs.Parse(os.Args[2:])
 	c := client.FromEnv()
 	if *socket != "" || *rawURL != "" {
@@ -96,12 +98,19 @@ func main() {
 		s, err := c.Release(ctx, args[0])
 		os.Exit(report(s, err))
 	case "status":
-		if len(args) == 0 {
+		if len(args) == 0 && !*heldOnly {
 			ls, err := c.States(ctx)
 			os.Exit(report(map[string]any{"locks": ls}, err))
 		}
+		if len(args) != 1 {
+			usage()
+		}
 		s, err := c.State(ctx, args[0])
-		os.Exit(report(s, err))
+		code := report(s, err)
+		if code == 0 && *heldOnly && !s.Held {
+			code = exitNotAcquired
+		}
+		os.Exit(code)
 	default:
 		usage()
 	}
