@@ -10,7 +10,7 @@ LEASEHOLD_CACHE ?= $(HOME)/.cache/leasehold
 export LEASEHOLD_CACHE
 K8S_BIN := $(LEASEHOLD_CACHE)/k8s/$(K8S_VERSION)
 export KUBEBUILDER_ASSETS ?= $(K8S_BIN)
-GO_TEST_FLAGS ?=
+GO_TEST_FLAGS ?= -count=1
 
 .PHONY: help
 help: ## List the targets.
