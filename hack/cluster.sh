@@ -348,11 +348,20 @@ ensure_packages() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
-  # apt-cache policy tells whether the package index knows them (else: apt-get update first).
+  # A fresh machine may have no package index (or an old one): refresh it when a missing
+  # package has no install candidate, then check again.
+  local p_unknown=()
   for p in "${missing[@]}"; do
-    [[ $(apt-cache policy "$p" 2>/dev/null || true) =~ Candidate:\ [^\(] ]] ||
-      die "no Debian candidate for $p: run apt-get update first"
+    [[ $(apt-cache policy "$p" 2>/dev/null || true) =~ Candidate:\ [^\(] ]] || p_unknown+=("$p")
   done
+  if [ ${#p_unknown[@]} -gt 0 ]; then
+    log "apt-get update (no candidate yet for: ${p_unknown[*]})"
+    apt-get update -qq >"$LOGS/apt-update.log" 2>&1 || { tail "$LOGS/apt-update.log" >&2; die "apt-get update failed"; }
+    for p in "${p_unknown[@]}"; do
+      [[ $(apt-cache policy "$p" 2>/dev/null || true) =~ Candidate:\ [^\(] ]] ||
+        die "Debian has no package $p for this machine (apt-cache policy $p): install it by hand or use a Debian release that has it"
+    done
+  fi
   # Debian's containerd package would start its own daemon; policy-rc.d 101 forbids that.
   local prc=/usr/sbin/policy-rc.d made_prc=false
   if [ ! -e "$prc" ]; then printf '#!/bin/sh\nexit 101\n' >"$prc"; chmod +x "$prc"; made_prc=true; fi

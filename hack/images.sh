@@ -43,7 +43,9 @@ project_binaries() {
     if go build -o "$OUT/bin/${d#cmd/}" "./$d" 2>"$OUT/bin/${d#cmd/}.err"; then
       echo "$OUT/bin/${d#cmd/}"
     else
-      log "WARNING: ./$d does not build, left out of the image (see $OUT/bin/${d#cmd/}.err)"
+      cat "$OUT/bin/${d#cmd/}.err" >&2
+      log "ERROR: ./$d does not build: the image would lack it"
+      exit 1
     fi
   done
 }
