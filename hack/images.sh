@@ -58,9 +58,10 @@ build_pause() {
 
 build_leasehold() {
   local args=() b
+  project_binaries >"$OUT/bin/list" # not in <(...): a build failure must stop the script
   while IFS= read -r b; do
     [ -n "$b" ] && args+=(-file "$b=/usr/local/bin/$(basename "$b")")
-  done < <(project_binaries)
+  done <"$OUT/bin/list"
   [ ${#args[@]} -gt 0 ] || log "WARNING: no project binaries yet: leasehold image is empty apart from /etc and /tmp"
   mkimage -tag leasehold.local/leasehold:dev -o "$OUT/leasehold.tar" "${args[@]}"
 }
