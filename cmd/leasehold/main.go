@@ -9,7 +9,8 @@
 // It talks to $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else /run/leasehold/agent.sock.
 //
 // Exit status: run passes COMMAND's status through; otherwise 0 on success, 1 not
-// acquired / not held, 2 wait timed out, 64 usage, 69 agent or API server unavailable.
+// acquired / not held, 2 wait timed out, 64 usage or a request the agent refused
+// (400, 404: e.g. a lock not declared for the Pod), 69 agent or API server unavailable.
 // run uses a hold tied to its connection: when leasehold (or its COMMAND) dies, the
 // lock is released at once. If the agent ends the hold (lost, shutdown), COMMAND is
 // sent SIGTERM.

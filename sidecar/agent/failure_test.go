@@ -245,4 +245,23 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 	if took := time.Since(killed); took > 5*time.Second {
 		t.Fatalf("B got the lock %s after the client was killed (lease-duration 20s): the hold did not end at once", took)
 	}
+
+	// The other subcommands' exit statuses, now that B holds the lock.
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"status", "--socket=" + a.socket, "conn"}, 0},
+		{[]string{"acquire", "--socket=" + a.socket, "conn"}, 1},
+		{[]string{"acquire", "--socket=" + a.socket, "--wait=200ms", "conn"}, 2},
+		{[]string{"release", "--socket=" + a.socket, "conn"}, 1},
+		{[]string{"status", "--socket=" + a.socket, "nope"}, 64},
+		{[]string{"release", "--socket=" + b.socket, "conn"}, 0},
+	} {
+		cmd := exec.Command(leasehold, tc.args...)
+		out, _ := cmd.CombinedOutput()
+		if got := cmd.ProcessState.ExitCode(); got != tc.want {
+			t.Fatalf("leasehold %v: want exit %d, got %d: %s", tc.args, tc.want, got, out)
+		}
+	}
 }
