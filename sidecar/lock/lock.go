@@ -457,7 +457,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	now := l.cfg.Clock.Now()
 	cur := l.lease
 	if cur != nil {
-		if h := holderOf(cur); h != "" && h != l.cfg.Identity {
+		if h := holderOf(cur); h != "" && !l.wroteLocked(cur) {
 			if left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); left > 0 {
 				l.mu.Unlock()
 				return changed, left, &HeldError{Holder: h, ValidFor: left}
@@ -547,6 +547,15 @@ func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordination
 		RenewTime:            &metav1.MicroTime{Time: renewed},
 		LeaseTransitions:     &transitions,
 	}
+}
+
+// wroteLocked is true when the record names this agent and this process wrote it. A
+// record that names this agent's identity but was written before this process held the
+// lock comes from a previous incarnation in the same Pod (a restarted agent container):
+// its clients may still rely on the validFor it gave them, so it is treated like any
+// other Pod's hold and waited out.
+func (l *Lock) wroteLocked(lease *coordinationv1.Lease) bool {
+	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.lastWrite.IsZero()
 }
 
 func holderOf(lease *coordinationv1.Lease) string {
@@ -738,7 +747,7 @@ func (l *Lock) Shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.closed = true
 	l.emitLocked(EventShutdown, "agent shutting down")
-	if l.held || (l.lease != nil && holderOf(l.lease) == l.cfg.Identity) {
+	if l.held || l.wroteLocked(l.lease) {
 		_, err := l.clearLocked(ctx, "agent shutting down")
 		return err
 	}

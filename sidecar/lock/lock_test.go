@@ -163,6 +163,39 @@ func TestExpiryJudgedFromObservation(t *testing.T) {
 	}
 }
 
+// A restarted agent (same Pod, so the same identity) finds the Lease naming itself. It
+// was written by the previous incarnation, whose clients may still rely on the validFor
+// it gave them: the new agent waits lease-duration like any other Pod, and its
+// acquisition gets a new, higher token.
+func TestPreviousIncarnationsLeaseIsNotInherited(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	clk := clocktesting.NewFakeClock(now)
+	self, dur, tr := "pod_uid", int32(15), int32(4)
+	renewed := metav1.NewMicroTime(now)
+	c := &memClient{rv: 7, lease: &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "7"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &self, LeaseDurationSeconds: &dur, LeaseTransitions: &tr,
+			RenewTime: &renewed, AcquireTime: &renewed},
+	}}
+	l, _ := startLock(t, c, clk)
+	if s := l.State(); s.Held {
+		t.Fatalf("a fresh agent reports the previous incarnation's hold as its own: %+v", s)
+	}
+	_, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder != self {
+		t.Fatalf("try on a Lease written by the previous incarnation: want held by %s, got %v", self, err)
+	}
+	if c.updates != 0 {
+		t.Fatalf("a try on a held lock wrote %d times, want 0", c.updates)
+	}
+	clk.Step(15 * time.Second)
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || s.Token != 5 {
+		t.Fatalf("after lease-duration: want acquired with token 5, got %+v %v", s, err)
+	}
+}
+
 // Acquire from a free Lease is one write and release is one write; a conflict on
 // renew ends the hold at once.
 func TestWritesAndConflict(t *testing.T) {
