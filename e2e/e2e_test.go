@@ -367,6 +367,39 @@ func TestExampleApp(t *testing.T) {
 		checkExclusive(t, all)
 	})
 
+	t.Run("kubectl leasehold lists the locks with their holders", func(t *testing.T) {
+		// Installed the kubectl plugin way: an executable kubectl-leasehold on the PATH.
+		dir := t.TempDir()
+		build := exec.Command("go", "build", "-o", dir, "./cmd/kubectl-leasehold")
+		build.Dir = repoRoot
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build kubectl-leasehold: %v\n%s", err, out)
+		}
+		// kubectl takes no flags before a plugin's name: the kubeconfig comes from the env.
+		cmd := exec.Command(kubectlBin, "leasehold", "-n", demoNamespace)
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+		raw, err := cmd.CombinedOutput()
+		out := string(raw)
+		if err != nil {
+			t.Fatalf("kubectl leasehold: %v\n%s", err, out)
+		}
+		t.Logf("kubectl leasehold -n %s:\n%s", demoNamespace, out)
+		rows := map[string][]string{}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+			f := strings.Fields(line)
+			rows[f[0]] = f
+		}
+		for lock, mode := range map[string]string{"shared-counter": "mutex", "scheduler-leader": "leader", "db-migration": "mutex"} {
+			if rows[lock] == nil || rows[lock][1] != mode {
+				t.Errorf("no %s row for lock %s in:\n%s", mode, lock, out)
+			}
+		}
+		if f := rows["scheduler-leader"]; f != nil && !strings.HasPrefix(f[2], "scheduler-") {
+			t.Errorf("scheduler-leader holder = %q, want a scheduler Pod", f[2])
+		}
+	})
+
 	t.Run("exactly one scheduler replica is the leader", func(t *testing.T) {
 		checkOneLeader(t, demoNamespace, "scheduler", "scheduler-leader", 5)
 		// Delete the leader: the other replica (or the replacement) takes over.
