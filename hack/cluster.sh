@@ -365,8 +365,11 @@ ensure_packages() {
   # Debian's containerd package would start its own daemon; policy-rc.d 101 forbids that.
   local prc=/usr/sbin/policy-rc.d made_prc=false
   if [ ! -e "$prc" ]; then printf '#!/bin/sh\nexit 101\n' >"$prc"; chmod +x "$prc"; made_prc=true; fi
+  # An old package index can name versions the archive no longer has: update once and retry.
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$LOGS/apt.log" 2>&1 ||
-    { $made_prc && rm -f "$prc"; tail "$LOGS/apt.log" >&2; die "apt-get install failed (apt-get update first?)"; }
+    { log "apt-get install failed; apt-get update and one more try"; apt-get update -qq >>"$LOGS/apt.log" 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1; } ||
+    { $made_prc && rm -f "$prc"; tail "$LOGS/apt.log" >&2; die "apt-get install ${missing[*]} failed (see $LOGS/apt.log)"; }
   $made_prc && rm -f "$prc"
   return 0
 }

@@ -48,16 +48,16 @@ while [ $SECONDS -lt $end ]; do
 done
 
 step "What the replicas saw (critical sections with their fencing tokens)"
-kubectl -n leasehold-demo logs -l app=workers --prefix --tail=4
+kubectl -n leasehold-demo logs -l app=workers -c worker --prefix --tail=4
 kubectl -n leasehold-demo logs -l app=api -c migrate --prefix
-kubectl -n leasehold-demo logs -l app=scheduler --prefix --tail=1
+kubectl -n leasehold-demo logs -l app=scheduler -c scheduler --prefix --tail=1
 
 cat <<MSG
 
 The cluster is still running. Look around:
   eval "\$(hack/cluster.sh env)"; export PATH=$REPO/bin:\$PATH
   kubectl leasehold -n leasehold-demo --watch       # locks as they change hands
-  kubectl -n leasehold-demo logs -f deploy/workers  # critical sections and tokens
+  kubectl -n leasehold-demo logs -f deploy/workers -c worker   # critical sections and tokens
   kubectl -n leasehold-demo get pod -o yaml          # the injected agent sidecar
   kubectl leasehold -n leasehold-demo release shared-counter   # force-release (asks first)
 Tear it down:
