@@ -25,7 +25,7 @@ step "3/5 Installing Leasehold: kubectl apply -k manifests/base"
 kubectl apply -k manifests/base
 kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 # The webhook's own certificates are made at start; wait until the API server can call it.
-for i in $(seq 1 60); do
+for _ in $(seq 1 60); do
   if kubectl -n default run webhook-probe --image=leasehold.local/example-app:dev --restart=Never \
       --annotations=leasehold.io/locks=probe --dry-run=server -o jsonpath='{.metadata.annotations.leasehold\.io/status}' 2>/dev/null |
       grep -q injected; then break; fi
