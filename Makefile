@@ -106,14 +106,8 @@ manifests: ## Render the kustomize base and overlays (checks they build) into bi
 	$(K8S_BIN)/kubectl kustomize manifests/overlays/cert-manager > bin/manifests/leasehold-cert-manager.yaml
 
 .PHONY: bench-webhook
-bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and a TLS load run against the real binary.
-	go test ./webhook/ -run '^$$' -bench . -benchtime 3s -count 1
-	CGO_ENABLED=0 go build -o bin/ ./cmd/leasehold-webhook
-	LEASEHOLD_WEBHOOK_BIN=$(CURDIR)/bin/leasehold-webhook \
-	  go test -tags loadtest ./webhook/loadtest/ -run TestLoad -count 1 -v 2>&1 | grep -E 'load_test|^(ok|FAIL|---)'
-	LEASEHOLD_WEBHOOK_BIN=$(CURDIR)/bin/leasehold-webhook LOAD_RATE=1000 LOAD_REVIEWS=10000 CREATE_PODS=0 \
-	  go test -tags loadtest ./webhook/loadtest/ -run TestLoad -count 1 -v 2>&1 | grep -E 'load_test|^(ok|FAIL|---)'
-
+bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and TLS load runs of the real binary; raw results into BENCHMARKS.md.
+	hack/bench-webhook.sh
 
 .PHONY: bench
 bench: bench-agent bench-webhook ## Run every benchmark and write the results into BENCHMARKS.md.
