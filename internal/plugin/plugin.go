@@ -20,15 +20,15 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
+// The label and annotation that agents write on their Leases (sidecar/lock owns them).
 const (
-	// LabelManagedBy marks the Leases that Leasehold agents write.
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// ManagedByValue is the value of LabelManagedBy on Leasehold's Leases.
-	ManagedByValue = "leasehold"
-	// AnnotationMode is "mutex" or "leader" on Leases written by an agent.
-	AnnotationMode = "leasehold.io/mode"
+	LabelManagedBy = lock.LabelManagedBy
+	ManagedByValue = lock.ManagedBy
+	AnnotationMode = lock.AnnotationMode
 )
 
 // Options holds the plugin's flags and streams.
