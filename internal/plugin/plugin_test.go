@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -205,5 +206,72 @@ func TestDescribeTimeLeft(t *testing.T) {
 				t.Errorf("TimeLeft = %q, want %q", r.TimeLeft, tc.wantLeft)
 			}
 		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while the watch goroutine writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestWatchPrintsChanges(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ns := createNamespace(t)
+	l, err := client.CoordinationV1().Leases(ns).Create(ctx,
+		lease(ns, "shard-1", "", "leader", 2, time.Now(), true), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out := &syncBuffer{}
+	cmd := NewCommand(genericiooptions.IOStreams{In: strings.NewReader(""), Out: out, ErrOut: out})
+	cmd.SetArgs([]string{"--kubeconfig", kubeconfig, "-n", ns, "--watch"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+
+	waitFor := func(what string, ok func(string) bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok(out.String()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("--watch: %s; output so far:\n%s", what, out.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("no initial listing", func(s string) bool { return strings.Contains(s, "shard-1") })
+
+	// A new holder takes the lock: the watch prints the new row.
+	l.Spec.HolderIdentity = ptr.To("worker-3_0f8e2a4c-1111-4a4a-9c9c-123456789abc")
+	l.Spec.LeaseTransitions = ptr.To(int32(3))
+	l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+	if _, err := client.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the change of holder was not printed", func(s string) bool {
+		for _, line := range strings.Split(s, "\n") {
+			if f := strings.Fields(line); len(f) > 3 && f[0] == "shard-1" && f[2] == "worker-3" && f[3] == "3" {
+				return true
+			}
+		}
+		return false
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("--watch ended with %v after its context was cancelled, want nil", err)
 	}
 }
