@@ -83,20 +83,23 @@ cluster-smoke: ## Check the running cluster: native sidecar, downward API, token
 
 FUZZTIME ?= 5s
 FUZZTIME_LONG ?= 10m
-WEBHOOK_FUZZ_TARGETS := FuzzParseAnnotations FuzzHandler
+# package:target pairs; `make fuzz-short` runs each for $(FUZZTIME), `make fuzz` for $(FUZZTIME_LONG).
+FUZZ_TARGETS := webhook:FuzzParseAnnotations webhook:FuzzHandler sidecar/api:FuzzAPI
 
 .PHONY: fuzz-short
-fuzz-short: ## Short fuzz run of every webhook fuzz target ($(FUZZTIME) each; part of `make test`).
-	@for f in $(WEBHOOK_FUZZ_TARGETS); do \
-	  echo "go test ./webhook/ -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME)"; \
-	  go test ./webhook/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+fuzz-short: ## Short fuzz run of every fuzz target ($(FUZZTIME) each; part of `make test`).
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=./$${t%%:*}/ f=$${t##*:}; \
+	  echo "go test $$pkg -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME)"; \
+	  go test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
 	done
 
 .PHONY: fuzz
-fuzz: ## Long fuzz run of every webhook fuzz target ($(FUZZTIME_LONG) each).
-	@for f in $(WEBHOOK_FUZZ_TARGETS); do \
-	  echo "go test ./webhook/ -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME_LONG)"; \
-	  go test ./webhook/ -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME_LONG) || exit 1; \
+fuzz: ## Long fuzz run of every fuzz target ($(FUZZTIME_LONG) each).
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=./$${t%%:*}/ f=$${t##*:}; \
+	  echo "go test $$pkg -run '^$$' -fuzz '^$$f$$' -fuzztime $(FUZZTIME_LONG)"; \
+	  go test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME_LONG) || exit 1; \
 	done
 
 .PHONY: manifests
