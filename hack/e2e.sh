@@ -16,4 +16,11 @@ if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
 fi
 hack/cluster.sh up
 eval "$(hack/cluster.sh env)"
-LEASEHOLD_E2E_KUBECONFIG=$KUBECONFIG go test -tags e2e -count=1 -timeout 25m -v "$@" ./e2e/
+if ! LEASEHOLD_E2E_KUBECONFIG=$KUBECONFIG go test -tags e2e -count=1 -timeout 25m -v "$@" ./e2e/; then
+  # What a post-mortem needs first; the components' own logs stay in the state dir.
+  echo "=== e2e failed: cluster state (component logs: /var/lib/leasehold-cluster/logs)" >&2
+  kubectl get pods -A -o wide >&2 || true
+  kubectl get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -40 >&2 || true
+  kubectl -n leasehold-system logs deployment/leasehold-webhook --tail=40 >&2 || true
+  exit 1
+fi
