@@ -549,6 +549,9 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
 serializeImagePulls: false
 maxPods: 110
+# Refresh mounted Secrets every 10s instead of every minute: the webhook serves once the
+# certificate it wrote into its Secret appears in its volume (tests and demo wait for it).
+syncFrequency: 10s
 EOF
 
   cat >"$CONF/kube-proxy.yaml" <<EOF
