@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -73,7 +74,29 @@ func NewHandler(engine Engine, log logr.Logger, forbiddenHint string) *Handler {
 	return h
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// ServeHTTP answers a path with "." or ".." segments or doubled slashes with a 404 naming
+// the clean path. http.ServeMux would redirect it (307) instead: curl without -L prints
+// nothing then, and a lock call should never land on a path the client did not name.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if clean := cleanPath(r.URL.Path); clean != r.URL.Path {
+		writeError(w, http.StatusNotFound, "", fmt.Sprintf("no such endpoint %s %s: use the clean path %s",
+			r.Method, r.URL.Path, clean))
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// cleanPath is the path http.ServeMux would redirect to (path.Clean, keeping a trailing slash).
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
+}
 
 func (h *Handler) only(method string, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {

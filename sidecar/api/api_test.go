@@ -80,3 +80,24 @@ func TestReadyzNotReady(t *testing.T) {
 		t.Fatalf("want 503 naming the ClusterRole, got %d %s", w.Code, w.Body)
 	}
 }
+
+// An unclean path ("/v1/locks/./a/acquire", "/.") is answered, not redirected: a 307 to
+// the clean path would send a POST somewhere the client never named, and curl without -L
+// would print nothing. Found by FuzzAPI.
+func TestUncleanPathIsNotRedirected(t *testing.T) {
+	for _, p := range []string{"/.", "/v1/locks/./a/acquire", "/v1//locks", "/v1/locks/a/../b/acquire", "/healthz/."} {
+		t.Run(p, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPost, "http://agent/", nil)
+			req.URL.Path = p
+			NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, req)
+			var body errorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+				t.Fatalf("%s: not a JSON error (%d): %q", p, w.Code, w.Body.String())
+			}
+			if w.Code != http.StatusNotFound || !strings.Contains(body.Error, "clean path") {
+				t.Fatalf("%s: want 404 naming the clean path, got %d %+v (Location %q)", p, w.Code, body, w.Header().Get("Location"))
+			}
+		})
+	}
+}
