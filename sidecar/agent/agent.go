@@ -129,9 +129,10 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		MaxHeaderBytes:    8 << 10,
 		BaseContext:       func(net.Listener) context.Context { return streamCtx },
 	}
+	limit := listen.NewConnLimit(o.MaxConnections) // floods get 503, open holds stay served
 	for _, l := range listeners {
 		wg.Go(func() {
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(limit.Wrap(l)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error(err, "Failed to serve", "address", l.Addr().String())
 			}
 		})

@@ -188,3 +188,65 @@ func TestSlowBody(t *testing.T) {
 		t.Fatalf("slow request took the lock: %+v", s)
 	}
 }
+
+// A flood of connections beyond --max-connections gets a JSON 503 at once; the lock
+// held meanwhile stays held, and the agent serves again once the flood ends.
+func TestConnectionFloodIsRefusedAndHoldsSurvive(t *testing.T) {
+	ctx := context.Background()
+	a := startAgent(t, "pod-flood", "--locks=flood", "--max-connections=8")
+	held, err := a.c.Acquire(ctx, "flood", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.c.CloseIdleConnections()
+	var conns []netConn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	codes := map[int]int{}
+	var refusal map[string]string
+	for range 40 {
+		c, err := dialUnix(ctx, a.socket)
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		conns = append(conns, c) // kept open: keep-alive connections the agent must track
+		_, _ = c.Write([]byte("GET /v1/locks/flood HTTP/1.1\r\nHost: leasehold\r\n\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("connection %d got no answer: %v", len(conns), err)
+		}
+		codes[resp.StatusCode]++
+		if resp.StatusCode == http.StatusServiceUnavailable && refusal == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&refusal)
+		}
+		resp.Body.Close()
+	}
+	if codes[200] != 8 || codes[503] != 32 {
+		t.Fatalf("40 connections with --max-connections=8: want 8 answered and 32 refused, got %v", codes)
+	}
+	if !strings.Contains(refusal["error"], "limit of 8 connections") {
+		t.Fatalf("refusal does not name the limit: %v", refusal)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, err := a.c.State(ctx, "flood")
+		if err == nil {
+			if !s.Held || s.Token != held.Token {
+				t.Fatalf("the hold did not survive the flood: %+v", s)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent does not serve again after the flood: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -30,6 +30,7 @@ type Options struct {
 	QPS                        float64
 	Burst                      int
 	ShutdownTimeout            time.Duration
+	MaxConnections             int
 }
 
 // NewOptions returns the defaults.
@@ -44,6 +45,7 @@ func NewOptions() *Options {
 		QPS:                50,
 		Burst:              100,
 		ShutdownTimeout:    5 * time.Second,
+		MaxConnections:     256,
 	}
 }
 
@@ -85,6 +87,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Probe, "probe", o.Probe, "Probe mode: GET this path (e.g. /healthz) on --socket, exit 0 on 2xx, 1 otherwise.")
 	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client-side rate limit towards the API server (requests per second).")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client-side burst towards the API server.")
+	fs.IntVar(&o.MaxConnections, "max-connections", o.MaxConnections, "Connections served at once (socket and TCP together); beyond, a client gets 503 at once.")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "How long SIGTERM handling may take to release holds.")
 }
 
@@ -119,6 +122,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Socket == "" {
 		errs = append(errs, errors.New("--socket must not be empty"))
+	}
+	if o.MaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("--max-connections=%d must be at least 1", o.MaxConnections))
 	}
 	return errors.Join(errs...)
 }

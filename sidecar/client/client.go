@@ -46,6 +46,10 @@ func New(socket, rawURL string) *Client {
 	return &Client{base: "http://leasehold", http: &http.Client{Transport: tr}}
 }
 
+// CloseIdleConnections closes the keep-alive connections the client is not using; each
+// open one counts against the agent's --max-connections.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
 // FromEnv uses $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else the default socket.
 func FromEnv() *Client {
 	if u := os.Getenv("LEASEHOLD_URL"); u != "" {
