@@ -78,9 +78,9 @@ func NewHandler(engine Engine, log logr.Logger, forbiddenHint string) *Handler {
 // the clean path. http.ServeMux would redirect it (307) instead: curl without -L prints
 // nothing then, and a lock call should never land on a path the client did not name.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if clean := cleanPath(r.URL.Path); clean != r.URL.Path {
+	if p := r.URL.EscapedPath(); cleanPath(p) != p { // the mux's test, on the escaped path
 		writeError(w, http.StatusNotFound, "", fmt.Sprintf("no such endpoint %s %s: use the clean path %s",
-			r.Method, r.URL.Path, clean))
+			r.Method, p, cleanPath(p)))
 		return
 	}
 	h.mux.ServeHTTP(w, r)

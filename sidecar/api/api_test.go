@@ -70,6 +70,12 @@ func TestStatusCodes(t *testing.T) {
 			}
 		})
 	}
+	// An escaped slash stays inside one segment: a lock name to look up, not a path to clean.
+	w := httptest.NewRecorder()
+	NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/locks/a%2F..%2Fb", nil))
+	if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not declared") {
+		t.Fatalf("escaped slashes: want 404 not declared, got %d %s", w.Code, w.Body.String())
+	}
 }
 
 func TestReadyzNotReady(t *testing.T) {
@@ -99,5 +105,11 @@ func TestUncleanPathIsNotRedirected(t *testing.T) {
 				t.Fatalf("%s: want 404 naming the clean path, got %d %+v (Location %q)", p, w.Code, body, w.Header().Get("Location"))
 			}
 		})
+	}
+	// An escaped slash stays inside one segment: a lock name to look up, not a path to clean.
+	w := httptest.NewRecorder()
+	NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/locks/a%2F..%2Fb", nil))
+	if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not declared") {
+		t.Fatalf("escaped slashes: want 404 not declared, got %d %s", w.Code, w.Body.String())
 	}
 }
