@@ -28,6 +28,10 @@ build: ## Build the binaries into bin/.
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
 	go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: race
+race: envtest ## Run the Go tests with the race detector, the agent processes they start too (needs gcc; not in `make test`).
+	CGO_ENABLED=1 go test -race $(GO_TEST_FLAGS) ./...
+
 .PHONY: e2e
 e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tear it down (root).
 	hack/e2e.sh

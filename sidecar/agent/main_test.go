@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -45,6 +46,9 @@ const (
 	retryPeriod   = 250 * time.Millisecond
 )
 
+// raceDetector is set by race_test.go when the tests run with -race (`make race`).
+var raceDetector bool
+
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
 func runMain(m *testing.M) int {
@@ -58,6 +62,12 @@ func runMain(m *testing.M) int {
 	build := exec.Command("go", "build", "-o", dir+"/",
 		"github.com/leasehold/leasehold/cmd/leasehold-agent", "github.com/leasehold/leasehold/cmd/leasehold")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: static, like `make build`
+	if raceDetector {
+		// `make race`: the agent processes run with the race detector too, and a race
+		// they report fails the test that started them (see agentProc's cleanup).
+		build.Args = append(build.Args[:2], append([]string{"-race"}, build.Args[2:]...)...)
+		build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	}
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build the agent:", err)
@@ -139,8 +149,11 @@ func startAgent(t testing.TB, pod string, args ...string) *agentProc {
 	t.Cleanup(func() {
 		a.signal(syscall.SIGKILL)
 		<-a.exited
+		b, _ := os.ReadFile(a.log)
+		if bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			t.Errorf("agent %s: the race detector found a data race", pod)
+		}
 		if t.Failed() {
-			b, _ := os.ReadFile(a.log)
 			t.Logf("agent %s log:\n%s", pod, b)
 		}
 	})
