@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/open-policy-agent/cert-controller/pkg/rotator"
 	"k8s.io/apimachinery/pkg/types"
@@ -20,6 +21,14 @@ type CertOptions struct {
 	WebhookConfigName string
 	// CertDir is where the Secret is mounted.
 	CertDir string
+	// ServerCertValidity, CAValidity: how long a new serving certificate and a new CA
+	// are valid; RenewBefore: how long before its end a certificate is replaced;
+	// CheckEvery: how often that is checked. Zero means cert-controller's defaults
+	// (1 year, 10 years, 90 days, 12 hours).
+	ServerCertValidity, CAValidity, RenewBefore, CheckEvery time.Duration
+	// ControllerName names the rotator's controller (default "cert-rotator"); names
+	// must be unique within a process.
+	ControllerName string
 }
 
 // AddCertRotator adds open-policy-agent/cert-controller's rotator to mgr: it creates a
@@ -40,9 +49,14 @@ func AddCertRotator(mgr manager.Manager, o CertOptions) (<-chan struct{}, error)
 		IsReady:        ready,
 		Webhooks:       []rotator.WebhookInfo{{Name: o.WebhookConfigName, Type: rotator.Mutating}},
 		// Every replica rotates; the Secret's resourceVersion settles conflicts.
-		RequireLeaderElection: false,
-		EnableReadinessCheck:  true,
-		FieldOwner:            "leasehold-webhook",
+		RequireLeaderElection:  false,
+		EnableReadinessCheck:   true,
+		FieldOwner:             "leasehold-webhook",
+		ServerCertDuration:     o.ServerCertValidity,
+		CaCertDuration:         o.CAValidity,
+		LookaheadInterval:      o.RenewBefore,
+		RotationCheckFrequency: o.CheckEvery,
+		ControllerName:         o.ControllerName,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("add cert rotator: %w", err)

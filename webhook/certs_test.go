@@ -6,8 +6,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +22,9 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/yaml"
 
 	"github.com/leasehold/leasehold/internal/testenv"
@@ -51,14 +57,25 @@ func decodeManifests(t *testing.T, name string, into ...client.Object) {
 	}
 }
 
-// TestCertRotatorOnAPIServer runs the self-managed TLS (cert-controller) as the
-// webhook's ServiceAccount with exactly the RBAC of manifests/base/rbac.yaml, against a
-// real API server holding the Secret and the MutatingWebhookConfiguration from
-// manifests/base. A goroutine plays the kubelet, copying the Secret into the cert dir.
-// It checks that the Secret gets a CA and a serving certificate for the Service's DNS
-// name, that the caBundle is that CA, that a wiped caBundle is restored, and that the
-// webhook server then serves with that certificate.
-func TestCertRotatorOnAPIServer(t *testing.T) {
+// certFixture is the self-managed TLS (cert-controller) running as the webhook's
+// ServiceAccount, with exactly the RBAC of manifests/base/rbac.yaml, against a real API
+// server holding the Secret and the MutatingWebhookConfiguration from manifests/base.
+// A goroutine plays the kubelet, copying the Secret into the cert dir.
+type certFixture struct {
+	ctx     context.Context
+	admin   client.Client
+	secret  *corev1.Secret
+	mwc     *admissionregistrationv1.MutatingWebhookConfiguration
+	certDir string
+	mgr     manager.Manager
+	ready   <-chan struct{}
+}
+
+// startCertRotator starts the rotator with opts (names filled in) and waits until the
+// certificates are mounted and the CA injected. before runs on the manager before it
+// starts.
+func startCertRotator(t *testing.T, opts CertOptions, before func(manager.Manager)) *certFixture {
+	t.Helper()
 	env, err := testenv.New()
 	if err != nil {
 		t.Fatal(err)
@@ -98,17 +115,21 @@ func TestCertRotatorOnAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready, err := AddCertRotator(mgr, CertOptions{
-		Namespace: "leasehold-system", SecretName: "leasehold-webhook-tls", ServiceName: "leasehold-webhook",
-		WebhookConfigName: "leasehold-webhook", CertDir: certDir,
-	})
+	opts.Namespace, opts.SecretName, opts.ServiceName = "leasehold-system", "leasehold-webhook-tls", "leasehold-webhook"
+	opts.WebhookConfigName, opts.CertDir = "leasehold-webhook", certDir
+	opts.ControllerName = "cert-rotator-" + strings.ToLower(t.Name()) // one per test in this process
+	ready, err := AddCertRotator(mgr, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(mgr)
 	}
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- mgr.Start(ctx) }()
 
-	// The kubelet's part: project the Secret into the cert dir.
+	// The kubelet's part: project the Secret into the cert dir, each changed file
+	// replaced at once (the kubelet swaps a symlink; a rename does the same here).
 	go func() {
 		_ = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 			s := &corev1.Secret{}
@@ -116,7 +137,12 @@ func TestCertRotatorOnAPIServer(t *testing.T) {
 				return false, nil
 			}
 			for k, v := range s.Data {
-				_ = os.WriteFile(filepath.Join(certDir, k), v, 0o600)
+				if old, _ := os.ReadFile(filepath.Join(certDir, k)); !bytes.Equal(old, v) {
+					tmp := filepath.Join(certDir, "."+k+".tmp")
+					if os.WriteFile(tmp, v, 0o600) == nil {
+						_ = os.Rename(tmp, filepath.Join(certDir, k))
+					}
+				}
 			}
 			return false, nil
 		})
@@ -129,6 +155,15 @@ func TestCertRotatorOnAPIServer(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("certificates not ready after 60s")
 	}
+	return &certFixture{ctx: ctx, admin: admin, secret: secret, mwc: mwc, certDir: certDir, mgr: mgr, ready: ready}
+}
+
+// TestCertRotatorOnAPIServer checks that the Secret gets a CA and a serving certificate
+// for the Service's DNS name, that the caBundle is that CA, that a wiped caBundle is
+// restored, and that what lands in the cert dir is a usable key pair.
+func TestCertRotatorOnAPIServer(t *testing.T) {
+	f := startCertRotator(t, CertOptions{}, nil)
+	ctx, admin, secret, mwc, certDir := f.ctx, f.admin, f.secret, f.mwc, f.certDir
 
 	got := &corev1.Secret{}
 	if err := admin.Get(ctx, client.ObjectKeyFromObject(secret), got); err != nil {
@@ -191,4 +226,98 @@ func keys(m map[string][]byte) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// The serving certificate is replaced before it expires, signed by the same CA (so the
+// API server, which trusts the caBundle, never sees a certificate it cannot verify),
+// and the running webhook server picks the new one up without a restart. The
+// certificates here live two minutes and are renewed when less than 117 s are left,
+// i.e. about 3 s after they are made.
+func TestServingCertificateIsRenewedBeforeItExpires(t *testing.T) {
+	f := startCertRotator(t, CertOptions{ServerCertValidity: 2 * time.Minute, RenewBefore: 117 * time.Second,
+		CAValidity: time.Hour, CheckEvery: time.Second}, nil)
+	ctx := f.ctx
+	secretNow := func() *corev1.Secret {
+		s := &corev1.Secret{}
+		if err := f.admin.Get(ctx, client.ObjectKeyFromObject(f.secret), s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first := secretNow()
+	firstLeaf := parseCert(t, first.Data["tls.crt"])
+
+	// The webhook server, as cmd/leasehold-webhook runs it: from the cert dir.
+	port := freePort(t)
+	srv := crwebhook.NewServer(crwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: f.certDir})
+	srv.Register("/ok", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	if err := f.mgr.Add(srv); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(first.Data["ca.crt"])
+	served := func() (*x509.Certificate, error) {
+		c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{RootCAs: pool,
+			ServerName: "leasehold-webhook.leasehold-system.svc"})
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0], nil
+	}
+
+	var renewed *corev1.Secret
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		renewed = secretNow()
+		return !parseCert(t, renewed.Data["tls.crt"]).Equal(firstLeaf), nil
+	}); err != nil {
+		t.Fatalf("serving certificate (valid until %s) not renewed within 30s", firstLeaf.NotAfter)
+	}
+	if !bytes.Equal(renewed.Data["ca.crt"], first.Data["ca.crt"]) {
+		t.Fatal("renewing the serving certificate replaced the CA")
+	}
+	m := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	if err := f.admin.Get(ctx, client.ObjectKeyFromObject(f.mwc), m); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(m.Webhooks[0].ClientConfig.CABundle, first.Data["ca.crt"]) {
+		t.Fatal("caBundle changed with the serving certificate")
+	}
+
+	// The server presents a renewed certificate (there may be several renewals by now),
+	// valid for the Service's name under the unchanged CA.
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		leaf, err := served()
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		return !leaf.Equal(firstLeaf) && leaf.NotAfter.After(firstLeaf.NotAfter), nil
+	}); err != nil {
+		t.Fatalf("the webhook server still serves the first certificate (or fails: %v)", last)
+	}
+}
+
+func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		t.Fatal("no PEM certificate")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
