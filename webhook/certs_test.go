@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -248,7 +247,7 @@ func TestServingCertificateIsRenewedBeforeItExpires(t *testing.T) {
 	firstLeaf := parseCert(t, first.Data["tls.crt"])
 
 	// The webhook server, as cmd/leasehold-webhook runs it: from the cert dir.
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	srv := crwebhook.NewServer(crwebhook.Options{Host: "127.0.0.1", Port: port, CertDir: f.certDir})
 	srv.Register("/ok", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
 	if err := f.mgr.Add(srv); err != nil {
@@ -310,14 +309,4 @@ func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,16 +30,6 @@ import (
 	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/webhook"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func applyManifest(t *testing.T, c client.Client, name string, objs ...client.Object) {
 	t.Helper()
@@ -105,7 +94,7 @@ func TestRunSelfSignedTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	port, metricsPort, probePort := freePort(t), freePort(t), freePort(t)
+	port, metricsPort, probePort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

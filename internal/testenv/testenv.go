@@ -12,8 +12,10 @@ package testenv
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"testing"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -58,4 +60,15 @@ func New() (*envtest.Environment, error) {
 		DownloadBinaryAssets:     false,
 		AttachControlPlaneOutput: os.Getenv("LEASEHOLD_TEST_APISERVER_OUTPUT") != "",
 	}, nil
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

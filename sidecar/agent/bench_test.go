@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
+	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/client"
 )
 
@@ -112,15 +113,6 @@ func fmtD(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 	}
-}
-
-func freePort(b *testing.B) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // apiRequests scrapes the agent's count of requests to the API server by method/resource.
@@ -286,7 +278,7 @@ func BenchmarkAgent(b *testing.B) {
 	})
 
 	b.Run("UncontendedAcquireRelease", func(b *testing.B) {
-		port := freePort(b)
+		port := testenv.FreePort(b)
 		a := startAgentB(b, "bench-u1", "--locks=bench-uncontended", fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--events=false")
 		if _, err := a.c.Acquire(ctx, "bench-uncontended", 0, 0); err != nil { // creates the Lease
 			b.Fatal(err)
@@ -386,7 +378,7 @@ func BenchmarkAgent(b *testing.B) {
 	})
 
 	b.Run("RequestsPerMinute", func(b *testing.B) {
-		pa, pb := freePort(b), freePort(b)
+		pa, pb := testenv.FreePort(b), testenv.FreePort(b)
 		def := []string{"--lease-duration=15s", "--renew-deadline=10s", "--retry-period=2s", "--locks=bench-rpm"}
 		a := startAgentB(b, "bench-r1", append(def, fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", pa))...)
 		w := startAgentB(b, "bench-r2", append(def, fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", pb))...)

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -47,15 +46,6 @@ func env(name string, def int) int {
 		return v
 	}
 	return def
-}
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
@@ -142,7 +132,7 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	metricsPort, probePort := freePort(t), freePort(t)
+	metricsPort, probePort := testenv.FreePort(t), testenv.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin,
