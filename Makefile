@@ -29,7 +29,9 @@ unit: envtest ## Run the Go tests (unit and envtest suites) without the real-nod
 	go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: race
-race: envtest ## Run the Go tests with the race detector, the agent processes they start too (needs gcc; not in `make test`).
+race: envtest ## Run the Go tests with the race detector, the agent processes they start too (not in `make test`).
+	@command -v gcc >/dev/null || { echo "installing gcc from Debian (the race detector needs cgo)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null; }
 	CGO_ENABLED=1 go test -race $(GO_TEST_FLAGS) ./...
 
 .PHONY: e2e
