@@ -568,6 +568,10 @@ func TestKilledAgentFreesTheLockOnlyAfterLeaseDuration(t *testing.T) {
 	if handover < 5*time.Second {
 		t.Errorf("the waiter took the lock %s after the holder's agent died, before lease-duration (8s) could have passed", handover)
 	}
+	// ... and no later than lease-duration after the kill (plus the waiter's own write).
+	if handover > 8*time.Second+time.Second {
+		t.Errorf("the waiter took the lock %s after the holder's agent died: the lock should be free lease-duration (8s) after the last renew, not later", handover)
+	}
 	// The holder's client learnt that it lost the hold (its connection to the agent broke).
 	waitForLog(t, ns, "holder", "app", regexp.MustCompile(`run ended: [1-9]`), 30*time.Second)
 }
