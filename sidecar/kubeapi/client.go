@@ -141,8 +141,14 @@ func (c *Client) NewEventRecorder(pod, uid, component string, log logr.Logger) *
 		queue: make(chan PodEvent, 32), tokens: EventBurst, last: time.Now()}
 }
 
-// Record queues an Event; it never blocks.
+// Record queues an Event; it never blocks. Normal Events spend the rate limit's tokens;
+// Warnings (a lost lock) do not, so a busy lock's acquired/released chatter can never
+// crowd out the Event an operator needs. Either is dropped when the queue is full.
 func (r *EventRecorder) Record(ev PodEvent) {
+	if ev.Type == "Warning" {
+		r.enqueue(ev)
+		return
+	}
 	r.mu.Lock()
 	now := time.Now()
 	r.tokens = min(EventBurst, r.tokens+now.Sub(r.last).Seconds()/EventRefill.Seconds())
@@ -152,9 +158,12 @@ func (r *EventRecorder) Record(ev PodEvent) {
 		r.tokens--
 	}
 	r.mu.Unlock()
-	if !ok {
-		return
+	if ok {
+		r.enqueue(ev)
 	}
+}
+
+func (r *EventRecorder) enqueue(ev PodEvent) {
 	select {
 	case r.queue <- ev:
 	default:

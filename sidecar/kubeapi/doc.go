@@ -10,8 +10,9 @@
 //
 // What it guarantees: every write is sent as given (the caller's resourceVersion is
 // the precondition); nothing is retried here. What it does NOT guarantee: Events are
-// best effort: rate limited (a burst of EventBurst, then one every EventRefill), dropped
-// when the queue is full or the API server refuses them.
+// best effort: Normal ones are rate limited (a burst of EventBurst, then one every
+// EventRefill), Warnings are not; any is dropped when the queue is full or the API
+// server refuses it.
 //
 // Kubeconfig support covers what agents and tests use: the current context's server,
 // certificate authority (data or file), client certificate and key (data or file),
