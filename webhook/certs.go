@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,11 +25,51 @@ type CertOptions struct {
 	// ServerCertValidity, CAValidity: how long a new serving certificate and a new CA
 	// are valid; RenewBefore: how long before its end a certificate is replaced;
 	// CheckEvery: how often that is checked. Zero means cert-controller's defaults
-	// (1 year, 10 years, 90 days, 12 hours).
+	// (DefaultServerCertValidity and the others below).
 	ServerCertValidity, CAValidity, RenewBefore, CheckEvery time.Duration
 	// ControllerName names the rotator's controller (default "cert-rotator"); names
 	// must be unique within a process.
 	ControllerName string
+}
+
+// cert-controller's defaults, the webhook's flag defaults.
+const (
+	DefaultServerCertValidity = 365 * 24 * time.Hour
+	DefaultCAValidity         = 10 * 365 * 24 * time.Hour
+	DefaultRenewBefore        = 90 * 24 * time.Hour
+	DefaultCheckEvery         = 12 * time.Hour
+)
+
+// Validate reports durations that would make the rotator replace a certificate on
+// every check (or never), naming the webhook flag to fix.
+func (o CertOptions) Validate() error {
+	var errs []error
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--cert-validity", o.ServerCertValidity}, {"--ca-validity", o.CAValidity}, {"--cert-renew-before", o.RenewBefore}, {"--cert-check-interval", o.CheckEvery}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s=%s must not be negative (0 = the default)", d.flag, d.v))
+		}
+	}
+	orDefault := func(v, def time.Duration) time.Duration {
+		if v == 0 {
+			return def
+		}
+		return v
+	}
+	cert, ca := orDefault(o.ServerCertValidity, DefaultServerCertValidity), orDefault(o.CAValidity, DefaultCAValidity)
+	before := orDefault(o.RenewBefore, DefaultRenewBefore)
+	if before >= cert {
+		errs = append(errs, fmt.Errorf("--cert-renew-before=%s must be shorter than --cert-validity=%s, or every check renews the certificate", before, cert))
+	}
+	if before >= ca {
+		errs = append(errs, fmt.Errorf("--cert-renew-before=%s must be shorter than --ca-validity=%s, or every check replaces the CA", before, ca))
+	}
+	if cert > ca {
+		errs = append(errs, fmt.Errorf("--cert-validity=%s must not be longer than --ca-validity=%s", cert, ca))
+	}
+	return errors.Join(errs...)
 }
 
 // AddCertRotator adds open-policy-agent/cert-controller's rotator to mgr: it creates a

@@ -56,11 +56,15 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
 	fs.StringVar(&certs.ServiceName, "service-name", "leasehold-webhook", "The webhook's Service (the certificate's DNS name).")
 	fs.StringVar(&certs.WebhookConfigName, "webhook-config-name", "leasehold-webhook", "The MutatingWebhookConfiguration whose caBundle is kept current.")
+	fs.DurationVar(&certs.ServerCertValidity, "cert-validity", webhook.DefaultServerCertValidity, "With --self-signed-certs: how long a new serving certificate is valid.")
+	fs.DurationVar(&certs.CAValidity, "ca-validity", webhook.DefaultCAValidity, "With --self-signed-certs: how long a new CA is valid.")
+	fs.DurationVar(&certs.RenewBefore, "cert-renew-before", webhook.DefaultRenewBefore, "With --self-signed-certs: renew a certificate this long before it expires.")
+	fs.DurationVar(&certs.CheckEvery, "cert-check-interval", webhook.DefaultCheckEvery, "With --self-signed-certs: how often expiry is checked.")
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := opts.Validate(); err != nil {
+	if err := errors.Join(opts.Validate(), certs.Validate()); err != nil {
 		return err
 	}
 	certs.Namespace = opts.Namespace

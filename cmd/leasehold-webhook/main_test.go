@@ -218,3 +218,26 @@ func envtestUser() envtest.User {
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:leasehold-system", "system:authenticated"},
 	}
 }
+
+// Certificate durations that would renew on every check are refused before anything
+// starts, naming the flags.
+func TestRunRefusesCertDurationsThatRenewOnEveryCheck(t *testing.T) {
+	err := run(context.Background(), []string{"--cert-validity=24h", "--cert-renew-before=48h", "--ca-validity=12h", "--cert-check-interval=-1s"})
+	if err == nil {
+		t.Fatal("bad certificate durations accepted")
+	}
+	for _, want := range []string{
+		"--cert-renew-before=48h0m0s must be shorter than --cert-validity=24h0m0s",
+		"--cert-renew-before=48h0m0s must be shorter than --ca-validity=12h0m0s",
+		"--cert-validity=24h0m0s must not be longer than --ca-validity=12h0m0s",
+		"--cert-check-interval=-1s must not be negative",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if err := run(context.Background(), []string{"--cert-validity=2m", "--cert-renew-before=117s", "--ca-validity=1h", "--kubeconfig=/nonexistent"}); err == nil ||
+		strings.Contains(err.Error(), "--cert-") {
+		t.Fatalf("valid durations: want only the kubeconfig error, got %v", err)
+	}
+}
