@@ -40,8 +40,8 @@ const (
 	DefaultCheckEvery         = 12 * time.Hour
 )
 
-// Validate reports durations that would make the rotator replace a certificate on
-// every check (or never), naming the webhook flag to fix.
+// Validate reports negative durations, and durations that would make the rotator
+// replace a certificate on every check, naming the webhook flag to fix.
 func (o CertOptions) Validate() error {
 	var errs []error
 	for _, d := range []struct {
