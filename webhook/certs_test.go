@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,6 +70,8 @@ type certFixture struct {
 	ready   <-chan struct{}
 }
 
+var rotatorSeq atomic.Int64
+
 // startCertRotator starts the rotator with opts (names filled in) and waits until the
 // certificates are mounted and the CA injected. before runs on the manager before it
 // starts.
@@ -88,6 +90,9 @@ func startCertRotator(t *testing.T, opts CertOptions, before func(manager.Manage
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Made before the context, so that its removal (cleanups run last-in first-out)
+	// comes after the manager and the fake kubelet below have stopped writing to it.
+	certDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 
@@ -109,14 +114,13 @@ func startCertRotator(t *testing.T, opts CertOptions, before func(manager.Manage
 	asWebhook := rest.CopyConfig(cfg)
 	asWebhook.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:leasehold-system:leasehold-webhook"}
 
-	certDir := t.TempDir()
 	mgr, err := ctrl.NewManager(asWebhook, ctrl.Options{Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts.Namespace, opts.SecretName, opts.ServiceName = "leasehold-system", "leasehold-webhook-tls", "leasehold-webhook"
 	opts.WebhookConfigName, opts.CertDir = "leasehold-webhook", certDir
-	opts.ControllerName = "cert-rotator-" + strings.ToLower(t.Name()) // one per test in this process
+	opts.ControllerName = fmt.Sprintf("cert-rotator-%d", rotatorSeq.Add(1)) // unique in this process, even with -count
 	ready, err := AddCertRotator(mgr, opts)
 	if err != nil {
 		t.Fatal(err)
