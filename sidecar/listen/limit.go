@@ -18,7 +18,6 @@ import (
 // the next client (or the kubelet's probe) would hang with no message, which is why this
 // one is written here.
 type ConnLimit struct {
-	max      int
 	open     chan struct{} // one token per connection being served
 	refusing chan struct{} // one token per refusal being written; beyond: close at once
 	answer   []byte
@@ -27,14 +26,14 @@ type ConnLimit struct {
 // RefuseTimeout bounds how long a refused connection is kept to deliver its 503.
 const RefuseTimeout = 2 * time.Second
 
-// NewConnLimit allows max connections at once (max ≥ 1).
-func NewConnLimit(max int) *ConnLimit {
+// NewConnLimit allows n connections at once (n ≥ 1).
+func NewConnLimit(n int) *ConnLimit {
 	body, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("the agent is already serving its limit of %d connections: "+
-		"reuse a keep-alive connection or close idle ones, or raise the agent's --max-connections", max)})
+		"reuse a keep-alive connection or close idle ones, or raise the agent's --max-connections", n)})
 	body = append(body, '\n')
 	answer := fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"+
 		"Content-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-	return &ConnLimit{max: max, open: make(chan struct{}, max), refusing: make(chan struct{}, 64), answer: answer}
+	return &ConnLimit{open: make(chan struct{}, n), refusing: make(chan struct{}, 64), answer: answer}
 }
 
 // Wrap returns l with the limit applied to the connections it accepts.

@@ -14,8 +14,8 @@ import (
 )
 
 // dialAndAsk sends one GET on a new connection and returns the connection (left open,
-// keep-alive) with the response.
-func dialAndAsk(t *testing.T, network, addr, body string) (net.Conn, *http.Response) {
+// keep-alive) with the response, its body already read.
+func dialAndAsk(t *testing.T, network, addr, body string) (net.Conn, *http.Response, string) {
 	t.Helper()
 	c, err := net.Dial(network, addr)
 	if err != nil {
@@ -34,8 +34,7 @@ func dialAndAsk(t *testing.T, network, addr, body string) (net.Conn, *http.Respo
 		t.Fatalf("read the answer: %v", err)
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
-	resp.Body = io.NopCloser(strings.NewReader(string(b)))
-	return c, resp
+	return c, resp, string(b)
 }
 
 func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T) {
@@ -57,19 +56,19 @@ func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T
 			defer srv.Close()
 			addr := l.Addr().String()
 
-			first, r1 := dialAndAsk(t, network, addr, "")
-			second, r2 := dialAndAsk(t, network, addr, "")
+			first, r1, _ := dialAndAsk(t, network, addr, "")
+			second, r2, _ := dialAndAsk(t, network, addr, "")
 			defer second.Close()
 			if r1.StatusCode != 200 || r2.StatusCode != 200 || limit.Open() != 2 {
 				t.Fatalf("two connections within the limit: got %d, %d, %d open", r1.StatusCode, r2.StatusCode, limit.Open())
 			}
 			// The third, with a body the server never reads: the 503 must still arrive.
-			third, r3 := dialAndAsk(t, network, addr, strings.Repeat("x", 32<<10))
+			third, r3, body3 := dialAndAsk(t, network, addr, strings.Repeat("x", 32<<10))
 			third.Close()
 			var e struct{ Error string }
-			if err := json.Unmarshal([]byte(mustRead(r3)), &e); err != nil || r3.StatusCode != http.StatusServiceUnavailable ||
+			if err := json.Unmarshal([]byte(body3), &e); err != nil || r3.StatusCode != http.StatusServiceUnavailable ||
 				!strings.Contains(e.Error, "limit of 2 connections") || !strings.Contains(e.Error, "--max-connections") {
-				t.Fatalf("beyond the limit: want 503 with a JSON error naming the limit and the flag, got %d %q (%v)", r3.StatusCode, mustRead(r3), err)
+				t.Fatalf("beyond the limit: want 503 with a JSON error naming the limit and the flag, got %d %q (%v)", r3.StatusCode, body3, err)
 			}
 			if r3.Header.Get("Content-Type") != "application/json" {
 				t.Fatalf("503 Content-Type %q", r3.Header.Get("Content-Type"))
@@ -87,7 +86,7 @@ func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T
 			first.Close()
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				c, r := dialAndAsk(t, network, addr, "")
+				c, r, _ := dialAndAsk(t, network, addr, "")
 				c.Close()
 				if r.StatusCode == 200 {
 					break
@@ -100,5 +99,3 @@ func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T
 		})
 	}
 }
-
-func mustRead(r *http.Response) string { b, _ := io.ReadAll(r.Body); return string(b) }
