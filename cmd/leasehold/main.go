@@ -1,8 +1,9 @@
 // Command leasehold is the small client of the Leasehold agent:
 //
 //	leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]   run COMMAND under LOCK, like flock
-//	leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK        take LOCK for this Pod
-//	leasehold release LOCK                                 end this Pod's hold
+//	leasehold acquire [--wait=DUR] [--ttl=DUR] [-o token] LOCK  take LOCK for this Pod
+//	leasehold renew --token=N [--ttl=DUR] LOCK             restart the ttl of the hold with token N
+//	leasehold release --token=N LOCK                       end the hold with token N
 //	leasehold status [--held] [LOCK]                       print the state as JSON
 //	                                                       (--held: exit 1 unless this Pod holds LOCK)
 //
@@ -11,6 +12,10 @@
 // Exit status: run passes COMMAND's status through; otherwise 0 on success, 1 not
 // acquired / not held, 2 wait timed out, 64 usage or a request the agent refused
 // (400, 404: e.g. a lock not declared for the Pod), 69 agent or API server unavailable.
+// release and renew name the hold by the fencing token that acquire printed (-o token
+// prints only the token), so a late call can never end or extend a later hold: a stale
+// token exits 1 and changes nothing.
+//
 // run uses a hold tied to its connection: when leasehold (or its COMMAND) dies, the
 // lock is released at once. If the agent ends the hold (lost, shutdown), COMMAND is
 // sent SIGTERM.
@@ -43,8 +48,9 @@ const (
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]
-  leasehold acquire [--wait=DUR] [--ttl=DUR] LOCK
-  leasehold release LOCK
+  leasehold acquire [--wait=DUR] [--ttl=DUR] [-o token] LOCK
+  leasehold renew --token=N [--ttl=DUR] LOCK
+  leasehold release --token=N LOCK
   leasehold status [--held] [LOCK]
 flags (before the subcommand or after it): --socket PATH, --url http://127.0.0.1:PORT`)
 	os.Exit(exitUsage)
@@ -61,6 +67,8 @@ func main() {
 	wait := fs.Duration("wait", 0, "how long to wait for the lock; 0 = try once (run waits forever by default)")
 	ttl := fs.Duration("ttl", 0, "acquire: the hold ends unless renewed or released within ttl")
 	heldOnly := fs.Bool("held", false, "status: exit 1 unless this Pod holds LOCK (am I the leader?)")
+	token := fs.Int64("token", 0, "release, renew: the fencing token of the hold (printed by acquire)")
+	output := fs.String("o", "json", "acquire: json (the state) or token (the fencing token only, for $(...))")
 	_ = fs.Parse(os.Args[2:])
 	c := client.FromEnv()
 	if *socket != "" || *rawURL != "" {
@@ -90,13 +98,32 @@ func main() {
 		if len(args) != 1 {
 			usage()
 		}
+		if *output != "json" && *output != "token" {
+			fmt.Fprintf(os.Stderr, "leasehold acquire: -o %q: use -o json (the default) or -o token\n", *output)
+			os.Exit(exitUsage)
+		}
 		s, err := c.Acquire(ctx, args[0], *wait, *ttl)
+		if err == nil && *output == "token" {
+			fmt.Println(s.Token)
+			os.Exit(0)
+		}
 		os.Exit(report(s, err))
-	case "release":
+	case "release", "renew":
 		if len(args) != 1 {
 			usage()
 		}
-		s, err := c.Release(ctx, args[0])
+		if *token <= 0 {
+			fmt.Fprintf(os.Stderr, "leasehold %s: --token is required: pass the token that acquire printed "+
+				"(TOKEN=$(leasehold acquire -o token %s); leasehold %s --token=\"$TOKEN\" %s)\n", sub, args[0], sub, args[0])
+			os.Exit(exitUsage)
+		}
+		var s any
+		var err error
+		if sub == "release" {
+			s, err = c.Release(ctx, args[0], *token)
+		} else {
+			s, err = c.Renew(ctx, args[0], *token, *ttl)
+		}
 		os.Exit(report(s, err))
 	case "status":
 		if len(args) == 0 && !*heldOnly {

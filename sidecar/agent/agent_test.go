@@ -64,15 +64,15 @@ func TestTwoAgentsContend(t *testing.T) {
 		errc <- err
 	}()
 	time.Sleep(100 * time.Millisecond)
-	if _, err := a.c.Release(ctx, "contend"); err != nil {
+	if _, err := a.c.Release(ctx, "contend", sa.Token); err != nil {
 		t.Fatalf("A release: %v", err)
 	}
 	sb := <-got
 	if err := <-errc; err != nil || !sb.Held || sb.Token <= sa.Token {
 		t.Fatalf("B after A's release: want held with token > %d, got %+v, %v", sa.Token, sb, err)
 	}
-	if _, err := a.c.Release(ctx, "contend"); status(err) != http.StatusConflict {
-		t.Fatalf("A release again: want 409 not held, got %v", err)
+	if _, err := a.c.Release(ctx, "contend", sa.Token); status(err) != http.StatusConflict {
+		t.Fatalf("A release again: want 409 stale token, got %v", err)
 	}
 	// A learns the new holder from its watch (eventually, not at once).
 	waitFor(t, "A's watch to show B as holder", func() bool {
@@ -126,7 +126,9 @@ func TestBadInput(t *testing.T) {
 		"wrong method":            {"GET", "/v1/locks/bad-other/acquire", "", 405, "POST"},
 		"unknown endpoint":        {"GET", "/v2/things", "", 404, "no such endpoint"},
 		"bad require":             {"GET", "/v1/locks/bad-held?require=free", "", 400, "require=held"},
-		"release not held":        {"POST", "/v1/locks/bad-other/release", "", 409, "not held"},
+		"release without token":   {"POST", "/v1/locks/bad-other/release", "", 400, "release?token=N"},
+		"release stale token":     {"POST", "/v1/locks/bad-other/release?token=3", "", 409, "token 3"},
+		"renew bad token":         {"POST", "/v1/locks/bad-other/renew?token=x", "", 400, "fencing token"},
 		"try on held by this Pod": {"POST", "/v1/locks/bad-held/acquire", "", 409, "another client of this Pod"},
 	}
 	for name, tc := range tests {

@@ -241,25 +241,31 @@ func BenchmarkAgent(b *testing.B) {
 		a := startAgentB(b, "bench-h1", "--locks=bench-handover")
 		c := startAgentB(b, "bench-h2", "--locks=bench-handover")
 		holder, waiter := a, c
-		if _, err := holder.c.Acquire(ctx, "bench-handover", 10*time.Second, 0); err != nil {
+		first, err := holder.c.Acquire(ctx, "bench-handover", 10*time.Second, 0)
+		if err != nil {
 			b.Fatal(err)
 		}
+		token := first.Token
 		const n = 200
 		var lat []time.Duration
 		for i := 0; i < n; i++ {
 			got := make(chan time.Time, 1)
+			var next int64
 			go func() {
-				if _, err := waiter.c.Acquire(ctx, "bench-handover", 10*time.Second, 0); err != nil {
+				s, err := waiter.c.Acquire(ctx, "bench-handover", 10*time.Second, 0)
+				if err != nil {
 					b.Error(err)
 				}
+				next = s.Token
 				got <- time.Now()
 			}()
 			time.Sleep(50 * time.Millisecond) // the waiter is queued on the watch
 			t0 := time.Now()
-			if _, err := holder.c.Release(ctx, "bench-handover"); err != nil {
+			if _, err := holder.c.Release(ctx, "bench-handover", token); err != nil {
 				b.Fatal(err)
 			}
 			lat = append(lat, (<-got).Sub(t0))
+			token = next
 			holder, waiter = waiter, holder
 		}
 		sorted := append([]time.Duration(nil), lat...)
@@ -280,10 +286,11 @@ func BenchmarkAgent(b *testing.B) {
 	b.Run("UncontendedAcquireRelease", func(b *testing.B) {
 		port := testenv.FreePort(b)
 		a := startAgentB(b, "bench-u1", "--locks=bench-uncontended", fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--events=false")
-		if _, err := a.c.Acquire(ctx, "bench-uncontended", 0, 0); err != nil { // creates the Lease
+		s, err := a.c.Acquire(ctx, "bench-uncontended", 0, 0) // creates the Lease
+		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := a.c.Release(ctx, "bench-uncontended"); err != nil {
+		if _, err := a.c.Release(ctx, "bench-uncontended", s.Token); err != nil {
 			b.Fatal(err)
 		}
 		const n = 200
@@ -291,10 +298,11 @@ func BenchmarkAgent(b *testing.B) {
 		var lat []time.Duration
 		for i := 0; i < n; i++ {
 			t0 := time.Now()
-			if _, err := a.c.Acquire(ctx, "bench-uncontended", 0, 0); err != nil {
+			s, err := a.c.Acquire(ctx, "bench-uncontended", 0, 0)
+			if err != nil {
 				b.Fatal(err)
 			}
-			if _, err := a.c.Release(ctx, "bench-uncontended"); err != nil {
+			if _, err := a.c.Release(ctx, "bench-uncontended", s.Token); err != nil {
 				b.Fatal(err)
 			}
 			lat = append(lat, time.Since(t0))

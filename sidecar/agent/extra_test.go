@@ -27,11 +27,13 @@ func TestTTLEndsHoldUnlessRenewed(t *testing.T) {
 	ctx := context.Background()
 	a := startAgent(t, "pod-ttl1", "--locks=ttl")
 	b := startAgent(t, "pod-ttl2", "--locks=ttl")
-	if _, err := a.c.Acquire(ctx, "ttl", 0, 600*time.Millisecond); err != nil {
+	sa, err := a.c.Acquire(ctx, "ttl", 0, 600*time.Millisecond)
+	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	code, body, _ := doPost(a, "/v1/locks/ttl/renew?ttl=1s")
+	renew := fmt.Sprintf("/v1/locks/ttl/renew?ttl=1s&token=%d", sa.Token)
+	code, body, _ := doPost(a, renew)
 	if code != 200 {
 		t.Fatalf("renew: %d %s", code, body)
 	}
@@ -49,7 +51,7 @@ func TestTTLEndsHoldUnlessRenewed(t *testing.T) {
 	if s := a.state("ttl"); s.Held {
 		t.Fatalf("A still says held after its ttl: %+v", s)
 	}
-	if code, _, _ := doPost(a, "/v1/locks/ttl/renew?ttl=1s"); code != 409 {
+	if code, _, _ := doPost(a, renew); code != 409 {
 		t.Fatalf("renew after the ttl ended the hold: want 409, got %d", code)
 	}
 }
@@ -85,10 +87,11 @@ func TestEventsMetricsAndLeaderCalls(t *testing.T) {
 	if err := probe.Run(); probe.ProcessState.ExitCode() != 1 {
 		t.Fatalf("probe on a missing socket: want exit 1, got %v", err)
 	}
-	if _, err := a.c.Acquire(ctx, "ev-mutex", 0, 0); err != nil {
+	sm, err := a.c.Acquire(ctx, "ev-mutex", 0, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.c.Release(ctx, "ev-mutex"); err != nil {
+	if _, err := a.c.Release(ctx, "ev-mutex", sm.Token); err != nil {
 		t.Fatal(err)
 	}
 	s, err := a.c.Acquire(ctx, "ev-leader", 5*time.Second, 0)
@@ -220,13 +223,14 @@ func TestLocalClientsQueueInOrder(t *testing.T) {
 	}
 	last := first.Token
 	for want := 1; want <= 3; want++ {
-		if _, err := a.c.Release(ctx, "queue"); err != nil {
+		if _, err := a.c.Release(ctx, "queue", last); err != nil {
 			t.Fatal(err)
 		}
 		if got := <-order; got != want {
 			t.Fatalf("client %d got the lock, want client %d (arrival order)", got, want)
 		}
-		if tok := <-tokens; tok <= last {
+		tok := <-tokens
+		if tok <= last {
 			t.Fatalf("token %d not greater than %d", tok, last)
 		} else {
 			last = tok

@@ -50,7 +50,7 @@ func TestTokensStrictlyIncreaseOverHandovers(t *testing.T) {
 						}
 					}
 				}
-				if _, err := a.c.Release(ctx, "tokens"); err != nil {
+				if _, err := a.c.Release(ctx, "tokens", s.Token); err != nil {
 					errs <- err
 					return
 				}

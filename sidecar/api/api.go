@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,9 +23,9 @@ type Engine interface {
 	States() []lock.State
 	State(name string) (lock.State, error)
 	Acquire(ctx context.Context, name string, opts lock.AcquireOptions) (*lock.Hold, lock.State, error)
-	Release(ctx context.Context, name string) (lock.State, error)
+	Release(ctx context.Context, name string, token int64) (lock.State, error)
 	ReleaseHold(ctx context.Context, name string, h *lock.Hold, reason string)
-	Renew(name string, ttl time.Duration) (lock.State, error)
+	Renew(name string, token int64, ttl time.Duration) (lock.State, error)
 	Subscribe(name string) (<-chan lock.Event, func(), error)
 	Ready() error
 }
@@ -113,7 +114,19 @@ func (h *Handler) only(method string, next http.HandlerFunc) http.HandlerFunc {
 type errorBody struct {
 	Error string `json:"error"`
 	Lock  string `json:"lock,omitempty"`
+	// Reason tells apart the errors a script may want to branch on beyond the status
+	// code: ReasonTokenRequired, ReasonStaleToken.
+	Reason string `json:"reason,omitempty"`
 }
+
+// Reasons in error bodies.
+const (
+	// ReasonTokenRequired: release or renew without the fencing token of the hold (400).
+	ReasonTokenRequired = "TokenRequired"
+	// ReasonStaleToken: release or renew with a token that is not the current hold's (409).
+	// Nothing was changed.
+	ReasonStaleToken = "StaleToken"
+)
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, _ := json.Marshal(v)
@@ -126,9 +139,14 @@ func writeError(w http.ResponseWriter, code int, name, msg string) {
 	writeJSON(w, code, errorBody{Error: msg, Lock: name})
 }
 
+func writeReason(w http.ResponseWriter, code int, name, reason, msg string) {
+	writeJSON(w, code, errorBody{Error: msg, Lock: name, Reason: reason})
+}
+
 // engineError maps an engine error to a status code and an actionable message.
 func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 	var held *lock.HeldError
+	var stale *lock.StaleTokenError
 	switch {
 	case errors.Is(err, lock.ErrUndeclared):
 		writeError(w, http.StatusNotFound, name, fmt.Sprintf("lock %q is not declared for this Pod (declared: %s): "+
@@ -144,8 +162,11 @@ func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 	case errors.Is(err, lock.ErrTimeout):
 		writeError(w, http.StatusRequestTimeout, name, fmt.Sprintf("lock %q was not acquired within the wait: "+
 			"wait longer, or check who holds it with GET /v1/locks/%s", name, name))
-	case errors.Is(err, lock.ErrNotHeld):
-		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is not held by this Pod: acquire it first", name))
+	case errors.As(err, &stale):
+		writeReason(w, http.StatusConflict, name, ReasonStaleToken, fmt.Sprintf("lock %q: %v: nothing was changed; "+
+			"call with the token of your own acquire answer, and do not rely on a hold whose token is stale", name, stale))
+	case errors.Is(err, lock.ErrTokensExhausted):
+		writeError(w, http.StatusServiceUnavailable, name, err.Error())
 	case errors.Is(err, lock.ErrLeaderLock):
 		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("lock %q is a leader lock that the agent holds "+
 			"continuously: it cannot be released or renewed; ask GET /v1/locks/%s?require=held", name, name))
@@ -154,7 +175,10 @@ func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 	case errors.Is(err, lock.ErrUnavailable), errors.Is(err, lock.ErrShutdown):
 		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("%v: retry when the API server answers", err))
 	case errors.Is(err, context.Canceled):
-		// The client went away; nobody reads the answer.
+		// The agent is shutting down, or the client went away (then nobody reads
+		// this). Never leave it to net/http's empty 200.
+		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("lock %q: the request ended before it completed: "+
+			"the agent is shutting down; retry against a running agent", name))
 	default:
 		writeError(w, http.StatusInternalServerError, name, err.Error())
 	}
@@ -191,7 +215,11 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 	case "":
 	case "held":
 		if !s.Held {
-			writeJSON(w, http.StatusConflict, s)
+			// The state, plus the error fields every error carries.
+			writeJSON(w, http.StatusConflict, struct {
+				lock.State
+				errorBody
+			}{s, errorBody{Error: fmt.Sprintf("lock %q is not held by this Pod (holder: %q)", name, s.Holder), Lock: name}})
 			return
 		}
 	default:
@@ -201,14 +229,21 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s)
 }
 
-// params are the options of acquire and renew, from the body and/or the query.
+// params are the options of acquire, release and renew, from the body and/or the query.
 type params struct {
-	Wait string `json:"wait"`
-	TTL  string `json:"ttl"`
+	Wait  string          `json:"wait"`
+	TTL   string          `json:"ttl"`
+	Token json.RawMessage `json:"token"`
+}
+
+// callParams are the parsed params; token is 0 when not given (tokens start at 1).
+type callParams struct {
+	wait, ttl time.Duration
+	token     int64
 }
 
 // readParams reads the optional JSON body and the query. It writes the error itself.
-func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...string) (wait, ttl time.Duration, ok bool) {
+func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...string) (cp callParams, ok bool) {
 	name := r.PathValue("name")
 	var p params
 	rc := http.NewResponseController(w)
@@ -224,28 +259,28 @@ func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...
 	switch {
 	case errors.As(err, &tooBig):
 		writeError(w, http.StatusRequestEntityTooLarge, name, fmt.Sprintf("request body is larger than %d bytes: send only {\"wait\":\"5s\",\"ttl\":\"30s\"}", MaxBodyBytes))
-		return 0, 0, false
+		return cp, false
 	case isTimeout(err):
 		writeError(w, http.StatusRequestTimeout, name, fmt.Sprintf("request body not received within %s: send the whole body at once", BodyTimeout))
-		return 0, 0, false
+		return cp, false
 	case err != nil:
 		writeError(w, http.StatusBadRequest, name, fmt.Sprintf("read request body: %v", err))
-		return 0, 0, false
+		return cp, false
 	}
 	if len(strings.TrimSpace(string(body))) > 0 {
 		dec := json.NewDecoder(strings.NewReader(string(body)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {
 			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("request body is not valid JSON of the form "+
-				"{\"wait\":\"5s\",\"ttl\":\"30s\"} (durations as Go duration strings): %v", err))
-			return 0, 0, false
+				"{\"wait\":\"5s\",\"ttl\":\"30s\",\"token\":7} (durations as Go duration strings): %v", err))
+			return cp, false
 		}
 	}
 	q := r.URL.Query()
 	for k := range q {
 		if !contains(allowed, k) {
 			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("query parameter %q is not understood here: allowed are %s", k, strings.Join(allowed, ", ")))
-			return 0, 0, false
+			return cp, false
 		}
 	}
 	if v := q.Get("wait"); v != "" {
@@ -253,6 +288,10 @@ func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...
 	}
 	if v := q.Get("ttl"); v != "" {
 		p.TTL = v
+	}
+	token := strings.Trim(string(p.Token), `"`)
+	if v := q.Get("token"); v != "" {
+		token = v
 	}
 	parse := func(field, v string) (time.Duration, bool) {
 		if v == "" {
@@ -266,13 +305,22 @@ func (h *Handler) readParams(w http.ResponseWriter, r *http.Request, allowed ...
 		}
 		return d, true
 	}
-	if wait, ok = parse("wait", p.Wait); !ok {
-		return 0, 0, false
+	if cp.wait, ok = parse("wait", p.Wait); !ok {
+		return cp, false
 	}
-	if ttl, ok = parse("ttl", p.TTL); !ok {
-		return 0, 0, false
+	if cp.ttl, ok = parse("ttl", p.TTL); !ok {
+		return cp, false
 	}
-	return wait, ttl, true
+	if token != "" && token != "null" {
+		n, err := strconv.ParseInt(token, 10, 64)
+		if err != nil || n <= 0 {
+			writeError(w, http.StatusBadRequest, name, fmt.Sprintf("token=%q is not a fencing token: pass the positive "+
+				"integer \"token\" of the acquire answer, e.g. token=7", token))
+			return cp, false
+		}
+		cp.token = n
+	}
+	return cp, true
 }
 
 func contains(s []string, v string) bool {
@@ -291,10 +339,11 @@ func isTimeout(err error) bool {
 
 func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	wait, ttl, ok := h.readParams(w, r, "wait", "ttl", "hold")
+	p, ok := h.readParams(w, r, "wait", "ttl", "hold")
 	if !ok {
 		return
 	}
+	wait, ttl := p.wait, p.ttl
 	connection := false
 	switch v := r.URL.Query().Get("hold"); v {
 	case "":
@@ -359,10 +408,11 @@ func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name st
 
 func (h *Handler) release(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if _, _, ok := h.readParams(w, r); !ok {
+	p, ok := h.readParams(w, r, "token")
+	if !ok || !h.requireToken(w, name, p, "release") {
 		return
 	}
-	s, err := h.Engine.Release(r.Context(), name)
+	s, err := h.Engine.Release(r.Context(), name, p.token)
 	if err != nil {
 		h.engineError(w, name, err)
 		return
@@ -372,16 +422,38 @@ func (h *Handler) release(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) renew(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	_, ttl, ok := h.readParams(w, r, "ttl")
-	if !ok {
+	p, ok := h.readParams(w, r, "token", "ttl")
+	if !ok || !h.requireToken(w, name, p, "renew") {
 		return
 	}
-	s, err := h.Engine.Renew(name, ttl)
+	s, err := h.Engine.Renew(name, p.token, p.ttl)
 	if err != nil {
 		h.engineError(w, name, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, s)
+}
+
+// requireToken answers 400 TokenRequired when a release or renew does not name the hold
+// it acts on: a late call from a client whose hold already ended must never end the
+// next client's hold. The message shows the call with the token.
+func (h *Handler) requireToken(w http.ResponseWriter, name string, p callParams, call string) bool {
+	if p.token > 0 {
+		return true
+	}
+	s, err := h.Engine.State(name)
+	switch {
+	case err != nil:
+		h.engineError(w, name, err) // an undeclared lock is still a 404
+		return false
+	case s.Mode == lock.ModeLeader:
+		h.engineError(w, name, lock.ErrLeaderLock)
+		return false
+	}
+	writeReason(w, http.StatusBadRequest, name, ReasonTokenRequired, fmt.Sprintf("%s needs the fencing token of the hold "+
+		"it acts on: POST /v1/locks/%s/%s?token=N, with N the \"token\" of your acquire answer (leasehold %s --token=N %s)",
+		call, name, call, call, name))
+	return false
 }
 
 // events streams server-sent events: the state first, then acquired / lost /

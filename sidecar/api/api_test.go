@@ -31,11 +31,15 @@ func (f fakeEngine) State(name string) (lock.State, error) {
 func (f fakeEngine) Acquire(context.Context, string, lock.AcquireOptions) (*lock.Hold, lock.State, error) {
 	return nil, lock.State{}, f.err
 }
-func (f fakeEngine) Release(context.Context, string) (lock.State, error)     { return lock.State{}, f.err }
+func (f fakeEngine) Release(context.Context, string, int64) (lock.State, error) {
+	return lock.State{}, f.err
+}
 func (f fakeEngine) ReleaseHold(context.Context, string, *lock.Hold, string) {}
-func (f fakeEngine) Renew(string, time.Duration) (lock.State, error)         { return lock.State{}, f.err }
-func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error)     { return nil, nil, f.err }
-func (f fakeEngine) Ready() error                                            { return f.err }
+func (f fakeEngine) Renew(string, int64, time.Duration) (lock.State, error) {
+	return lock.State{}, f.err
+}
+func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error) { return nil, nil, f.err }
+func (f fakeEngine) Ready() error                                        { return f.err }
 
 func TestStatusCodes(t *testing.T) {
 	tests := map[string]struct {
@@ -50,16 +54,20 @@ func TestStatusCodes(t *testing.T) {
 		"unavailable":         {fmt.Errorf("%w: dial tcp: refused", lock.ErrUnavailable), 503, "retry when the API server answers"},
 		"forbidden":           {fmt.Errorf("%w: leases is forbidden", lock.ErrForbidden), 503, "ClusterRole"},
 		"shutting down":       {lock.ErrShutdown, 503, "shutting down"},
-		"not held":            {lock.ErrNotHeld, 409, "not held"},
+		"stale token":         {&lock.StaleTokenError{Token: 1}, 409, "token 1 does not name the current hold"},
+		"tokens exhausted":    {fmt.Errorf("%w: delete the Lease", lock.ErrTokensExhausted), 503, "delete the Lease"},
+		// Before the fix the handler wrote nothing: net/http sent an empty 200, and
+		// `curl -sf .../acquire?wait=30s && work` went ahead during shutdown.
+		"cancelled by shutdown": {context.Canceled, 503, "shutting down"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			h := NewHandler(fakeEngine{err: tc.err}, logr.Discard(), "bind the ClusterRole leasehold-agent")
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/acquire", nil))
-			if tc.err == lock.ErrNotHeld {
+			if errors.Is(tc.err, lock.ErrStaleToken) {
 				w = httptest.NewRecorder()
-				h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/release", nil))
+				h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/release?token=1", nil))
 			}
 			var body errorBody
 			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
@@ -105,5 +113,57 @@ func TestUncleanPathIsNotRedirected(t *testing.T) {
 	NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/locks/a%2F..%2Fb", nil))
 	if w.Code != http.StatusNotFound || !strings.Contains(w.Body.String(), "not declared") {
 		t.Fatalf("escaped slashes: want 404 not declared, got %d %s", w.Code, w.Body.String())
+	}
+}
+
+// release and renew name the hold by its fencing token: without one, 400 TokenRequired
+// showing the call with the token; with a stale one, 409 StaleToken. Both change nothing.
+func TestReleaseAndRenewNeedTheToken(t *testing.T) {
+	stale := &lock.StaleTokenError{Token: 3, Current: 4, Ended: "ttl expired"}
+	tests := map[string]struct {
+		path       string
+		err        error
+		wantCode   int
+		wantReason string
+		mention    string
+	}{
+		"release without token": {"/v1/locks/a/release", nil, 400, ReasonTokenRequired, "/v1/locks/a/release?token=N"},
+		"renew without token":   {"/v1/locks/a/renew?ttl=5s", nil, 400, ReasonTokenRequired, "/v1/locks/a/renew?token=N"},
+		"release stale token":   {"/v1/locks/a/release?token=3", stale, 409, ReasonStaleToken, "token 3 has already ended (ttl expired)"},
+		"renew stale token":     {"/v1/locks/a/renew?token=3", stale, 409, ReasonStaleToken, "nothing was changed"},
+		"token not a number":    {"/v1/locks/a/release?token=abc", nil, 400, "", "token=\"abc\""},
+		"undeclared lock":       {"/v1/locks/zz/release", nil, 404, "", "not declared"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			NewHandler(fakeEngine{err: tc.err}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodPost, tc.path, nil))
+			var body errorBody
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+				t.Fatalf("not JSON: %q", w.Body.String())
+			}
+			if w.Code != tc.wantCode || body.Reason != tc.wantReason || !strings.Contains(body.Error, tc.mention) {
+				t.Fatalf("want %d %q mentioning %q, got %d %+v", tc.wantCode, tc.wantReason, tc.mention, w.Code, body)
+			}
+		})
+	}
+	// The token may come in the body too.
+	w := httptest.NewRecorder()
+	NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/locks/a/release", strings.NewReader(`{"token":7}`)))
+	if w.Code != 200 {
+		t.Fatalf("release with the token in the body: %d %s", w.Code, w.Body)
+	}
+}
+
+// ?require=held answers 409 with the lock's state and the error fields every error has.
+func TestRequireHeldIsAnError(t *testing.T) {
+	w := httptest.NewRecorder()
+	NewHandler(fakeEngine{}, logr.Discard(), "").ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/v1/locks/a?require=held", nil))
+	var body map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+		t.Fatalf("not JSON: %q", w.Body.String())
+	}
+	if w.Code != 409 || body["error"] == nil || body["lock"] != "a" || body["name"] != "a" || body["held"] != false {
+		t.Fatalf("want 409 with error, lock and the state, got %d %v", w.Code, body)
 	}
 }

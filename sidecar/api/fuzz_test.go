@@ -41,13 +41,13 @@ func (r *recordingEngine) Acquire(_ context.Context, name string, _ lock.Acquire
 	r.touch(name)
 	return nil, lock.State{Name: name}, lock.ErrNotAcquired
 }
-func (r *recordingEngine) Release(_ context.Context, name string) (lock.State, error) {
+func (r *recordingEngine) Release(_ context.Context, name string, _ int64) (lock.State, error) {
 	r.touch(name)
-	return lock.State{Name: name}, lock.ErrNotHeld
+	return lock.State{Name: name}, &lock.StaleTokenError{Token: 1}
 }
-func (r *recordingEngine) Renew(name string, _ time.Duration) (lock.State, error) {
+func (r *recordingEngine) Renew(name string, _ int64, _ time.Duration) (lock.State, error) {
 	r.touch(name)
-	return lock.State{Name: name}, lock.ErrNotHeld
+	return lock.State{Name: name}, &lock.StaleTokenError{Token: 1}
 }
 func (r *recordingEngine) Ready() error { return nil }
 func (r *recordingEngine) Subscribe(name string) (<-chan lock.Event, func(), error) {
@@ -65,7 +65,9 @@ func (r *recordingEngine) Subscribe(name string) (<-chan lock.Event, func(), err
 func FuzzAPI(f *testing.F) {
 	f.Add("POST", "/v1/locks/a/acquire", "wait=1s&ttl=5s", []byte(`{"wait":"1s"}`))
 	f.Add("POST", "/v1/locks/b/release", "", []byte{})
-	f.Add("POST", "/v1/locks/a/renew", "", []byte(`{"ttl":"30s"}`))
+	f.Add("POST", "/v1/locks/b/release", "token=3", []byte{})
+	f.Add("POST", "/v1/locks/a/renew", "", []byte(`{"ttl":"30s","token":2}`))
+	f.Add("POST", "/v1/locks/a/renew", "token=-1", []byte(`{"token":"x"}`))
 	f.Add("GET", "/v1/locks/a", "require=held", []byte{})
 	f.Add("GET", "/v1/locks", "", []byte{})
 	f.Add("GET", "/v1/locks/b/events", "", []byte{})
@@ -93,10 +95,13 @@ func FuzzAPI(f *testing.F) {
 		}
 		heldCheck := w.Code == http.StatusConflict && req.Method == http.MethodGet && req.URL.Query().Get("require") == "held"
 		if heldCheck {
-			// ?require=held answers "not held" with the lock's state, for curl -sf to branch on.
-			var s lock.State
-			if err := json.Unmarshal(w.Body.Bytes(), &s); err != nil || s.Name == "" {
-				t.Fatalf("%s %s?%s: 409 for require=held without the lock's state: %q", method, path, query, w.Body.String())
+			// ?require=held answers "not held" with the lock's state and an error, for curl -sf to branch on.
+			var s struct {
+				lock.State
+				errorBody
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &s); err != nil || s.Name == "" || s.Error == "" || s.Lock == "" {
+				t.Fatalf("%s %s?%s: 409 for require=held without the lock's state and error: %q", method, path, query, w.Body.String())
 			}
 		} else if w.Code != http.StatusOK {
 			var e errorBody

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +68,8 @@ type Error struct {
 	Status  int
 	Message string `json:"error"`
 	Lock    string `json:"lock"`
+	// Reason is "TokenRequired" or "StaleToken" on those errors of release and renew.
+	Reason string `json:"reason"`
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%d: %s", e.Status, e.Message) }
@@ -149,10 +152,23 @@ func (c *Client) Acquire(ctx context.Context, name string, wait, ttl time.Durati
 	return s, decode(resp, &s)
 }
 
-// Release ends this Pod's hold.
-func (c *Client) Release(ctx context.Context, name string) (lock.State, error) {
+// Release ends the hold that token (the acquire answer's) names.
+func (c *Client) Release(ctx context.Context, name string, token int64) (lock.State, error) {
 	var s lock.State
-	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/release", nil)
+	q := url.Values{"token": {strconv.FormatInt(token, 10)}}
+	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/release", q)
+	if err != nil {
+		return s, err
+	}
+	return s, decode(resp, &s)
+}
+
+// Renew restarts the ttl of the hold that token names (ttl 0: the ttl given before).
+func (c *Client) Renew(ctx context.Context, name string, token int64, ttl time.Duration) (lock.State, error) {
+	var s lock.State
+	q := durations(0, ttl)
+	q.Set("token", strconv.FormatInt(token, 10))
+	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/renew", q)
 	if err != nil {
 		return s, err
 	}

@@ -170,29 +170,53 @@ func (r *EventRecorder) enqueue(ev PodEvent) {
 	}
 }
 
-// Run posts queued Events until ctx ends.
+// DrainTimeout bounds how long Run keeps posting the queued Events after its context
+// ends (the Events of the holds released at shutdown).
+const DrainTimeout = 3 * time.Second
+
+// Run posts queued Events until ctx ends, then posts what is still queued, for at most
+// DrainTimeout: the agent queues the LockReleased Events of its shutdown release just
+// before it stops Run.
 func (r *EventRecorder) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			r.drain()
 			return
 		case ev := <-r.queue:
-			now := time.Now().UTC().Format(time.RFC3339)
-			body, _ := json.Marshal(map[string]any{
-				"apiVersion": "v1", "kind": "Event",
-				"metadata":       map[string]string{"name": fmt.Sprintf("%s.%x", r.pod, time.Now().UnixNano()), "namespace": r.c.namespace},
-				"involvedObject": map[string]string{"kind": "Pod", "apiVersion": "v1", "namespace": r.c.namespace, "name": r.pod, "uid": r.uid},
-				"reason":         ev.Reason, "message": ev.Message, "type": ev.Type,
-				"source":         map[string]string{"component": r.component},
-				"firstTimestamp": now, "lastTimestamp": now, "count": 1,
-				"reportingComponent": r.component, "reportingInstance": r.pod,
-			})
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_, err := r.c.rc.Post().AbsPath("/api/v1/namespaces", r.c.namespace, "events").Body(body).DoRaw(pctx)
-			cancel()
-			if err != nil {
-				r.log.V(1).Info("Failed to record event", "reason", ev.Reason, "err", err.Error())
-			}
+			r.post(ctx, ev)
 		}
+	}
+}
+
+func (r *EventRecorder) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), DrainTimeout)
+	defer cancel()
+	for ctx.Err() == nil {
+		select {
+		case ev := <-r.queue:
+			r.post(ctx, ev)
+		default:
+			return
+		}
+	}
+}
+
+func (r *EventRecorder) post(ctx context.Context, ev PodEvent) {
+	now := time.Now().UTC().Format(time.RFC3339)
+	body, _ := json.Marshal(map[string]any{
+		"apiVersion": "v1", "kind": "Event",
+		"metadata":       map[string]string{"name": fmt.Sprintf("%s.%x", r.pod, time.Now().UnixNano()), "namespace": r.c.namespace},
+		"involvedObject": map[string]string{"kind": "Pod", "apiVersion": "v1", "namespace": r.c.namespace, "name": r.pod, "uid": r.uid},
+		"reason":         ev.Reason, "message": ev.Message, "type": ev.Type,
+		"source":         map[string]string{"component": r.component},
+		"firstTimestamp": now, "lastTimestamp": now, "count": 1,
+		"reportingComponent": r.component, "reportingInstance": r.pod,
+	})
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := r.c.rc.Post().AbsPath("/api/v1/namespaces", r.c.namespace, "events").Body(body).DoRaw(pctx)
+	if err != nil {
+		r.log.V(1).Info("Failed to record event", "reason", ev.Reason, "err", err.Error())
 	}
 }

@@ -127,8 +127,6 @@ var (
 	ErrNotAcquired = errors.New("not acquired")
 	// ErrTimeout: the wait ended before the lock was acquired.
 	ErrTimeout = errors.New("wait timed out")
-	// ErrNotHeld: release or renew of a lock this Pod does not hold.
-	ErrNotHeld = errors.New("not held")
 	// ErrUnavailable: the API server did not answer, refused, or is not synced yet.
 	ErrUnavailable = errors.New("API server unavailable")
 	// ErrForbidden: the agent may not write Leases (RBAC).
@@ -137,7 +135,37 @@ var (
 	ErrShutdown = errors.New("agent shutting down")
 	// ErrLeaderLock: the call does not apply to a leader lock.
 	ErrLeaderLock = errors.New("leader lock")
+	// ErrStaleToken: release or renew named a hold (by its fencing token) that is not
+	// the current one. Nothing was changed.
+	ErrStaleToken = errors.New("stale token")
+	// ErrTokensExhausted: the Lease's leaseTransitions is at its maximum, so no new
+	// acquisition can get a greater fencing token.
+	ErrTokensExhausted = errors.New("fencing tokens exhausted")
 )
+
+// StaleTokenError says which hold a release or renew named and what is current.
+type StaleTokenError struct {
+	// Token is the token the call named.
+	Token int64
+	// Current is the token of this Pod's current hold; 0 when there is none.
+	Current int64
+	// Ended says how the named hold ended, when this agent remembers it.
+	Ended string
+}
+
+func (e *StaleTokenError) Error() string {
+	msg := fmt.Sprintf("token %d does not name the current hold", e.Token)
+	if e.Ended != "" {
+		msg = fmt.Sprintf("the hold with token %d has already ended (%s)", e.Token, e.Ended)
+	}
+	if e.Current > 0 {
+		return msg + fmt.Sprintf("; the current hold has token %d", e.Current)
+	}
+	return msg + "; this Pod holds no hold now"
+}
+
+// Is makes errors.Is(err, ErrStaleToken) true.
+func (e *StaleTokenError) Is(target error) bool { return target == ErrStaleToken }
 
 // HeldError tells who holds the lock when it was not acquired.
 type HeldError struct {
@@ -157,16 +185,18 @@ func (e *HeldError) Error() string {
 // Is makes errors.Is(err, ErrNotAcquired) true for a HeldError.
 func (e *HeldError) Is(target error) bool { return target == ErrNotAcquired }
 
-var errConflict = errors.New("the Lease changed since it was read")
+var errConflict = errors.New("the Lease changed or was deleted since it was read")
 
 // Hold is one local client's hold of a mutex lock.
 type Hold struct {
-	lock   *Lock
-	token  int64
-	ttl    time.Duration
-	timer  clock.Timer
-	done   chan struct{}
-	reason string
+	lock  *Lock
+	token int64
+	ttl   time.Duration
+	// expires is when the ttl ends the hold (zero: no ttl), on the agent's clock.
+	expires time.Time
+	timer   clock.Timer
+	done    chan struct{}
+	reason  string
 }
 
 // Done is closed when the hold ends (released, lost, ttl, shutdown).
@@ -206,7 +236,16 @@ type Lock struct {
 	forbidden    bool
 	apiErr       error
 	hold         *Hold
-	changed      chan struct{}
+	// ended remembers the last hold that ended, so that a late release or renew that
+	// names it learns why it is stale.
+	ended struct {
+		token  int64
+		reason string
+	}
+	changed chan struct{}
+	// closing is closed by Shutdown: waiters give up with ErrShutdown.
+	closing     chan struct{}
+	closingOnce sync.Once
 }
 
 // New validates cfg and returns the lock. It makes no API call.
@@ -219,6 +258,7 @@ func New(cfg Config) (*Lock, error) {
 		durSeconds: int32(math.Ceil(cfg.LeaseDuration.Seconds())),
 		slot:       make(chan struct{}, 1),
 		changed:    make(chan struct{}),
+		closing:    make(chan struct{}),
 	}, nil
 }
 
@@ -267,11 +307,17 @@ func (l *Lock) stateLocked(now time.Time) State {
 	return s
 }
 
+// validForLocked is how long the hold may still be relied on: until renew-deadline
+// after the send time of the last successful write, and never past the hold's ttl.
 func (l *Lock) validForLocked(now time.Time) time.Duration {
 	if !l.held {
 		return 0
 	}
-	return l.lastWrite.Add(l.cfg.RenewDeadline).Sub(now)
+	end := l.lastWrite.Add(l.cfg.RenewDeadline)
+	if h := l.hold; h != nil && !h.expires.IsZero() && h.expires.Before(end) {
+		end = h.expires
+	}
+	return end.Sub(now)
 }
 
 func (l *Lock) broadcastLocked() {
@@ -319,10 +365,25 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, State, 
 		s, err := l.waitLeader(ctx, opts.Wait > 0)
 		return nil, s, err
 	}
+	for {
+		h, s, err := l.acquireMutex(ctx, opts)
+		if err == nil || opts.Wait == 0 || !errors.Is(err, errLostAtOnce) {
+			return h, s, err
+		}
+		// Lost before the answer: wait for the lock again.
+	}
+}
+
+// errLostAtOnce: the hold ended between the successful write and the answer.
+var errLostAtOnce = fmt.Errorf("%w: the hold was lost right after it was taken", ErrNotAcquired)
+
+func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, State, error) {
 	// Our turn among the clients of this Pod.
 	if opts.Wait > 0 {
 		select {
 		case l.slot <- struct{}{}:
+		case <-l.closing:
+			return nil, l.State(), ErrShutdown
 		case <-ctx.Done():
 			return nil, l.State(), ctxErr(ctx)
 		}
@@ -340,13 +401,37 @@ func (l *Lock) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, State, 
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if opts.TTL > 0 && l.hold == h {
+	now := l.cfg.Clock.Now()
+	if l.hold != h || l.validForLocked(now) <= 0 {
+		// Lost (deleted, taken over, shut down) before we could answer: never
+		// answer 200 with held false.
+		return nil, l.stateLocked(now), fmt.Errorf("%w (%s)", errLostAtOnce, h.reason)
+	}
+	if opts.TTL > 0 {
 		// Timer callbacks release in their own goroutine: a clock may run callbacks
 		// under its own lock (the fake clock does), and releasing stops the timer.
-		h.ttl = opts.TTL
-		h.timer = l.cfg.Clock.AfterFunc(opts.TTL, func() { go l.releaseHold(h, "ttl expired") })
+		l.setTTLLocked(h, opts.TTL, now)
 	}
-	return h, l.stateLocked(l.cfg.Clock.Now()), nil
+	return h, l.stateLocked(now), nil
+}
+
+func (l *Lock) isClosing() bool {
+	select {
+	case <-l.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// setTTLLocked (re)starts the hold's ttl at now.
+func (l *Lock) setTTLLocked(h *Hold, ttl time.Duration, now time.Time) {
+	if h.timer != nil {
+		h.timer.Stop()
+	}
+	h.ttl = ttl
+	h.expires = now.Add(ttl)
+	h.timer = l.cfg.Clock.AfterFunc(ttl, func() { go l.releaseExpired(h) })
 }
 
 func ctxErr(ctx context.Context) error {
@@ -380,6 +465,8 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 		}
 		select {
 		case <-ch:
+		case <-l.closing:
+			return l.State(), ErrShutdown
 		case <-ctx.Done():
 			return l.State(), ctxErr(ctx)
 		}
@@ -404,7 +491,7 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 		if try && errors.Is(err, errConflict) {
 			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
 		}
-		if try || errors.Is(err, ErrShutdown) {
+		if try || errors.Is(err, ErrShutdown) || (h != nil && errors.Is(err, ErrTokensExhausted)) {
 			return err
 		}
 		var timer clock.Timer
@@ -413,8 +500,9 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 		case errors.Is(err, ErrNotAcquired):
 			timer = l.cfg.Clock.NewTimer(wait)
 			fire = timer.C()
-		case errors.Is(err, errConflict):
-			// The watch brings the newer record.
+		case errors.Is(err, errConflict), errors.Is(err, ErrTokensExhausted):
+			// The watch brings the newer record (for a leader lock whose tokens are
+			// exhausted: someone deleting the Lease).
 		default:
 			timer = l.cfg.Clock.NewTimer(l.cfg.RetryPeriod)
 			fire = timer.C()
@@ -422,6 +510,7 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 		select {
 		case <-changed:
 		case <-fire:
+		case <-l.closing:
 		case <-ctx.Done():
 			if timer != nil {
 				timer.Stop()
@@ -447,7 +536,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	l.mu.Lock()
 	changed := l.changed
 	switch {
-	case l.closed:
+	case l.closed || l.isClosing():
 		l.mu.Unlock()
 		return changed, 0, ErrShutdown
 	case !l.synced:
@@ -463,6 +552,15 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 				return changed, left, &HeldError{Holder: h, ValidFor: left}
 			}
 		}
+	}
+	if cur != nil && cur.Spec.LeaseTransitions != nil && *cur.Spec.LeaseTransitions == math.MaxInt32 {
+		err := fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can hold, so no "+
+			"acquisition can get a greater fencing token: delete the Lease (kubectl -n %s delete lease %s) "+
+			"and reset the highest token your fenced stores remember for it, since tokens restart at 1",
+			ErrTokensExhausted, l.cfg.Namespace, l.cfg.Name, math.MaxInt32, l.cfg.Namespace, l.cfg.Name)
+		l.apiErr = err
+		l.mu.Unlock()
+		return changed, 0, err
 	}
 	l.mu.Unlock()
 
@@ -491,6 +589,11 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	l.forbidden = false
 	l.apiErr = nil
 	l.observeLocked(out, send)
+	if !l.cachedIsLocked(out) {
+		// The watch brought a newer record (deleted, or written by someone else)
+		// before this answer: our write is already superseded, so it never held.
+		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+	}
 	l.held = true
 	l.token = int64(*out.Spec.LeaseTransitions)
 	l.lastWrite = send
@@ -505,11 +608,16 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	return changed, 0, nil
 }
 
+// cachedIsLocked is true when the cached record is the one written as out.
+func (l *Lock) cachedIsLocked(out *coordinationv1.Lease) bool {
+	return l.lease != nil && l.lease.ResourceVersion == out.ResourceVersion
+}
+
 func (l *Lock) writeFailedLocked(what string, err error) error {
 	l.apiErr = err
 	switch {
-	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
-		return fmt.Errorf("%s lease %s/%s: %w", what, l.cfg.Namespace, l.cfg.Name, errConflict)
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, errConflict, err)
 	case apierrors.IsForbidden(err):
 		l.forbidden = true
 		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, ErrForbidden, err)
@@ -585,8 +693,13 @@ func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 		l.observedAt = now
 	}
 	l.lease = lease
-	if l.held && holderOf(lease) != l.cfg.Identity {
+	switch {
+	case !l.held:
+	case holderOf(lease) != l.cfg.Identity:
 		l.loseLocked("the Lease was taken over: holder is now " + fmt.Sprintf("%q", holderOf(lease)))
+	case lease.Spec.LeaseTransitions == nil || int64(*lease.Spec.LeaseTransitions) != l.token:
+		l.loseLocked("the Lease was rewritten by someone else: its leaseTransitions no longer matches token " +
+			strconv.FormatInt(l.token, 10))
 	}
 }
 
@@ -638,49 +751,85 @@ func (l *Lock) endHoldLocked(reason string) {
 		h.timer.Stop()
 	}
 	h.reason = reason
+	l.ended.token, l.ended.reason = h.token, reason
 	close(h.done)
 	<-l.slot
 }
 
-// Release ends this Pod's hold of a mutex lock and clears the Lease (one write).
-func (l *Lock) Release(ctx context.Context) (State, error) {
+// Release ends the hold named by its fencing token and clears the Lease (one write).
+// A token that is not the current hold's changes nothing and returns a *StaleTokenError.
+// The hold ends even when the write fails (ErrUnavailable): the Lease then runs out
+// lease-duration after the last renew.
+func (l *Lock) Release(ctx context.Context, token int64) (State, error) {
 	if l.cfg.Mode == ModeLeader {
 		return l.State(), ErrLeaderLock
 	}
-	return l.release(ctx, nil, "released")
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	if err := l.checkTokenLocked(token); err != nil {
+		s := l.stateLocked(l.cfg.Clock.Now())
+		l.mu.Unlock()
+		return s, err
+	}
+	return l.clearLocked(ctx, "released")
+}
+
+// checkTokenLocked returns nil when token names the current hold.
+func (l *Lock) checkTokenLocked(token int64) error {
+	if l.hold != nil && l.hold.token == token {
+		return nil
+	}
+	e := &StaleTokenError{Token: token}
+	if l.hold != nil {
+		e.Current = l.hold.token
+	}
+	if l.ended.token == token {
+		e.Ended = l.ended.reason
+	}
+	return e
 }
 
 // ReleaseHold releases h if it is still this lock's hold (a connection closed).
 func (l *Lock) ReleaseHold(ctx context.Context, h *Hold, reason string) {
-	_, _ = l.release(ctx, h, reason)
-}
-
-func (l *Lock) releaseHold(h *Hold, reason string) {
-	ctx, cancel := context.WithTimeout(context.Background(), l.writeTimeout())
-	defer cancel()
-	l.ReleaseHold(ctx, h, reason)
-}
-
-func (l *Lock) release(ctx context.Context, only *Hold, reason string) (State, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if l.hold == nil || (only != nil && l.hold != only) {
-		s := l.stateLocked(l.cfg.Clock.Now())
+	if l.hold != h {
 		l.mu.Unlock()
-		return s, ErrNotHeld
+		return
 	}
-	return l.clearLocked(ctx, reason)
+	_, _ = l.clearLocked(ctx, reason)
 }
 
-// clearLocked is called with writeMu and mu held; it returns with mu released.
+// releaseExpired releases h when its ttl has passed (not when it was renewed since).
+func (l *Lock) releaseExpired(h *Hold) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.writeTimeout())
+	defer cancel()
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	if l.hold != h || l.cfg.Clock.Now().Before(h.expires) {
+		l.mu.Unlock()
+		return
+	}
+	_, _ = l.clearLocked(ctx, "ttl expired")
+}
+
+// clearLocked ends the hold and clears the Lease when it names this agent. It is called
+// with writeMu and mu held and returns with mu released. Subscribers hear "released"
+// whether or not the write succeeds: the hold has ended either way.
 func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
+	hadHold := l.held || l.hold != nil
 	l.held = false
 	l.renewFailing = false
 	l.endHoldLocked(reason)
 	l.broadcastLocked()
 	cur := l.lease
 	if cur == nil || holderOf(cur) != l.cfg.Identity {
+		if hadHold {
+			l.emitLocked(EventReleased, reason)
+		}
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
 		return s, nil
@@ -703,38 +852,51 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	defer l.mu.Unlock()
 	if err != nil {
 		err = l.writeFailedLocked("release", err)
-		l.cfg.Log.Error(err, "Failed to clear lease; others can take it after lease-duration", "lock", l.cfg.Name)
-		return l.stateLocked(l.cfg.Clock.Now()), err
+		if errors.Is(err, errConflict) {
+			// Someone else changed or deleted the Lease since: it no longer needs
+			// clearing by us, and the hold has ended.
+			err = nil
+		} else {
+			reason += "; the Lease could not be cleared, so other Pods can take it only after lease-duration"
+			l.cfg.Log.Error(err, "Failed to clear lease; others can take it after lease-duration", "lock", l.cfg.Name)
+		}
+	} else {
+		l.observeLocked(out, now)
 	}
-	l.observeLocked(out, now)
 	l.broadcastLocked()
-	l.emitLocked(EventReleased, reason)
-	l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
-	return l.stateLocked(l.cfg.Clock.Now()), nil
+	if hadHold {
+		l.emitLocked(EventReleased, reason)
+		l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
+	}
+	return l.stateLocked(l.cfg.Clock.Now()), err
 }
 
-// Renew restarts the ttl of this Pod's hold of a mutex lock: with ttl > 0 as the new
-// ttl, with 0 the ttl given at acquire (a hold without ttl stays without).
-func (l *Lock) Renew(ttl time.Duration) (State, error) {
+// Renew restarts the ttl of the hold named by its fencing token: with ttl > 0 as the
+// new ttl, with 0 the ttl given at acquire (a hold without ttl stays without). A hold
+// whose ttl has already passed cannot be renewed.
+func (l *Lock) Renew(token int64, ttl time.Duration) (State, error) {
 	if l.cfg.Mode == ModeLeader {
 		return l.State(), ErrLeaderLock
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	h := l.hold
-	if h == nil || l.validForLocked(now) <= 0 {
-		return l.stateLocked(now), ErrNotHeld
+	if err := l.checkTokenLocked(token); err != nil {
+		return l.stateLocked(now), err
 	}
-	if h.timer != nil {
-		h.timer.Stop()
-		h.timer = nil
+	h := l.hold
+	if l.validForLocked(now) <= 0 {
+		reason := "renew-deadline passed without a successful renew"
+		if !h.expires.IsZero() && !now.Before(h.expires) {
+			reason = "ttl expired"
+		}
+		return l.stateLocked(now), &StaleTokenError{Token: token, Ended: reason}
+	}
+	if ttl == 0 {
+		ttl = h.ttl
 	}
 	if ttl > 0 {
-		h.ttl = ttl
-	}
-	if h.ttl > 0 {
-		h.timer = l.cfg.Clock.AfterFunc(h.ttl, func() { go l.releaseHold(h, "ttl expired") })
+		l.setTTLLocked(h, ttl, now)
 	}
 	return l.stateLocked(now), nil
 }
@@ -742,12 +904,13 @@ func (l *Lock) Renew(ttl time.Duration) (State, error) {
 // Shutdown stops new acquisitions, ends any hold and clears the Lease if this agent
 // holds it. It is called before the Run context is cancelled.
 func (l *Lock) Shutdown(ctx context.Context) error {
+	l.closingOnce.Do(func() { close(l.closing) }) // waiters give up at once
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	l.closed = true
 	l.emitLocked(EventShutdown, "agent shutting down")
-	if l.held || l.wroteLocked(l.lease) {
+	if l.held || l.hold != nil || l.wroteLocked(l.lease) {
 		_, err := l.clearLocked(ctx, "agent shutting down")
 		return err
 	}

@@ -27,11 +27,18 @@ type memClient struct {
 	fail    error
 	updates int
 	w       *watch.RaceFreeFakeWatcher
+	// afterWrite, when set, runs after a write is applied and before its answer is
+	// returned: the moment a watch event can overtake the answer.
+	afterWrite func()
+	// listDeadline records whether List was called with a deadline.
+	listDeadline []bool
 }
 
-func (m *memClient) List(context.Context, metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinationv1.LeaseList, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_, ok := ctx.Deadline()
+	m.listDeadline = append(m.listDeadline, ok)
 	l := &coordinationv1.LeaseList{ListMeta: metav1.ListMeta{ResourceVersion: strconv.Itoa(m.rv)}}
 	if m.lease != nil {
 		l.Items = []coordinationv1.Lease{*m.lease.DeepCopy()}
@@ -58,6 +65,14 @@ func (m *memClient) store(l *coordinationv1.Lease) *coordinationv1.Lease {
 }
 
 func (m *memClient) Create(_ context.Context, l *coordinationv1.Lease, _ metav1.CreateOptions) (*coordinationv1.Lease, error) {
+	out, err := m.create(l)
+	if err == nil && m.afterWrite != nil {
+		m.afterWrite()
+	}
+	return out, err
+}
+
+func (m *memClient) create(l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail != nil {
@@ -70,16 +85,51 @@ func (m *memClient) Create(_ context.Context, l *coordinationv1.Lease, _ metav1.
 }
 
 func (m *memClient) Update(_ context.Context, l *coordinationv1.Lease, _ metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	out, err := m.update(l)
+	if err == nil && m.afterWrite != nil {
+		m.afterWrite()
+	}
+	return out, err
+}
+
+func (m *memClient) update(l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail != nil {
 		return nil, m.fail
 	}
-	if m.lease == nil || l.ResourceVersion != m.lease.ResourceVersion {
+	if m.lease == nil {
+		return nil, apierrors.NewNotFound(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, l.Name)
+	}
+	if l.ResourceVersion != m.lease.ResourceVersion {
 		return nil, apierrors.NewConflict(schema.GroupResource{Resource: "leases"}, l.Name, errors.New("stale resourceVersion"))
 	}
 	m.updates++
 	return m.store(l), nil
+}
+
+// remove deletes the Lease as a third party would; with notify the watch hears it.
+func (m *memClient) remove(notify bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rv++
+	gone := m.lease.DeepCopy()
+	gone.ResourceVersion = strconv.Itoa(m.rv)
+	m.lease = nil
+	if notify && m.w != nil {
+		m.w.Delete(gone)
+	}
+}
+
+// rewrite writes the Lease as a third party would (another holder, the next token).
+func (m *memClient) rewrite(holder string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	next := m.lease.DeepCopy()
+	tr := *next.Spec.LeaseTransitions + 1
+	next.Spec.HolderIdentity = &holder
+	next.Spec.LeaseTransitions = &tr
+	m.store(next)
 }
 
 func startLock(t *testing.T, c *memClient, clk *clocktesting.FakeClock) (*Lock, *[]Event) {
@@ -206,7 +256,7 @@ func TestWritesAndConflict(t *testing.T) {
 	if err != nil || s.Token != 1 {
 		t.Fatalf("acquire on absent Lease: %+v %v", s, err)
 	}
-	if _, err := l.Release(context.Background()); err != nil {
+	if _, err := l.Release(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
 	if c.updates != 1 {
@@ -286,7 +336,7 @@ func TestTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Second)
-	if _, err := l.Renew(0); err != nil {
+	if _, err := l.Renew(h.Token(), 0); err != nil {
 		t.Fatal(err)
 	}
 	clk.Step(2 * time.Second) // 4s after acquire, 2s after renew

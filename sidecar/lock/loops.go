@@ -58,7 +58,19 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if !l.held || l.lease == nil {
+	if !l.held {
+		l.mu.Unlock()
+		return
+	}
+	// The cache must show our own record: held with no Lease, or with someone else's
+	// record, is lost (observeLocked ends the hold on those; this guards the loop).
+	if l.lease == nil {
+		l.loseLocked("the Lease was deleted")
+		l.mu.Unlock()
+		return
+	}
+	if holderOf(l.lease) != l.cfg.Identity || l.lease.Spec.LeaseTransitions == nil || int64(*l.lease.Spec.LeaseTransitions) != l.token {
+		l.loseLocked("the Lease no longer holds this agent's record")
 		l.mu.Unlock()
 		return
 	}
@@ -103,7 +115,8 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	}
 	err = l.writeFailedLocked("renew", err)
 	if errors.Is(err, errConflict) {
-		l.loseLocked("renew conflict: the Lease was changed by someone else")
+		// Changed or deleted: another Pod may take (or create) the Lease at once.
+		l.loseLocked("renew failed: " + err.Error())
 		return
 	}
 	l.renewFailing = true
@@ -119,7 +132,9 @@ func (l *Lock) renewOnce(ctx context.Context) {
 func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
 	for ctx.Err() == nil {
-		list, err := l.cfg.Client.List(ctx, metav1.ListOptions{FieldSelector: sel})
+		lctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+		list, err := l.cfg.Client.List(lctx, metav1.ListOptions{FieldSelector: sel})
+		cancel()
 		if err != nil {
 			l.watchFailed(err)
 			l.sleep(ctx, l.cfg.RetryPeriod)

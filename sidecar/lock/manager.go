@@ -189,13 +189,13 @@ func (m *Manager) Acquire(ctx context.Context, name string, opts AcquireOptions)
 	return l.Acquire(ctx, opts)
 }
 
-// Release releases this Pod's hold of lock name.
-func (m *Manager) Release(ctx context.Context, name string) (State, error) {
+// Release ends the hold of lock name that token names.
+func (m *Manager) Release(ctx context.Context, name string, token int64) (State, error) {
 	l, err := m.Lock(name)
 	if err != nil {
 		return State{Name: name}, err
 	}
-	return l.Release(ctx)
+	return l.Release(ctx, token)
 }
 
 // ReleaseHold releases h if it still holds lock name.
@@ -205,11 +205,11 @@ func (m *Manager) ReleaseHold(ctx context.Context, name string, h *Hold, reason 
 	}
 }
 
-// Renew sets the ttl of this Pod's hold of lock name.
-func (m *Manager) Renew(name string, ttl time.Duration) (State, error) {
+// Renew restarts the ttl of the hold of lock name that token names.
+func (m *Manager) Renew(name string, token int64, ttl time.Duration) (State, error) {
 	l, err := m.Lock(name)
 	if err != nil {
 		return State{Name: name}, err
 	}
-	return l.Renew(ttl)
+	return l.Renew(token, ttl)
 }

@@ -1,0 +1,271 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// The regression tests of the engine's safety paths (issue 7 of the tracker): each one
+// failed before its fix. They pin the edge with the in-memory API and a fake clock; the
+// chaos suite (internal/chaos) checks the same properties on a real API server.
+
+// eventually polls cond in real time: the engine's goroutines run on the real scheduler
+// even when its clock is fake.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func ended(h *Hold) bool {
+	select {
+	case <-h.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+func eventTypes(l *Lock, events *[]Event) []EventType {
+	l.mu.Lock() // OnEvent runs under l.mu, so this orders reads after it
+	defer l.mu.Unlock()
+	var out []EventType
+	for _, e := range *events {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+// validFor never promises past the ttl: the ttl ends the hold and hands the lock over.
+func TestValidForNeverPassesTheTTL(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	l, _ := startLock(t, &memClient{}, clk)
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ValidForMillis != 3000 {
+		t.Fatalf("acquire with ttl 3s: want validFor 3s (renew-deadline is 10s), got %+v", s)
+	}
+	clk.Step(2500 * time.Millisecond)
+	if s := l.State(); !s.Held || s.ValidForMillis != 500 {
+		t.Fatalf("2.5s into a 3s ttl: want held for 500ms, got %+v", s)
+	}
+	// The background renew keeps the Lease fresh; it must not stretch the promise.
+	l.renewOnce(context.Background())
+	if s := l.State(); s.ValidForMillis > 500 {
+		t.Fatalf("a background renew stretched validFor past the ttl: %+v", s)
+	}
+	l.writeMu.Lock() // hold back the ttl's release write: the state alone must say it
+	clk.Step(500 * time.Millisecond)
+	s = l.State()
+	l.writeMu.Unlock()
+	if s.Held || s.ValidForMillis != 0 {
+		t.Fatalf("at the ttl, before the release write: want not held, got %+v", s)
+	}
+}
+
+// A late release from a client whose ttl ended must not end the next client's hold.
+func TestLateReleaseDoesNotEndTheNextHold(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	x, _, err := l.Acquire(context.Background(), AcquireOptions{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(3 * time.Second)
+	eventually(t, "the ttl ends X's hold", func() bool { return ended(x) })
+	y, sy, err := l.Acquire(context.Background(), AcquireOptions{Wait: time.Second})
+	if err != nil || !sy.Held {
+		t.Fatalf("Y acquire after X's ttl: %+v %v", sy, err)
+	}
+	updates := c.updates
+	_, err = l.Release(context.Background(), x.Token())
+	if !errors.Is(err, ErrStaleToken) {
+		t.Fatalf("X's late release with its token %d: want ErrStaleToken, got %v", x.Token(), err)
+	}
+	if ended(y) || !l.State().Held || c.updates != updates {
+		t.Fatalf("X's late release changed Y's hold: ended=%v state=%+v writes=%d", ended(y), l.State(), c.updates-updates)
+	}
+	if _, err := l.Renew(x.Token(), time.Minute); !errors.Is(err, ErrStaleToken) {
+		t.Fatalf("X's late renew: want ErrStaleToken, got %v", err)
+	}
+	if _, err := l.Release(context.Background(), y.Token()); err != nil || !ended(y) {
+		t.Fatalf("Y's release with its token: %v (ended %v)", err, ended(y))
+	}
+}
+
+// The Lease is deleted after the server applied our acquire write and before the engine
+// read the answer: held must not be set (before the fix the renew loop then spun forever).
+func TestAcquireOvertakenByDeletion(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startLock(t, c, clk)
+	c.afterWrite = func() {
+		c.afterWrite = nil
+		c.remove(true)
+		eventually(t, "the watch delivers the deletion", func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.lease == nil && l.rv == uint64(c.rv)
+		})
+	}
+	h, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err == nil || s.Held {
+		t.Fatalf("acquire whose Lease was deleted before the answer arrived: want not acquired, got %+v %v (hold %v)", s, err, h)
+	}
+	if types := eventTypes(l, events); len(types) != 0 {
+		t.Fatalf("events for an acquisition that never held: %v", types)
+	}
+	// The lock stays usable: the next try creates the Lease again.
+	if _, s, err := l.Acquire(context.Background(), AcquireOptions{}); err != nil || !s.Held {
+		t.Fatalf("acquire after the deletion: %+v %v", s, err)
+	}
+}
+
+// Someone else's write overtakes our acquire's answer: held must not be set, and no
+// later renew may overwrite the other holder's record (the token would go down).
+func TestAcquireOvertakenByAnotherWriter(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	c.afterWrite = func() {
+		c.afterWrite = nil
+		c.rewrite("other_pod")
+		eventually(t, "the watch delivers the other write", func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.rv == uint64(c.rv)
+		})
+	}
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err == nil || s.Held {
+		t.Fatalf("acquire overtaken by another holder's write: want not acquired, got %+v %v", s, err)
+	}
+	clk.Step(6 * time.Second) // past renew-deadline/2: a renew would be due
+	l.renewOnce(context.Background())
+	c.mu.Lock()
+	holder, token := *c.lease.Spec.HolderIdentity, *c.lease.Spec.LeaseTransitions
+	c.mu.Unlock()
+	if holder != "other_pod" || token != 2 {
+		t.Fatalf("the other holder's record was overwritten: holder %q token %d", holder, token)
+	}
+}
+
+// renew after the ttl fired (its release still queued behind a write) must not answer
+// as if the hold went on.
+func TestRenewAfterTheTTLFired(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	l, _ := startLock(t, &memClient{}, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.writeMu.Lock() // the ttl's release waits here
+	clk.Step(3 * time.Second)
+	_, rerr := l.Renew(h.Token(), time.Minute)
+	l.writeMu.Unlock()
+	if rerr == nil {
+		time.Sleep(50 * time.Millisecond)
+		if ended(h) {
+			t.Fatal("renew after the ttl answered ok, then the hold ended anyway")
+		}
+	}
+	if !errors.Is(rerr, ErrStaleToken) {
+		t.Fatalf("renew after the ttl: want not held, got %v", rerr)
+	}
+}
+
+// A release whose write conflicts (the Lease was already rewritten) has still ended the
+// hold: it succeeds, and subscribers hear "released".
+func TestReleaseConflictEndsTheHold(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startLock(t, c, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.rv++ // behind the watch's back
+	c.lease.ResourceVersion = "999"
+	c.mu.Unlock()
+	if _, err := l.Release(context.Background(), h.Token()); err != nil {
+		t.Fatalf("release that met a conflict: want success (the hold ended), got %v", err)
+	}
+	if !ended(h) || l.State().Held {
+		t.Fatal("hold not ended")
+	}
+	if types := eventTypes(l, events); len(types) != 2 || types[1] != EventReleased {
+		t.Fatalf("events: want [acquired released], got %v", types)
+	}
+}
+
+// A release whose write fails still ends the hold: subscribers must hear of it.
+func TestFailedReleaseWriteEmitsAnEvent(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startLock(t, c, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.fail = errors.New("connection refused")
+	c.mu.Unlock()
+	_, err = l.Release(context.Background(), h.Token())
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("release whose write failed: want ErrUnavailable, got %v", err)
+	}
+	if !ended(h) || l.State().Held {
+		t.Fatal("hold not ended")
+	}
+	types := eventTypes(l, events)
+	if len(types) != 2 || types[1] != EventReleased {
+		t.Fatalf("events: want [acquired released], got %v", types)
+	}
+}
+
+// A renew that finds the Lease deleted loses the lock at once: another Pod may create
+// the Lease right away.
+func TestRenewFindsLeaseDeleted(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startLock(t, c, clk)
+	h, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.remove(false) // the watch has not told us yet
+	clk.Step(5 * time.Second)
+	l.renewOnce(context.Background())
+	if s := l.State(); s.Held || !ended(h) {
+		t.Fatalf("renew answered NotFound: want lost at once, got %+v", s)
+	}
+	if types := eventTypes(l, events); len(types) != 2 || types[1] != EventLost {
+		t.Fatalf("events: want [acquired lost], got %v", types)
+	}
+}
+
+// Every API call has a timeout: List too.
+func TestListHasATimeout(t *testing.T) {
+	c := &memClient{}
+	startLock(t, c, clocktesting.NewFakeClock(time.Unix(1_000_000, 0)))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, ok := range c.listDeadline {
+		if !ok {
+			t.Fatalf("List call %d had no deadline", i)
+		}
+	}
+}
