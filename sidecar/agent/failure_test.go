@@ -3,9 +3,11 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -232,8 +234,10 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		t.Fatalf("B try while the connection holds: want 409, got %v", err)
 	}
 	bDone := make(chan error, 1)
+	var bToken int64
 	go func() {
-		_, err := b.c.Acquire(ctx, "conn", 15*time.Second, 0)
+		s, err := b.c.Acquire(ctx, "conn", 15*time.Second, 0)
+		bToken = s.Token
 		bDone <- err
 	}()
 	time.Sleep(100 * time.Millisecond)
@@ -254,14 +258,23 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		{[]string{"status", "--socket=" + a.socket, "conn"}, 0},
 		{[]string{"acquire", "--socket=" + a.socket, "conn"}, 1},
 		{[]string{"acquire", "--socket=" + a.socket, "--wait=200ms", "conn"}, 2},
-		{[]string{"release", "--socket=" + a.socket, "conn"}, 1},
+		{[]string{"release", "--socket=" + a.socket, "conn"}, 64},                                   // no token
+		{[]string{"release", "--socket=" + a.socket, fmt.Sprintf("--token=%d", bToken), "conn"}, 1}, // not A's hold
+		{[]string{"release", "--socket=" + b.socket, fmt.Sprintf("--token=%d", bToken-1), "conn"}, 1},
 		{[]string{"status", "--socket=" + a.socket, "nope"}, 64},
-		{[]string{"release", "--socket=" + b.socket, "conn"}, 0},
+		{[]string{"acquire", "--socket=" + b.socket, "-o", "yaml", "conn"}, 64},
+		{[]string{"renew", "--socket=" + b.socket, fmt.Sprintf("--token=%d", bToken), "--ttl=10s", "conn"}, 0},
+		{[]string{"release", "--socket=" + b.socket, fmt.Sprintf("--token=%d", bToken), "conn"}, 0},
 	} {
 		cmd := exec.Command(leasehold, tc.args...)
 		out, _ := cmd.CombinedOutput()
 		if got := cmd.ProcessState.ExitCode(); got != tc.want {
 			t.Fatalf("leasehold %v: want exit %d, got %d: %s", tc.args, tc.want, got, out)
 		}
+	}
+	// acquire -o token prints the token alone, for T=$(leasehold acquire -o token LOCK).
+	out, err := exec.Command(leasehold, "acquire", "--socket="+b.socket, "-o", "token", "conn").Output()
+	if err != nil || strings.TrimSpace(string(out)) != fmt.Sprint(bToken+1) {
+		t.Fatalf("leasehold acquire -o token: want %d, got %q %v", bToken+1, out, err)
 	}
 }

@@ -174,30 +174,27 @@ func (r *EventRecorder) enqueue(ev PodEvent) {
 // ends (the Events of the holds released at shutdown).
 const DrainTimeout = 3 * time.Second
 
-// Run posts queued Events until ctx ends, then posts what is still queued, for at most
-// DrainTimeout: the agent queues the LockReleased Events of its shutdown release just
-// before it stops Run.
+// Run posts queued Events until ctx ends, then posts what is still queued: the agent
+// queues the LockReleased Events of its shutdown release just before it ends ctx. Posts
+// outlive ctx by at most DrainTimeout.
 func (r *EventRecorder) Run(ctx context.Context) {
+	postCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(DrainTimeout, cancel) })
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():
-			r.drain()
-			return
+			for {
+				select {
+				case ev := <-r.queue:
+					r.post(postCtx, ev)
+				default:
+					return
+				}
+			}
 		case ev := <-r.queue:
-			r.post(ctx, ev)
-		}
-	}
-}
-
-func (r *EventRecorder) drain() {
-	ctx, cancel := context.WithTimeout(context.Background(), DrainTimeout)
-	defer cancel()
-	for ctx.Err() == nil {
-		select {
-		case ev := <-r.queue:
-			r.post(ctx, ev)
-		default:
-			return
+			r.post(postCtx, ev)
 		}
 	}
 }

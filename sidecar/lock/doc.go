@@ -9,11 +9,21 @@
 // What it guarantees:
 //   - A lock is reported held (State.Held) only while the last successful write of this
 //     agent, timed from the moment it was sent on the agent's monotonic clock, is younger
-//     than RenewDeadline. State.ValidFor says how much of that window is left. Another
-//     participant that follows client-go's rules only takes the Lease LeaseDuration after
-//     it observed our last write, and LeaseDuration > RenewDeadline.
-//   - Every write is conditional on the resourceVersion it was based on. A conflict ends
-//     the hold at once; a 403, a timeout or any other failure counts as "not written".
+//     than RenewDeadline, and only until the hold's ttl. State.ValidFor says how much of
+//     that window is left. Another participant that follows client-go's rules only takes
+//     the Lease LeaseDuration after it observed our last write, and LeaseDuration >
+//     RenewDeadline.
+//   - Held is set only when the cached record is this agent's own write: an acquire
+//     whose answer was overtaken by a watch event (the Lease deleted, or written by
+//     someone else) never holds, and a cache that shows no Lease or another record while
+//     held ends the hold.
+//   - Every write is conditional on the resourceVersion it was based on. A conflict, or
+//     a Lease found deleted, ends the hold at once; a 403, a timeout or any other failure
+//     counts as "not written".
+//   - Release and Renew act only on the hold their fencing token names: a late call of a
+//     client whose hold already ended changes nothing (StaleTokenError). Every end of a
+//     hold (release, ttl, loss, shutdown) is an event, even when the clearing write fails.
+//   - Shutdown wakes every waiter with ErrShutdown.
 //   - Every acquisition writes spec.leaseTransitions = previous + 1 and reports it as the
 //     fencing token, so tokens are strictly increasing per Lease across agents and
 //     client-go leader electors.
