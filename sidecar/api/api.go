@@ -363,8 +363,10 @@ func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Context().Err() != nil && hold != nil {
-		// The client left while we acquired: nobody would ever release this hold.
+		// The client left (or the agent is shutting down) while we acquired: nobody
+		// would ever release this hold. Answer anyway, never with an empty 200.
 		h.releaseHold(name, hold, "client disconnected")
+		h.engineError(w, name, r.Context().Err())
 		return
 	}
 	if !connection || hold == nil {

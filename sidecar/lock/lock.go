@@ -242,6 +242,14 @@ type Lock struct {
 		token  int64
 		reason string
 	}
+	// gone is what this agent last saw of a Lease that was deleted: whose hold to wait
+	// out before creating it again, and the token to go on from.
+	gone struct {
+		rv          string
+		holder      string
+		heldUntil   time.Time
+		transitions int32
+	}
 	changed chan struct{}
 	// closing is closed by Shutdown: waiters give up with ErrShutdown.
 	closing     chan struct{}
@@ -402,7 +410,12 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	if l.hold != h || l.validForLocked(now) <= 0 {
+	if l.hold == h && l.validForLocked(now) <= 0 {
+		// The agent was paused between the write and the answer for longer than
+		// renew-deadline: the hold can no longer be relied on.
+		l.loseLocked("renew-deadline passed before the acquire could be answered")
+	}
+	if l.hold != h {
 		// Lost (deleted, taken over, shut down) before we could answer: never
 		// answer 200 with held false.
 		return nil, l.stateLocked(now), fmt.Errorf("%w (%s)", errLostAtOnce, h.reason)
@@ -552,6 +565,11 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 				return changed, left, &HeldError{Holder: h, ValidFor: left}
 			}
 		}
+	} else if left := l.gone.heldUntil.Sub(now); left > 0 {
+		// Deleted while another Pod held it: that Pod may still say held until its
+		// hold runs out, so wait it out as if the Lease were there.
+		l.mu.Unlock()
+		return changed, left, &HeldError{Holder: l.gone.holder, ValidFor: left}
 	}
 	if cur != nil && cur.Spec.LeaseTransitions != nil && *cur.Spec.LeaseTransitions == math.MaxInt32 {
 		err := fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can hold, so no "+
@@ -592,6 +610,9 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	if !l.cachedIsLocked(out) {
 		// The watch brought a newer record (deleted, or written by someone else)
 		// before this answer: our write is already superseded, so it never held.
+		if l.gone.rv == out.ResourceVersion {
+			l.gone.heldUntil = time.Time{} // the deleted record was this write: nobody relied on it
+		}
 		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
 	l.held = true
@@ -637,10 +658,15 @@ func (l *Lock) stamp(lease *coordinationv1.Lease) {
 	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
 }
 
+// newLease is the record that creates the Lease. Its token goes on from the last one
+// this agent saw on a deleted Lease of the same name (1 when it saw none).
 func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: l.cfg.Name, Namespace: l.cfg.Namespace}}
 	l.stamp(lease)
-	lease.Spec = l.spec(now, now, 1)
+	l.mu.Lock()
+	next := l.gone.transitions + 1
+	l.mu.Unlock()
+	lease.Spec = l.spec(now, now, next)
 	return lease
 }
 

@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -235,7 +236,18 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 		}
 		l.rv = n
 	}
-	if l.lease != nil {
+	if old := l.lease; old != nil {
+		// Remember the deleted record: a hold it names may still be relied on until
+		// lease-duration after we saw it change, and its token must not come back.
+		l.gone.rv = old.ResourceVersion
+		l.gone.holder, l.gone.heldUntil = "", time.Time{}
+		if h := holderOf(old); h != "" && !l.wroteLocked(old) {
+			l.gone.holder = h
+			l.gone.heldUntil = l.observedAt.Add(l.leaseDurationLocked())
+		}
+		if old.Spec.LeaseTransitions != nil && *old.Spec.LeaseTransitions < math.MaxInt32 {
+			l.gone.transitions = max(l.gone.transitions, *old.Spec.LeaseTransitions)
+		}
 		l.observedAt = now
 	}
 	l.lease = nil

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -267,5 +269,46 @@ func TestListHasATimeout(t *testing.T) {
 		if !ok {
 			t.Fatalf("List call %d had no deadline", i)
 		}
+	}
+}
+
+// A third party deletes a Lease that another Pod holds. That Pod may not have seen the
+// deletion yet and still say held, so a waiter waits out the hold it last observed
+// (lease-duration after it saw the record change), as it would for an expiring Lease,
+// and creates the Lease again with the next token: tokens do not restart at 1 for an
+// agent that saw the deleted record.
+func TestDeletedLeaseIsWaitedOutAndTokensGoOn(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	clk := clocktesting.NewFakeClock(now)
+	other, dur, tr := "other_pod", int32(15), int32(4)
+	renewed := metav1.NewMicroTime(now)
+	c := &memClient{rv: 7, lease: &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "7"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &dur, LeaseTransitions: &tr,
+			RenewTime: &renewed, AcquireTime: &renewed},
+	}}
+	l, _ := startLock(t, c, clk)
+	clk.Step(5 * time.Second)
+	c.remove(true)
+	eventually(t, "the watch delivers the deletion", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.lease == nil
+	})
+	_, _, err := l.Acquire(context.Background(), AcquireOptions{})
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder != other || held.ValidFor != 10*time.Second {
+		t.Fatalf("try right after another Pod's live Lease was deleted: want held by %s for 10s more, got %v", other, err)
+	}
+	c.mu.Lock()
+	created := c.lease != nil
+	c.mu.Unlock()
+	if created {
+		t.Fatal("the try created the Lease while its last holder may still say held")
+	}
+	clk.Step(10 * time.Second)
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || s.Token != 5 {
+		t.Fatalf("after the deleted hold ran out: want acquired with token 5 (the deleted record had 4), got %+v %v", s, err)
 	}
 }
