@@ -35,8 +35,10 @@
 // What it does NOT guarantee:
 //   - Safety across clocks that run at very different rates: like client-go, it assumes
 //     the rate of every participant's monotonic clock is about the same.
-//   - Tokens survive deletion of the Lease: a deleted and recreated Lease starts again
-//     at 1. Downstream stores that fence on the token must not have the Lease deleted.
+//   - Tokens survive every deletion of the Lease: an agent that saw the deleted record
+//     waits out the hold it named and creates the Lease with the next token, but an
+//     agent that never saw it starts again at 1. Downstream stores that fence on the
+//     token must not have the Lease deleted.
 //   - Fairness between Pods: whoever's conditional update lands first after a release
 //     wins. Clients of one Pod are served in arrival order.
 //   - Resource versions are compared as integers to drop stale watch events; this holds
