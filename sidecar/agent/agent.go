@@ -196,7 +196,9 @@ func (e *engine) Ready() error {
 // its namespace, until it may.
 func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
 	for ctx.Err() == nil {
-		denied, err := kc.CanWriteLeases(ctx, "create", "update")
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		denied, err := kc.CanWriteLeases(actx, "create", "update")
+		cancel()
 		switch {
 		case err != nil:
 			log.V(1).Info("Failed to check access to Leases", "err", err.Error())
