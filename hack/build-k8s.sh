@@ -26,17 +26,21 @@ want=("$@")
 
 log() { printf '[build-k8s] %s\n' "$*" >&2; }
 
-missing_k8s=()
-need_etcd=false
-for c in "${want[@]}"; do
-  case "$c" in
-    etcd) [ -x "$BIN/etcd" ] || need_etcd=true ;;
-    kube-apiserver|kubectl|kubelet|kube-controller-manager|kube-scheduler|kube-proxy)
-      [ -x "$BIN/$c" ] || missing_k8s+=("$c") ;;
-    *) log "unknown component '$c' (want one of: ${all[*]})"; exit 2 ;;
-  esac
-done
+# find_missing sets missing_k8s and need_etcd from what the cache holds now.
+find_missing() {
+  missing_k8s=()
+  need_etcd=false
+  for c in "${want[@]}"; do
+    case "$c" in
+      etcd) [ -x "$BIN/etcd" ] || need_etcd=true ;;
+      kube-apiserver|kubectl|kubelet|kube-controller-manager|kube-scheduler|kube-proxy)
+        [ -x "$BIN/$c" ] || missing_k8s+=("$c") ;;
+      *) log "unknown component '$c' (want one of: ${all[*]})"; exit 2 ;;
+    esac
+  done
+}
 
+find_missing
 if [ ${#missing_k8s[@]} -eq 0 ] && ! $need_etcd; then
   echo "$BIN"
   exit 0
@@ -45,6 +49,12 @@ fi
 # One build at a time per cache: two `make test` runs must not race on the same files.
 exec 9>"$CACHE/.build.lock"
 flock 9
+# Another run may have built what we wait for while we waited for the lock.
+find_missing
+if [ ${#missing_k8s[@]} -eq 0 ] && ! $need_etcd; then
+  echo "$BIN"
+  exit 0
+fi
 
 work=$(mktemp -d "$CACHE/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
