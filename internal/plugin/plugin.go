@@ -31,6 +31,15 @@ const (
 	AnnotationMode = lock.AnnotationMode
 )
 
+// What the admission policy of manifests/base (admission-policy.yaml) asks of operators:
+// a ServiceAccount ends another Pod's hold, or deletes a Lease, only with the custom verb
+// VerbForceRelease on leases, which ClusterRole OperatorClusterRole grants. People and
+// user-certificate identities are not restricted by the policy: RBAC's update is enough.
+const (
+	VerbForceRelease    = "force-release"
+	OperatorClusterRole = "leasehold-operator"
+)
+
 // Options holds the plugin's flags and streams.
 type Options struct {
 	ConfigFlags   *genericclioptions.ConfigFlags
@@ -310,6 +319,12 @@ func (o *Options) Release(ctx context.Context, name string) error {
 	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
 			return fmt.Errorf("lock %s/%s changed while releasing (renewed or handed over); look again with kubectl leasehold -n %s: %w", ns, name, ns, err)
+		}
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("release lease %s/%s: %w; to force-release, a person needs update on leases, and a "+
+				"ServiceAccount also the verb %s on leases, which ClusterRole %s grants "+
+				"(kubectl create rolebinding leasehold-operator -n %s --clusterrole=%s --serviceaccount=NAMESPACE:NAME)",
+				ns, name, err, VerbForceRelease, OperatorClusterRole, ns, OperatorClusterRole)
 		}
 		return fmt.Errorf("release lease %s/%s: %w", ns, name, err)
 	}
