@@ -24,6 +24,7 @@ import (
 
 var (
 	kubeconfig string
+	testEnv    *envtest.Environment
 	restCfg    *rest.Config
 	client     kubernetes.Interface
 )
@@ -56,7 +57,7 @@ func TestMain(m *testing.M) {
 		if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 			panic(err)
 		}
-		restCfg = cfg
+		testEnv, restCfg = env, cfg
 		client = kubernetes.NewForConfigOrDie(cfg)
 		return m.Run()
 	}()

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/webhook"
@@ -262,6 +263,35 @@ func TestAdmissionPolicy(t *testing.T) {
 		refused(t, "a ServiceAccount token without a Pod clears a hold", err, "bound to no Pod")
 	})
 
+	t.Run("a ServiceAccount name without any user extra", func(t *testing.T) {
+		// A client certificate whose user name looks like a ServiceAccount's: no extra
+		// at all in the user info. Refused by the rule, not by an evaluation error.
+		user, err := testEnv.AddUser(envtestUser("system:serviceaccount:"+ns+":app"), restCfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := kubernetes.NewForConfigOrDie(user.Config())
+		_, err = cs.CoordinationV1().Leases(ns).Create(ctx, record(ns, "cert", "", 1), metav1.CreateOptions{})
+		refused(t, "a certificate named like a ServiceAccount", err, "a token that is bound to no Pod")
+	})
+
+	t.Run("the ServiceAccounts of kube-system are the cluster's controllers", func(t *testing.T) {
+		// The namespace controller deletes every Lease of a namespace being deleted.
+		if _, err := testenv.CreateServiceAccount(ctx, client, "kube-system", "lease-cleaner-"+ns, nil); err != nil {
+			t.Fatal(err)
+		}
+		rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "lease-cleaner"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "app"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "lease-cleaner-" + ns, Namespace: "kube-system"}}}
+		if _, err := client.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		cleaner := saWriter(t, "kube-system", "lease-cleaner-"+ns)
+		bHolds(t, "cleaned")
+		allowed(t, "a kube-system ServiceAccount deletes a held Lease",
+			cleaner.cs.CoordinationV1().Leases(ns).Delete(ctx, "cleaned", metav1.DeleteOptions{}))
+	})
+
 	t.Run("other Leases are not affected until the namespace opts in", func(t *testing.T) {
 		// A client-go leader elector's Lease: no label, a hostname as holder.
 		other := lease(ns, "elector", "host-1", "", 5, time.Now(), false)
@@ -343,6 +373,8 @@ func TestAdmissionPolicy(t *testing.T) {
 		allowed(t, "a person deletes a held Lease", client.CoordinationV1().Leases(ns).Delete(ctx, "person", metav1.DeleteOptions{}))
 	})
 }
+
+func envtestUser(name string) envtest.User { return envtest.User{Name: name} }
 
 func itoa(n int32) string { return strconv.Itoa(int(n)) }
 
