@@ -58,8 +58,11 @@ const (
 	DefaultRenewDeadline = 10 * time.Second
 	DefaultRetryPeriod   = 2 * time.Second
 
-	// MaxLeaseDuration bounds every timing annotation.
-	MaxLeaseDuration = 24 * time.Hour
+	// MaxLeaseDuration bounds every timing annotation. It is the cap on
+	// spec.leaseDurationSeconds of the admission policy in
+	// manifests/base/admission-policy.yaml (3600): a longer lease-duration would have
+	// every write of the agent refused.
+	MaxLeaseDuration = time.Hour
 
 	// jitterFactor is client-go's leaderelection.JitterFactor: renew-deadline must
 	// exceed jitterFactor * retry-period.

@@ -42,10 +42,12 @@ func kinds(m map[string]string) []string {
 func TestKustomizeBuilds(t *testing.T) {
 	base := render(t, "base")
 	want := []string{
-		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook",
+		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-operator", "ClusterRole/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook",
 		"Deployment/leasehold-webhook", "MutatingWebhookConfiguration/leasehold-webhook", "Namespace/leasehold-system",
 		"PodDisruptionBudget/leasehold-webhook", "Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
 		"Secret/leasehold-webhook-tls", "Service/leasehold-webhook", "ServiceAccount/leasehold-webhook",
+		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases",
+		"ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
 	}
 	if got := kinds(base); !slices.Equal(got, want) {
 		t.Errorf("base renders %v\nwant %v", got, want)
@@ -58,7 +60,8 @@ func TestKustomizeBuilds(t *testing.T) {
 			t.Errorf("cert-manager overlay still has %s", gone)
 		}
 	}
-	for _, kept := range []string{"ClusterRole/leasehold-agent", "Certificate/leasehold-webhook", "Issuer/leasehold-selfsigned"} {
+	for _, kept := range []string{"ClusterRole/leasehold-agent", "Certificate/leasehold-webhook", "Issuer/leasehold-selfsigned",
+		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ClusterRole/leasehold-operator"} {
 		if _, ok := cm[kept]; !ok {
 			t.Errorf("cert-manager overlay lacks %s", kept)
 		}

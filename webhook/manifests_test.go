@@ -135,7 +135,7 @@ func TestManifests(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "secret.yaml", "service.yaml",
-			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml"} {
+			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml", "admission-policy.yaml"} {
 			if !slices.Contains(k.Resources, f) {
 				t.Errorf("kustomization.yaml lacks %s", f)
 			}

@@ -1,6 +1,12 @@
 // Package plugin is `kubectl leasehold`: it lists the Leases that Leasehold agents
 // manage (lock, holder Pod, fencing token, age, time left, mode), follows them with
-// --watch, and force-releases one after confirmation.
+// --watch, force-releases one after confirmation, and prints (`rbac`) the
+// least-privilege ServiceAccount, Role and RoleBinding of a workload's agents from the
+// locks its Pod template declares.
+//
+// Under the admission policy of manifests/base, a force-release by a ServiceAccount
+// needs the verb force-release on leases (ClusterRole leasehold-operator); people need
+// only update.
 //
 // What it guarantees: the listing is a snapshot of the Lease objects as the API server
 // has them. "Time left" is computed from the Lease's renewTime and the local clock, so

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/leasehold/leasehold/sidecar/lock"
+	"github.com/leasehold/leasehold/webhook"
 )
 
 // The label and annotation that agents write on their Leases (sidecar/lock owns them).
@@ -31,6 +33,15 @@ const (
 	AnnotationMode = lock.AnnotationMode
 )
 
+// What the admission policy of manifests/base (admission-policy.yaml) asks of operators:
+// a ServiceAccount ends another Pod's hold, or deletes a Lease, only with the custom verb
+// VerbForceRelease on leases, which ClusterRole OperatorClusterRole grants. People and
+// user-certificate identities are not restricted by the policy: RBAC's update is enough.
+const (
+	VerbForceRelease    = "force-release"
+	OperatorClusterRole = "leasehold-operator"
+)
+
 // Options holds the plugin's flags and streams.
 type Options struct {
 	ConfigFlags   *genericclioptions.ConfigFlags
@@ -38,6 +49,12 @@ type Options struct {
 	AllLeases     bool
 	Watch         bool
 	Yes           bool
+
+	// rbac
+	Filename       string
+	Name           string
+	Locks, Leader  []string
+	ServiceAccount string
 
 	genericiooptions.IOStreams
 	Clock  clock.PassiveClock
@@ -94,6 +111,33 @@ stuck, not to take a lock from a healthy holder.`,
 	}
 	release.Flags().BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
 	root.AddCommand(release)
+
+	rbac := &cobra.Command{
+		Use:   "rbac (-f FILE | --name NAME --locks A,B --leader C)",
+		Short: "Print the least-privilege ServiceAccount, Role and RoleBinding for a workload's agents",
+		Long: `rbac prints, for each workload of a manifest whose Pod template declares locks
+(leasehold.io/locks, leasehold.io/leader), the RBAC its Leasehold agents need and no more:
+get, list, watch and update of its own Leases by name (resourceNames), create of Leases
+(RBAC cannot narrow create by name) and create of Events. It binds them to a ServiceAccount
+of the workload's own: the template's serviceAccountName, or else a new one named after the
+workload (never the namespace's default, which every Pod that names none runs as).
+
+With the admission policy of manifests/base, a Pod can write a Lease only under its own name;
+separate ServiceAccounts with these per-lock rights also keep other workloads away from the
+locks (the API server has no clock, so the policy cannot stop a Pod that may write a Lease
+from taking a live hold under its own name).`,
+		Example: `  kubectl leasehold rbac -f deployment.yaml | kubectl apply -f -
+  kubectl get deployment api -o yaml | kubectl leasehold rbac -f -
+  kubectl leasehold rbac -n shop --name api --locks db-migration --leader scheduler`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.RBAC() },
+	}
+	rbac.Flags().StringVarP(&o.Filename, "filename", "f", "", "Manifest (YAML or JSON, several documents or a List) of the workloads; - reads standard input.")
+	rbac.Flags().StringVar(&o.Name, "name", "", "Workload name, with --locks/--leader instead of -f.")
+	rbac.Flags().StringSliceVar(&o.Locks, "locks", nil, "Mutex lock names, as in leasehold.io/locks.")
+	rbac.Flags().StringSliceVar(&o.Leader, "leader", nil, "Leader lock names, as in leasehold.io/leader.")
+	rbac.Flags().StringVar(&o.ServiceAccount, "service-account", "", "Bind this ServiceAccount instead of the template's own (or one named after the workload).")
+	root.AddCommand(rbac)
 	return root
 }
 
@@ -311,8 +355,59 @@ func (o *Options) Release(ctx context.Context, name string) error {
 		if apierrors.IsConflict(err) {
 			return fmt.Errorf("lock %s/%s changed while releasing (renewed or handed over); look again with kubectl leasehold -n %s: %w", ns, name, ns, err)
 		}
+		if apierrors.IsForbidden(err) {
+			return fmt.Errorf("release lease %s/%s: %w; to force-release, a person needs update on leases, and a "+
+				"ServiceAccount also the verb %s on leases, which ClusterRole %s grants "+
+				"(kubectl create rolebinding leasehold-operator -n %s --clusterrole=%s --serviceaccount=NAMESPACE:NAME)",
+				ns, name, err, VerbForceRelease, OperatorClusterRole, ns, OperatorClusterRole)
+		}
 		return fmt.Errorf("release lease %s/%s: %w", ns, name, err)
 	}
 	fmt.Fprintf(o.Out, "Released lock %s/%s (was held by %s with fencing token %d; the next holder gets a higher one).\n", ns, name, r.Holder, r.Token)
+	return nil
+}
+
+// RBAC prints the agents' least-privilege RBAC for the workloads of Filename, or for the
+// workload that Name, Locks and Leader describe.
+func (o *Options) RBAC() error {
+	if o.AllNamespaces {
+		return errors.New("rbac writes namespaced objects: drop -A and pass -n NAMESPACE")
+	}
+	ns, err := o.namespace()
+	if err != nil {
+		return err
+	}
+	var workloads []Workload
+	switch {
+	case o.Filename != "" && (o.Name != "" || len(o.Locks)+len(o.Leader) > 0):
+		return errors.New("either -f or --name with --locks/--leader, not both")
+	case o.Filename != "":
+		in := o.In
+		if o.Filename != "-" {
+			f, err := os.Open(o.Filename)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			in = f
+		}
+		if workloads, err = ReadWorkloads(in, ns); err != nil {
+			return err
+		}
+		if len(workloads) == 0 {
+			return fmt.Errorf("no Pod template in %s declares locks (annotations %s or %s)", o.Filename, webhook.AnnotationLocks, webhook.AnnotationLeader)
+		}
+	default:
+		w, err := WorkloadFromLocks(o.Name, ns, o.Locks, o.Leader)
+		if err != nil {
+			return err
+		}
+		workloads = []Workload{w}
+	}
+	for _, w := range workloads {
+		if err := WriteRBAC(o.Out, w, NewAgentRBAC(w, o.ServiceAccount)); err != nil {
+			return err
+		}
+	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -23,6 +24,8 @@ import (
 
 var (
 	kubeconfig string
+	testEnv    *envtest.Environment
+	restCfg    *rest.Config
 	client     kubernetes.Interface
 )
 
@@ -54,6 +57,7 @@ func TestMain(m *testing.M) {
 		if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 			panic(err)
 		}
+		testEnv, restCfg = env, cfg
 		client = kubernetes.NewForConfigOrDie(cfg)
 		return m.Run()
 	}()
@@ -91,9 +95,15 @@ func lease(ns, name, holder, mode string, token int32, renewed time.Time, manage
 // run executes the plugin as kubectl would, with a real kubeconfig.
 func run(t *testing.T, stdin string, args ...string) (string, string, error) {
 	t.Helper()
+	return runAs(t, kubeconfig, stdin, args...)
+}
+
+// runAs executes the plugin with the credentials of kubeconfig file kc.
+func runAs(t *testing.T, kc, stdin string, args ...string) (string, string, error) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	cmd := NewCommand(genericiooptions.IOStreams{In: strings.NewReader(stdin), Out: &out, ErrOut: &errOut})
-	cmd.SetArgs(append([]string{"--kubeconfig", kubeconfig}, args...))
+	cmd.SetArgs(append([]string{"--kubeconfig", kc}, args...))
 	cmd.SetOut(&errOut)
 	cmd.SetErr(&errOut)
 	err := cmd.ExecuteContext(context.Background())

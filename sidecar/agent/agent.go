@@ -80,8 +80,9 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		sa = inClusterServiceAccount()
 	}
 	hint := fmt.Sprintf("bind the ClusterRole %s to the ServiceAccount %s in namespace %s with a RoleBinding "+
-		"(kubectl create rolebinding leasehold-agent -n %s --clusterrole=%s --serviceaccount=%s:%s)",
-		ClusterRole, sa, o.Namespace, o.Namespace, ClusterRole, o.Namespace, strings.TrimPrefix(sa, "default/"))
+		"(kubectl create rolebinding leasehold-agent -n %s --clusterrole=%s --serviceaccount=%s:%s), "+
+		"or apply the Role narrowed to this Pod's locks that `kubectl leasehold rbac -f <workload manifest>` prints",
+		ClusterRole, sa, o.Namespace, o.Namespace, ClusterRole, o.Namespace, strings.TrimPrefix(sa, o.Namespace+"/"))
 	eng := &engine{Manager: mgr}
 
 	// Listeners first, so that /healthz answers while the locks sync.
@@ -183,31 +184,59 @@ func inClusterServiceAccount() string {
 type engine struct {
 	*lock.Manager
 	denied atomic.Pointer[string]
+	// allowed is set once the API server said every request of leaseAccess is allowed:
+	// until then the agent is not ready, even when its Leases are synced.
+	allowed atomic.Bool
 }
 
 func (e *engine) Ready() error {
 	if msg := e.denied.Load(); msg != nil {
 		return fmt.Errorf("%w: %s", lock.ErrForbidden, *msg)
 	}
-	return e.Manager.Ready()
+	if err := e.Manager.Ready(); err != nil {
+		return err
+	}
+	if !e.allowed.Load() {
+		return fmt.Errorf("%w: access to Leases not yet reviewed by the API server", lock.ErrUnavailable)
+	}
+	return nil
 }
 
-// checkAccess asks the API server whether the agent may create and update Leases in
-// its namespace, until it may.
+// leaseAccess is every request the agent makes on Leases: list, watch and update of each
+// lock's Lease by name (so that a Role narrowed to the locks with resourceNames, as
+// `kubectl leasehold rbac` prints it, passes), and create, which has no name.
+func leaseAccess(locks []string) []kubeapi.LeaseAccess {
+	access := []kubeapi.LeaseAccess{{Verb: "create"}}
+	for _, name := range locks {
+		for _, verb := range []string{"list", "watch", "update"} {
+			access = append(access, kubeapi.LeaseAccess{Verb: verb, Name: name})
+		}
+	}
+	return access
+}
+
+// checkAccess asks the API server whether the agent may do what it does with the
+// Leases of its locks, until it may.
 func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
+	access := leaseAccess(e.Names())
 	for ctx.Err() == nil {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		denied, err := kc.CanWriteLeases(actx, "create", "update")
+		denied, err := kc.DeniedLeaseAccess(actx, access...)
 		cancel()
 		switch {
 		case err != nil:
 			log.V(1).Info("Failed to check access to Leases", "err", err.Error())
 		case len(denied) > 0:
-			msg := fmt.Sprintf("may not %s Leases in namespace %s", strings.Join(denied, ", "), o.Namespace)
+			what := make([]string, len(denied))
+			for i, d := range denied {
+				what[i] = d.String()
+			}
+			msg := fmt.Sprintf("may not %s in namespace %s", strings.Join(what, ", "), o.Namespace)
 			e.denied.Store(&msg)
-			log.Info("Not allowed to write Leases", "namespace", o.Namespace, "verbs", denied)
+			log.Info("Not allowed to write Leases", "namespace", o.Namespace, "denied", what)
 		default:
 			e.denied.Store(nil)
+			e.allowed.Store(true)
 			return
 		}
 		select {

@@ -1,8 +1,9 @@
 // Package agent assembles the lock agent: Kubernetes clients, the lock engine, the
 // local API on the Unix socket (and loopback TCP), Prometheus metrics on loopback,
-// Kubernetes Events on the Pod, readiness (synced, and allowed to write Leases by
-// RBAC), and SIGTERM handling. cmd/leasehold-agent only parses flags into Options and
-// calls Run.
+// Kubernetes Events on the Pod, readiness (synced, and allowed by RBAC to list, watch
+// and update each lock's Lease by name and to create Leases, so that a Role narrowed
+// with resourceNames to the Pod's locks passes), and SIGTERM handling.
+// cmd/leasehold-agent only parses flags into Options and calls Run.
 //
 // What it guarantees: on SIGTERM (ctx cancelled) the event streams get a "shutdown"
 // event, every hold is released (one conditional write per held lock, all at once,

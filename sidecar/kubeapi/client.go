@@ -84,15 +84,34 @@ func (c *Client) Update(ctx context.Context, lease *coordinationv1.Lease, opts m
 	return out, err
 }
 
-// CanWriteLeases asks the API server (SelfSubjectAccessReview) which of the verbs
-// on Leases of the namespace are denied to the agent.
-func (c *Client) CanWriteLeases(ctx context.Context, verbs ...string) (denied []string, err error) {
-	for _, verb := range verbs {
+// LeaseAccess is one request an agent makes on the Leases of its namespace: Verb on the
+// Lease Name, or on any Lease when Name is empty (create: RBAC cannot narrow create by
+// name, since the name is in the body).
+type LeaseAccess struct {
+	Verb, Name string
+}
+
+func (a LeaseAccess) String() string {
+	if a.Name == "" {
+		return a.Verb + " leases"
+	}
+	return a.Verb + " lease " + a.Name
+}
+
+// DeniedLeaseAccess asks the API server (one SelfSubjectAccessReview each) which of
+// access it denies to the agent. A Role that grants rights on Leases by resourceNames
+// allows a request for one of those names only, so each is asked with its name.
+func (c *Client) DeniedLeaseAccess(ctx context.Context, access ...LeaseAccess) (denied []LeaseAccess, err error) {
+	for _, a := range access {
+		attrs := map[string]string{
+			"namespace": c.namespace, "verb": a.Verb, "group": "coordination.k8s.io", "resource": "leases",
+		}
+		if a.Name != "" {
+			attrs["name"] = a.Name
+		}
 		body, _ := json.Marshal(map[string]any{
 			"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-			"spec": map[string]any{"resourceAttributes": map[string]string{
-				"namespace": c.namespace, "verb": verb, "group": "coordination.k8s.io", "resource": "leases",
-			}},
+			"spec": map[string]any{"resourceAttributes": attrs},
 		})
 		raw, err := c.rc.Post().AbsPath("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews").Body(body).DoRaw(ctx)
 		if err != nil {
@@ -107,7 +126,7 @@ func (c *Client) CanWriteLeases(ctx context.Context, verbs ...string) (denied []
 			return nil, fmt.Errorf("decode access review: %w", err)
 		}
 		if !r.Status.Allowed {
-			denied = append(denied, verb)
+			denied = append(denied, a)
 		}
 	}
 	return denied, nil
