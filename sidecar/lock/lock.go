@@ -173,11 +173,18 @@ type HeldError struct {
 	ValidFor time.Duration
 	// Local is true when another client of this same Pod holds it.
 	Local bool
+	// Lost is true when a hold of this Pod was lost (the Lease deleted or rewritten by
+	// someone else) while its client may still rely on it for ValidFor.
+	Lost bool
 }
 
 func (e *HeldError) Error() string {
-	if e.Local {
+	switch {
+	case e.Local:
 		return "held by another client of this Pod"
+	case e.Lost:
+		return fmt.Sprintf("still promised for up to %s more to a client of this Pod whose hold was lost "+
+			"(the Lease was deleted or rewritten by someone else)", e.ValidFor.Round(time.Millisecond))
 	}
 	return fmt.Sprintf("held by %s for up to %s more", e.Holder, e.ValidFor.Round(time.Millisecond))
 }
@@ -242,6 +249,9 @@ type Lock struct {
 		token  int64
 		reason string
 	}
+	// lostPromise is how long the client of a hold that was lost (not released) may
+	// still rely on the validFor it was given: no new hold is given before.
+	lostPromise time.Time
 	// gone is what this agent last saw of a Lease that was deleted: whose hold to wait
 	// out before creating it again, and the token to go on from.
 	gone struct {
@@ -557,6 +567,10 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 		return changed, 0, fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
 	}
 	now := l.cfg.Clock.Now()
+	if left := l.lostPromise.Sub(now); left > 0 {
+		l.mu.Unlock()
+		return changed, left, &HeldError{Holder: l.cfg.Identity, ValidFor: left, Lost: true}
+	}
 	cur := l.lease
 	if cur != nil {
 		if h := holderOf(cur); h != "" && !l.wroteLocked(cur) {
@@ -758,6 +772,12 @@ func eqTime(a, b *metav1.MicroTime) bool {
 func (l *Lock) loseLocked(reason string) {
 	if !l.held {
 		return
+	}
+	// The client may rely on the validFor it was given until it hears of the loss:
+	// this Pod gives no new hold before that has run out.
+	now := l.cfg.Clock.Now()
+	if left := l.validForLocked(now); left > 0 {
+		l.lostPromise = now.Add(left)
 	}
 	l.held = false
 	l.renewFailing = false
