@@ -211,6 +211,10 @@ type observation struct {
 	holder  string
 	token   int64
 	acquire bool
+	// foreign: a third party's write. Its token belongs to it alone, but the holder it
+	// displaced may go on showing its older token until it learns of the write, so it
+	// takes no part in the order of tokens over time.
+	foreign bool
 }
 
 // checkTokens: within one life of a Lease (between deletions), a token names one
@@ -224,7 +228,7 @@ func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 		case heldAnswer(r):
 			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: holderOf(r), token: r.Token, acquire: r.Op == OpAcquire})
 		case r.Op == OpFault && r.Fault == FaultRewrite && r.Status/100 == 2:
-			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: r.Holder, token: r.Token})
+			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: r.Holder, token: r.Token, foreign: true})
 		case r.Op == OpFault && r.Fault == FaultDelete && r.Status/100 == 2:
 			deletes[r.Lock] = append(deletes[r.Lock], r)
 		}
@@ -264,9 +268,15 @@ func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 					})
 				}
 			}
-			byRecv := append([]observation(nil), os...)
+			var own []observation
+			for _, o := range os {
+				if !o.foreign {
+					own = append(own, o)
+				}
+			}
+			byRecv := append([]observation(nil), own...)
 			sort.SliceStable(byRecv, func(i, j int) bool { return byRecv[i].rec.Recv < byRecv[j].rec.Recv })
-			bySend := append([]observation(nil), os...)
+			bySend := append([]observation(nil), own...)
 			sort.SliceStable(bySend, func(i, j int) bool { return bySend[i].rec.Send < bySend[j].rec.Send })
 			var best *observation
 			i := 0
