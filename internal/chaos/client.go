@@ -226,7 +226,7 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration) {
 	m := c.cfg.Mutex
 	tok := a.Token
 	until := a.Send + a.ValidFor // by this client's clock, the hold may be relied on until then
-	started := a.Recv // the agent started the ttl before it answered
+	started := a.Recv            // the agent started the ttl before it answered
 	overstay := ttl > 0 && c.rng.Float64() < 0.12
 	lost := false
 	writes := 1 + c.rng.IntN(3)
