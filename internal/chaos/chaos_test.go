@@ -20,6 +20,7 @@ import (
 
 	"github.com/leasehold/leasehold/internal/chaos"
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/sidecar/api"
 )
 
 // The test ground: one real kube-apiserver + etcd (envtest) whose API server can be
@@ -186,11 +187,12 @@ func TestChaos(t *testing.T) {
 	ccfg := chaos.CheckConfig{
 		Mutex: cfg.Mutex, Leader: cfg.Leader, RenewDeadline: renewDeadline,
 		MinAcquisitions: max(5, int(dur/(4*time.Second))),
+		StaleReason:     api.ReasonStaleToken,
 	}
 	res := chaos.Check(recs, ccfg)
 	info := chaos.RunInfo{
 		Command: "make chaos", Seed: seed, Duration: dur, Elapsed: elapsed,
-		Agents: len(clients), Clients: 4,
+		Agents: len(clients), Clients: clients[0] + clients[1] + clients[2],
 		Timings: fmt.Sprintf("lease-duration %s, renew-deadline %s, retry-period %s", leaseDuration, renewDeadline, retryPeriod),
 	}
 	if os.Getenv("CHAOS_COMMAND") != "" {

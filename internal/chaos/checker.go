@@ -77,7 +77,8 @@ func (r *Result) Failed() bool { return len(r.Violations) > 0 }
 // Promise is the part of the time line over which an answer promised a hold: an
 // answer that says held with validFor V, sent at s and received at r, promises the hold
 // over [r, s+V), ended early by the same client's release of that token (its send
-// time) and by a third party's deletion of the Lease.
+// time). A third party's lease-rewrite promises its foreign holder renew-deadline from
+// the write's send time, as a client-go elector with the agents' timings would rely on.
 type Promise struct {
 	Lock, Holder string
 	Token        int64
@@ -109,13 +110,9 @@ func holderOf(r Record) string {
 
 // Promises derives the promises of a history (merged, see Merge).
 func Promises(recs []Record, cfg CheckConfig) []Promise {
-	deletes := map[string][]Record{}
 	releases := map[string][]Record{} // proc/lock/token -> releases, in send order
 	for _, r := range recs {
-		switch {
-		case r.Op == OpFault && r.Fault == FaultDelete && r.Status/100 == 2:
-			deletes[r.Lock] = append(deletes[r.Lock], r)
-		case r.Op == OpRelease:
+		if r.Op == OpRelease {
 			k := fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.ReqToken)
 			releases[k] = append(releases[k], r)
 		}
@@ -137,14 +134,6 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 				ExemptHolder: r.Displaced, ExemptToken: r.DisplacedToken}
 		default:
 			continue
-		}
-		for _, d := range deletes[p.Lock] {
-			// A deletion that may have landed after the answer was made ends what it
-			// promised: the operator broke the lock. One that surely landed before
-			// does not touch it.
-			if d.Recv >= r.Send && d.Send < p.End {
-				p.End = d.Send
-			}
 		}
 		if p.End > p.Start {
 			out = append(out, p)
@@ -217,94 +206,75 @@ type observation struct {
 	foreign bool
 }
 
-// checkTokens: within one life of a Lease (between deletions), a token names one
-// holder; an observation finished before another began never shows a greater token;
-// an acquisition's token is greater than every token shown before it was asked for.
+// checkTokens: a token names one holder; an observation finished before another
+// began never shows a greater token; an acquisition's token is greater than every
+// token shown before it was asked for. A deleted Lease is no exception: the harness
+// starts no agent while a Lease is deleted, so every agent saw the deleted record and
+// must go on from its token.
 func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 	byLock := map[string][]observation{}
-	deletes := map[string][]Record{}
 	for _, r := range recs {
 		switch {
 		case heldAnswer(r):
 			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: holderOf(r), token: r.Token, acquire: r.Op == OpAcquire})
 		case r.Op == OpFault && r.Fault == FaultRewrite && r.Status/100 == 2:
 			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: r.Holder, token: r.Token, foreign: true})
-		case r.Op == OpFault && r.Fault == FaultDelete && r.Status/100 == 2:
-			deletes[r.Lock] = append(deletes[r.Lock], r)
 		}
 		if r.Op == OpAcquire && r.Status == 200 && r.Held && r.Lock == cfg.Mutex {
 			res.Acquisitions++
 		}
 	}
 	terms := map[string]bool{}
-	for lock, obs := range byLock {
-		// Split into the lives of the Lease; drop observations a deletion overlaps.
-		epochs := map[int][]observation{}
-	next:
-		for _, o := range obs {
-			e := 0
-			for _, d := range deletes[lock] {
-				if d.Recv < o.rec.Send {
-					e++
-				} else if d.Send <= o.rec.Recv {
-					continue next
-				}
+	for lock, os := range byLock {
+		owner := map[int64]observation{}
+		var own []observation
+		for _, o := range os {
+			if lock == cfg.Leader {
+				terms[fmt.Sprintf("%s#%d", o.holder, o.token)] = true
 			}
-			epochs[e] = append(epochs[e], o)
+			if !o.foreign {
+				own = append(own, o)
+			}
+			if first, ok := owner[o.token]; !ok {
+				owner[o.token] = o
+			} else if first.holder != o.holder {
+				res.Violations = append(res.Violations, Violation{
+					Property: PropTokenOrder,
+					Message:  fmt.Sprintf("lock %s: token %d was given to %s and to %s", lock, o.token, first.holder, o.holder),
+					From:     first.rec.Send, To: o.rec.Recv, Records: []Record{first.rec, o.rec},
+				})
+			}
 		}
-		for e, os := range epochs {
-			owner := map[int64]observation{}
-			for _, o := range os {
-				if lock == cfg.Leader {
-					terms[fmt.Sprintf("%d/%s#%d", e, o.holder, o.token)] = true
-				}
-				if first, ok := owner[o.token]; !ok {
-					owner[o.token] = o
-				} else if first.holder != o.holder {
-					res.Violations = append(res.Violations, Violation{
-						Property: PropTokenOrder,
-						Message:  fmt.Sprintf("lock %s: token %d was given to %s and to %s", lock, o.token, first.holder, o.holder),
-						From:     first.rec.Send, To: o.rec.Recv, Records: []Record{first.rec, o.rec},
-					})
+		byRecv := append([]observation(nil), own...)
+		sort.SliceStable(byRecv, func(i, j int) bool { return byRecv[i].rec.Recv < byRecv[j].rec.Recv })
+		bySend := append([]observation(nil), own...)
+		sort.SliceStable(bySend, func(i, j int) bool { return bySend[i].rec.Send < bySend[j].rec.Send })
+		var best *observation
+		i := 0
+		for _, y := range bySend {
+			for ; i < len(byRecv) && byRecv[i].rec.Recv < y.rec.Send; i++ {
+				if best == nil || byRecv[i].token > best.token {
+					best = &byRecv[i]
 				}
 			}
-			var own []observation
-			for _, o := range os {
-				if !o.foreign {
-					own = append(own, o)
-				}
+			if best == nil {
+				continue
 			}
-			byRecv := append([]observation(nil), own...)
-			sort.SliceStable(byRecv, func(i, j int) bool { return byRecv[i].rec.Recv < byRecv[j].rec.Recv })
-			bySend := append([]observation(nil), own...)
-			sort.SliceStable(bySend, func(i, j int) bool { return bySend[i].rec.Send < bySend[j].rec.Send })
-			var best *observation
-			i := 0
-			for _, y := range bySend {
-				for ; i < len(byRecv) && byRecv[i].rec.Recv < y.rec.Send; i++ {
-					if best == nil || byRecv[i].token > best.token {
-						best = &byRecv[i]
-					}
-				}
-				if best == nil {
-					continue
-				}
-				switch {
-				case y.token < best.token:
-					res.Violations = append(res.Violations, Violation{
-						Property: PropTokenOrder,
-						Message: fmt.Sprintf("lock %s: %s showed token %d at %s, after %s had shown token %d at %s",
-							lock, y.holder, y.token, fmtT(y.rec.Recv), best.holder, best.token, fmtT(best.rec.Recv)),
-						From: best.rec.Send, To: y.rec.Recv, Records: []Record{best.rec, y.rec},
-					})
-				case y.acquire && y.token == best.token:
-					res.Violations = append(res.Violations, Violation{
-						Property: PropTokenOrder,
-						Message: fmt.Sprintf("lock %s: an acquisition by %s got token %d, already shown by %s before it was asked for",
-							lock, y.holder, y.token, best.holder),
-						From: best.rec.Send, To: y.rec.Recv, Records: []Record{best.rec, y.rec},
-					})
-				}
+			switch {
+			case y.token < best.token:
+				res.Violations = append(res.Violations, Violation{
+					Property: PropTokenOrder,
+					Message: fmt.Sprintf("lock %s: %s showed token %d at %s, after %s had shown token %d at %s",
+						lock, y.holder, y.token, fmtT(y.rec.Recv), best.holder, best.token, fmtT(best.rec.Recv)),
+					From: best.rec.Send, To: y.rec.Recv, Records: []Record{best.rec, y.rec},
+				})
+			case y.acquire && y.token == best.token:
+				res.Violations = append(res.Violations, Violation{
+					Property: PropTokenOrder,
+					Message: fmt.Sprintf("lock %s: an acquisition by %s got token %d, already shown by %s before it was asked for",
+						lock, y.holder, y.token, best.holder),
+					From: best.rec.Send, To: y.rec.Recv, Records: []Record{best.rec, y.rec},
+				})
 			}
 		}
 	}

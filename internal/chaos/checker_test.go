@@ -204,19 +204,20 @@ func TestCheck(t *testing.T) {
 			),
 			want: []string{PropCrash, PropCrash},
 		},
-		"a deletion ends the promises before it and starts tokens again": {
+		"a deletion excuses neither an overlap nor a token from 1 again": {
 			recs: seq(
 				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
 				fault(FaultDelete, ldr, 100, 110),
 				held("cb", OpGet, ldr, b, 1, 200, 210, 2000),
 			),
+			want: []string{PropExclusion, PropTokenOrder},
 		},
-		"without the deletion the same history fails": {
+		"a deletion waited out, the token goes on": {
 			recs: seq(
 				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
-				held("cb", OpGet, ldr, b, 1, 200, 210, 2000),
+				fault(FaultDelete, ldr, 100, 110),
+				held("cb", OpGet, ldr, b, 6, 3200, 3210, 2000),
 			),
-			want: []string{PropExclusion, PropTokenOrder},
 		},
 		"a third party's rewrite displaces the holder, whose promise stands": {
 			recs: seq(

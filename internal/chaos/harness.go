@@ -588,7 +588,10 @@ func (h *Harness) fault(ctx context.Context, st Step) Record {
 		}
 		h.rewrite(ctx, &r)
 	case FaultDelete:
-		r.Lock = h.cfg.Leader
+		r.Lock = h.cfg.Mutex
+		if st.Leader {
+			r.Lock = h.cfg.Leader
+		}
 		h.delete(ctx, &r)
 	case FaultStaleRelease:
 		h.staleRelease(ctx, &r)
@@ -664,7 +667,8 @@ func (h *Harness) delete(ctx context.Context, r *Record) {
 		r.Recv = Now()
 		switch {
 		case err == nil:
-			r.Status, r.Detail = 200, "Lease deleted"
+			r.Status = 200
+			r.Detail = "Lease deleted; " + h.awaitLease(ctx, r.Lock, h.cfg.LeaseDuration+5*time.Second)
 			return
 		case apierrors.IsConflict(err) && attempt < 5:
 			continue
@@ -673,6 +677,29 @@ func (h *Harness) delete(ctx context.Context, r *Record) {
 			return
 		}
 	}
+}
+
+// awaitLease waits until the Lease exists again: no agent may start while it is
+// deleted, since an agent that never saw the deleted record starts its tokens at 1
+// again (documented, not guaranteed).
+func (h *Harness) awaitLease(ctx context.Context, lock string, within time.Duration) string {
+	start := time.Now()
+	for time.Since(start) < within && ctx.Err() == nil {
+		l, err := h.admin.CoordinationV1().Leases(h.cfg.Namespace).Get(ctx, lock, metav1.GetOptions{})
+		if err == nil {
+			holder := ""
+			if l.Spec.HolderIdentity != nil {
+				holder = *l.Spec.HolderIdentity
+			}
+			var tok int32
+			if l.Spec.LeaseTransitions != nil {
+				tok = *l.Spec.LeaseTransitions
+			}
+			return fmt.Sprintf("created again after %s by %s with token %d", time.Since(start).Round(time.Millisecond), holder, tok)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Sprintf("not created again within %s", within)
 }
 
 // staleRelease asks the mutex's holder to release a token older than its hold's, and

@@ -64,7 +64,8 @@ const (
 	// FaultRewrite: a third party rewrites a Lease: a foreign holderIdentity with
 	// leaseTransitions+1, as another client-go elector taking it would.
 	FaultRewrite FaultKind = "lease-rewrite"
-	// FaultDelete: a third party deletes the leader lock's Lease.
+	// FaultDelete: a third party deletes a Lease (the mutex's or the leader lock's);
+	// the injector then waits until an agent has created it again.
 	FaultDelete FaultKind = "lease-delete"
 	// FaultStaleRelease: the injector calls release on agents with tokens that are not
 	// the current hold's.
@@ -119,7 +120,8 @@ type Record struct {
 	// decided on this write.
 	Highest int64 `json:"highest,omitempty"`
 
-	// Faults.
+	// Faults: the kind and whom it hit. For OpStore, Target is the client loop that
+	// wrote; for OpExit and OpPanic, the process.
 	Fault  FaultKind `json:"fault,omitempty"`
 	Target string    `json:"target,omitempty"`
 	// Displaced is the holder a lease-rewrite replaced, DisplacedToken its token.
