@@ -88,9 +88,19 @@ type Promise struct {
 	// overlap with it is the third party's doing, not the agents'.
 	ExemptHolder string
 	ExemptToken  int64
+	// PerPod: the lock is a leader lock, held by the agent for its whole Pod, so its
+	// holds are told apart by holder alone; a mutex's are told apart by holder and
+	// token, since the clients of one Pod exclude each other too.
+	PerPod bool
 }
 
-func (p Promise) key() string { return fmt.Sprintf("%s#%d", p.Holder, p.Token) }
+// Key names the hold a promise is about.
+func (p Promise) Key() string {
+	if p.PerPod {
+		return p.Holder
+	}
+	return fmt.Sprintf("%s#%d", p.Holder, p.Token)
+}
 
 // isAnswer says whether r is an agent's answer about a lock's state.
 func isAnswer(r Record) bool {
@@ -135,6 +145,7 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 		default:
 			continue
 		}
+		p.PerPod = p.Lock == cfg.Leader
 		if p.End > p.Start {
 			out = append(out, p)
 		}
@@ -143,8 +154,10 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 }
 
 func exempt(p, q Promise) bool {
-	return (p.ExemptHolder != "" && p.ExemptHolder == q.Holder && p.ExemptToken == q.Token) ||
-		(q.ExemptHolder != "" && q.ExemptHolder == p.Holder && q.ExemptToken == p.Token)
+	displaced := func(p, q Promise) bool {
+		return p.ExemptHolder != "" && p.ExemptHolder == q.Holder && (p.ExemptToken == q.Token || q.PerPod)
+	}
+	return displaced(p, q) || displaced(q, p)
 }
 
 // Check checks a history: recs from every process of a run, in any order.
@@ -173,10 +186,10 @@ func checkExclusion(res *Result, promises []Promise) {
 		for i, p := range ps {
 			for j := i + 1; j < len(ps) && ps[j].Start < p.End; j++ {
 				q := ps[j]
-				if q.key() == p.key() || exempt(p, q) {
+				if q.Key() == p.Key() || exempt(p, q) {
 					continue
 				}
-				pair := p.key() + " / " + q.key()
+				pair := p.Key() + " / " + q.Key()
 				if seen[pair] {
 					continue
 				}
@@ -289,7 +302,8 @@ func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 func checkStore(res *Result, recs []Record, promises []Promise) {
 	byKey := map[string][]Promise{}
 	for _, p := range promises {
-		byKey[p.Lock+"/"+p.key()] = append(byKey[p.Lock+"/"+p.key()], p)
+		k := fmt.Sprintf("%s/%s#%d", p.Lock, p.Holder, p.Token)
+		byKey[k] = append(byKey[k], p)
 	}
 	var store []Record
 	for _, r := range recs {
@@ -499,7 +513,8 @@ func Format(r Record) string {
 
 // Excerpt prints the records of the history (merged) around a violation: those of
 // the violation itself, marked, and the others of the same locks and faults that were
-// in flight from a second before to a second after, at most max lines.
+// in flight from a second before to a second after (but for answers "not held"), at
+// most max lines.
 func Excerpt(recs []Record, v Violation, max int) string {
 	const margin = int64(time.Second)
 	involved := map[string]bool{}
@@ -515,7 +530,8 @@ func Excerpt(recs []Record, v Violation, max int) string {
 	for _, r := range recs {
 		in := involved[fmt.Sprintf("%s/%d", r.Proc, r.Seq)]
 		near := v.From != 0 && r.Recv >= v.From-margin && r.Send <= v.To+margin &&
-			(len(locks) == 0 || locks[r.Lock] || r.Lock == "" || r.Op == OpFault)
+			(len(locks) == 0 || locks[r.Lock] || r.Lock == "" || r.Op == OpFault) &&
+			!(r.Op == OpGet && r.Status == 200 && !r.Held) // "not held" promises nothing: noise
 		if !in && !near {
 			continue
 		}

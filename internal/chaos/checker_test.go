@@ -101,6 +101,12 @@ func TestCheck(t *testing.T) {
 				held("cb", OpGet, ldr, b, 1, 0, 10, 2000),
 			),
 		},
+		"a leader's next term may overlap its last (one Pod leads)": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
+				held("ca", OpGet, ldr, a, 6, 100, 110, 2000),
+			),
+		},
 		"overlap of two leaders": {
 			recs: seq(
 				held("ca", OpGet, ldr, a, 1, 0, 10, 2000),
