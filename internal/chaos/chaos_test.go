@@ -84,6 +84,7 @@ func runMain(m *testing.M) int {
 	}
 	env.ControlPlane.APIServer = &envtest.APIServer{CertDir: certs}
 	env.ControlPlaneStopTimeout = apiServerStopGrace
+	env.ControlPlaneStartTimeout = time.Minute // a restart under `make unit`'s load
 	restCfg, err = env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
@@ -191,7 +192,7 @@ func TestChaos(t *testing.T) {
 	}
 	res := chaos.Check(recs, ccfg)
 	info := chaos.RunInfo{
-		Command: "make chaos", Seed: seed, Duration: dur, Elapsed: elapsed,
+		Command: "go test ./internal/chaos/", Seed: seed, Duration: dur, Elapsed: elapsed,
 		Agents: len(clients), Clients: clients[0] + clients[1] + clients[2],
 		Timings: fmt.Sprintf("lease-duration %s, renew-deadline %s, retry-period %s", leaseDuration, renewDeadline, retryPeriod),
 	}
