@@ -76,8 +76,9 @@ func (r *Result) Failed() bool { return len(r.Violations) > 0 }
 
 // Promise is the part of the time line over which an answer promised a hold: an
 // answer that says held with validFor V, sent at s and received at r, promises the hold
-// over [r, s+V), ended early by the same client's release of that token (its send
-// time). A third party's lease-rewrite promises its foreign holder renew-deadline from
+// over [r, s+V), ended early by the same client's next release or renew of that token
+// (its send time): a release ends the hold, a renew may shorten its ttl and answers
+// with a promise of its own. A third party's lease-rewrite promises its foreign holder renew-deadline from
 // the write's send time, as a client-go elector with the agents' timings would rely on.
 type Promise struct {
 	Lock, Holder string
@@ -120,11 +121,14 @@ func holderOf(r Record) string {
 
 // Promises derives the promises of a history (merged, see Merge).
 func Promises(recs []Record, cfg CheckConfig) []Promise {
-	releases := map[string][]Record{} // proc/lock/token -> releases, in send order
+	// proc/lock/token -> the client's own calls that end or change its hold, in send
+	// order: releases, and renews that may have set a new ttl (answered 200, or with no
+	// or a 5xx answer; a 4xx changed nothing).
+	ends := map[string][]Record{}
 	for _, r := range recs {
-		if r.Op == OpRelease {
+		if r.Op == OpRelease || (r.Op == OpRenew && (r.Status == 200 || r.Status == 0 || r.Status/100 == 5)) {
 			k := fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.ReqToken)
-			releases[k] = append(releases[k], r)
+			ends[k] = append(ends[k], r)
 		}
 	}
 	var out []Promise
@@ -133,7 +137,7 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 		switch {
 		case heldAnswer(r) && r.ValidFor > 0:
 			p = Promise{Lock: r.Lock, Holder: holderOf(r), Token: r.Token, Start: r.Recv, End: r.Send + r.ValidFor, Rec: r}
-			for _, q := range releases[fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.Token)] {
+			for _, q := range ends[fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.Token)] {
 				if q.Send >= r.Recv {
 					p.End = min(p.End, q.Send)
 					break

@@ -114,6 +114,21 @@ func TestCheck(t *testing.T) {
 			),
 			want: []string{PropExclusion},
 		},
+		"a renew to a shorter ttl ends the earlier promise": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca", OpRenew, mu, a, 5, 100, 101, 400); r.ReqToken = 5; return r }(),
+				held("cb", OpAcquire, mu, b, 6, 200, 600, 2000),
+			),
+		},
+		"a renew refused changes nothing": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				Record{Proc: "ca", Op: OpRenew, Lock: mu, ReqToken: 5, Status: 409, Reason: "StaleToken", Send: ms(100), Recv: ms(101)},
+				held("cb", OpAcquire, mu, b, 6, 200, 600, 2000),
+			),
+			want: []string{PropExclusion},
+		},
 		"a release by another client does not end a promise": {
 			recs: seq(
 				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),

@@ -38,7 +38,8 @@
 // What it checks (Check; each failure names the property, see the Prop constants):
 //   - Mutual exclusion, for the mutex and the leader lock separately. An answer that
 //     says held with validFor V, sent at s and received at r, promises the hold over
-//     [r, s+V), ended early by the same client's release of that token (its send time).
+//     [r, s+V), ended early by the same client's next release or renew of that token (its
+//     send time: a renew may shorten the ttl, and its answer promises anew).
 //     No two promises of different holds may overlap. A mutex's hold is (agent identity,
 //     token), since two clients of one agent exclude each other too; a leader lock's is
 //     the agent identity (the whole Pod leads, across its terms). A third party's
