@@ -40,33 +40,16 @@ func Summary(info RunInfo, res *Result) string {
 	for _, k := range FaultKinds {
 		fmt.Fprintf(&b, "| faults: %s | %d |\n", k, res.Faults[k])
 	}
-	rows := []struct {
-		what string
-		n    int
-	}{
-		{"acquisitions of the mutex (after the faults ended)", res.Acquisitions},
-		{"leader terms seen (holder, token)", res.LeaderTerms},
-		{"samples checked: answers promising a hold (mutex + leader)", sumMap(res.Promises)},
-		{"overlapping holds found", res.Overlaps},
-		{"store writes (accepted)", res.Writes},
-		{"stale writes rejected by the fence", res.StaleRejected},
-		{"writes made after the writer's hold ended by its own clock (of them rejected)", res.LateWrites},
-		{"release/renew calls with a stale token", res.StaleCalls},
-		{"crashes (unexpected exits, panics)", res.Crashes},
-		{"history records checked", res.Records},
-	}
-	for _, r := range rows {
-		switch r.what {
-		case rows[0].what:
-			fmt.Fprintf(&b, "| %s | %d (%d) |\n", r.what, r.n, res.SettleAcquisitions)
-		case rows[4].what:
-			fmt.Fprintf(&b, "| %s | %d (%d) |\n", r.what, r.n, res.WritesAccepted)
-		case rows[6].what:
-			fmt.Fprintf(&b, "| %s | %d (%d) |\n", r.what, r.n, res.LateRejected)
-		default:
-			fmt.Fprintf(&b, "| %s | %d |\n", r.what, r.n)
-		}
-	}
+	fmt.Fprintf(&b, "| acquisitions of the mutex (of them after the faults ended) | %d (%d) |\n", res.Acquisitions, res.SettleAcquisitions)
+	fmt.Fprintf(&b, "| leader terms seen (holder, token) | %d |\n", res.LeaderTerms)
+	fmt.Fprintf(&b, "| samples checked: answers that promised a hold (mutex + leader) | %d |\n", sumMap(res.Promises))
+	fmt.Fprintf(&b, "| overlapping holds found | %d |\n", res.Overlaps)
+	fmt.Fprintf(&b, "| store writes (of them accepted) | %d (%d) |\n", res.Writes, res.WritesAccepted)
+	fmt.Fprintf(&b, "| stale writes rejected by the fence | %d |\n", res.StaleRejected)
+	fmt.Fprintf(&b, "| writes made after the writer's hold ended by its own clock (of them rejected) | %d (%d) |\n", res.LateWrites, res.LateRejected)
+	fmt.Fprintf(&b, "| release/renew calls with a stale token | %d |\n", res.StaleCalls)
+	fmt.Fprintf(&b, "| crashes (unexpected exits, panics) | %d |\n", res.Crashes)
+	fmt.Fprintf(&b, "| history records checked | %d |\n", res.Records)
 	if res.Failed() {
 		b.WriteString("\nViolations:\n\n")
 		for i, v := range res.Violations {
