@@ -45,7 +45,10 @@
 //     the agent identity (the whole Pod leads, across its terms). A third party's
 //     rewrite promises its foreign holder renew-deadline from the write, as a client-go
 //     elector with the agents' timings would rely on, and is not counted against the
-//     holder it displaced (that overlap is the third party's doing).
+//     holder it displaced (that overlap is the third party's doing). The rule: an
+//     overlap between two agents' holds is never excused, whatever a third party did
+//     to the Lease (a rewrite, a deletion); only the third party's own hold may overlap
+//     the one it displaced.
 //   - Fencing tokens grow: a token names one holder; an answer received before another
 //     was sent never shows a greater token; an acquisition's token is greater than every
 //     token shown before it was asked for. A deletion is no exception.

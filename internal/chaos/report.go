@@ -31,6 +31,9 @@ func Summary(info RunInfo, res *Result) string {
 	verdict := "no violation found"
 	if res.Failed() {
 		verdict = fmt.Sprintf("**%d violations found**", len(res.Violations))
+		if len(res.Violations) == 1 {
+			verdict = "**1 violation found**"
+		}
 	}
 	fmt.Fprintf(&b, "Command: `%s`\n\n", info.Command)
 	fmt.Fprintf(&b, "Run %s on %d CPUs (%s), kube-apiserver + etcd (envtest) on the same machine: seed %d (`CHAOS_SEED=%d` replays the fault schedule), faults for %s, %s in all; %d agents (%s) and %d client loops, each a process. Result: %s.\n\n",
