@@ -214,11 +214,9 @@ func TestChaos(t *testing.T) {
 		t.Errorf("seed %d (replay: CHAOS_SEED=%d): property %q violated: %s\nhistory around it:\n%s",
 			seed, seed, v.Property, v.Message, chaos.Excerpt(recs, v, 60))
 	}
-	if dur >= 45*time.Second {
-		for _, k := range chaos.FaultKinds {
-			if res.Faults[k] == 0 {
-				t.Errorf("seed %d: no %s fault happened in a %s run: every kind must be exercised", seed, k, dur)
-			}
+	for _, k := range chaos.FaultKinds {
+		if res.Faults[k] == 0 {
+			t.Errorf("seed %d: no %s fault completed: every kind must be exercised (the failed attempts are in the history)", seed, k)
 		}
 	}
 	if t.Failed() {

@@ -29,7 +29,7 @@
 //     holder with leaseTransitions+1; a third party deleting a Lease (the harness then
 //     waits for an agent to create it again, so that no agent starts without having
 //     seen the deleted record); release calls with stale tokens. The first seven faults
-//     of every schedule are one of each kind.
+//     of every schedule are one of each kind, and a run lasts until they are done.
 //   - The history (Record, Log): JSON lines, one file per process, with times on
 //     CLOCK_MONOTONIC (Now), the one clock every process of the machine shares
 //     (time.Now's monotonic reading counts from a point that differs per process).

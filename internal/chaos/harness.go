@@ -32,8 +32,9 @@ import (
 type Config struct {
 	// Seed seeds the fault schedule and the client loops' choices.
 	Seed uint64
-	// Duration is how long faults are injected; Settle how long the run goes on after
-	// they are healed (the locks must change hands again then).
+	// Duration is how long faults are injected (longer if that is what it takes for
+	// every kind to run once); Settle how long the run goes on after they are healed
+	// (the locks must change hands again then).
 	Duration, Settle time.Duration
 	// Clients is the number of client loops per agent: len(Clients) agents.
 	Clients []int
@@ -468,13 +469,14 @@ func (h *Harness) Close() {
 	}
 }
 
-// inject runs the fault schedule until Duration has passed.
+// inject runs the fault schedule until Duration has passed and every kind of fault
+// has run once (the first steps of a schedule), whichever is later.
 func (h *Harness) inject(ctx context.Context) error {
 	next := Schedule(h.cfg.Seed)
 	end := h.started + int64(h.cfg.Duration)
-	for ctx.Err() == nil {
+	for n := 0; ctx.Err() == nil; n++ {
 		st := next()
-		if Now()+int64(st.Gap) >= end {
+		if n >= len(FaultKinds) && Now()+int64(st.Gap) >= end {
 			sleepCtx(ctx, time.Duration(end-Now()))
 			return nil
 		}
