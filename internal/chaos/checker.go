@@ -49,7 +49,7 @@ type Violation struct {
 // Result is what the checker found.
 type Result struct {
 	Violations []Violation
-	// Faults counts the faults injected, by kind.
+	// Faults counts the faults injected (completed), by kind.
 	Faults map[FaultKind]int
 	// Acquisitions counts the mutex's successful acquire answers; SettleAcquisitions
 	// those sent after the faults ended.
@@ -396,7 +396,9 @@ func checkCalls(res *Result, recs []Record, cfg CheckConfig) {
 				From: r.Send, To: r.Recv, Records: []Record{r},
 			})
 		case OpFault:
-			res.Faults[r.Fault]++
+			if r.Status == 200 { // a fault that could not be made is in the history, not in the count
+				res.Faults[r.Fault]++
+			}
 		}
 	}
 }
