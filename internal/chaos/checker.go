@@ -54,6 +54,8 @@ type Result struct {
 	// Acquisitions counts the mutex's successful acquire answers; SettleAcquisitions
 	// those sent after the faults ended.
 	Acquisitions, SettleAcquisitions int
+	// ConnAcquisitions counts those tied to the client's connection (?hold=connection).
+	ConnAcquisitions int
 	// LeaderTerms counts the distinct (holder, token) holds of the leader lock seen.
 	LeaderTerms int
 	// Promises counts, per lock, the answers that promised a hold (the samples checked
@@ -239,6 +241,9 @@ func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 		}
 		if r.Op == OpAcquire && r.Status == 200 && r.Held && r.Lock == cfg.Mutex {
 			res.Acquisitions++
+			if r.Conn {
+				res.ConnAcquisitions++
+			}
 		}
 	}
 	terms := map[string]bool{}
@@ -489,6 +494,9 @@ func Format(r Record) string {
 	}
 	if r.ReqToken != 0 {
 		fmt.Fprintf(&b, " reqToken=%d", r.ReqToken)
+	}
+	if r.Conn {
+		b.WriteString(" hold=connection")
 	}
 	if r.Wait != 0 {
 		fmt.Fprintf(&b, " wait=%s", fmtDur(r.Wait))

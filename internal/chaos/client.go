@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -54,7 +55,8 @@ func RunClientFromEnv(ctx context.Context) error {
 }
 
 // RunClient runs one client loop until ctx ends. It holds the mutex again and again:
-// acquire (with a wait and often a ttl), check it holds, write to the fenced store
+// acquire (with a wait and often a ttl; now and then tied to the connection, which it
+// then closes instead of calling release), check it holds, write to the fenced store
 // with its token while its own clock says the hold is still valid (the answer's send
 // time + validFor), now and then renew, call release and renew with a stale token,
 // or sleep past its ttl; after its hold ended by its clock it makes one more write
@@ -206,23 +208,89 @@ func (c *clientLoop) mutexLoop(ctx context.Context) {
 		if ttl > 0 {
 			q.Set("ttl", ttl.String())
 		}
-		a := c.call(ctx, OpAcquire, http.MethodPost, m, "/acquire", q, wait+5*time.Second)
+		var a Record
+		var conn io.Closer
+		if c.rng.Float64() < 0.15 {
+			a, conn = c.acquireConnection(ctx, q, wait+5*time.Second)
+		} else {
+			a = c.call(ctx, OpAcquire, http.MethodPost, m, "/acquire", q, wait+5*time.Second)
+		}
 		if ctx.Err() != nil {
+			if conn != nil {
+				conn.Close()
+			}
 			return
 		}
 		a.Wait, a.TTL = int64(wait), int64(ttl)
 		c.add(a)
 		if a.Status != 200 || !a.Held {
+			if conn != nil {
+				conn.Close()
+			}
 			c.sleep(ctx, c.dur(20*time.Millisecond, 300*time.Millisecond))
 			continue
 		}
-		c.hold(ctx, a, ttl)
+		c.hold(ctx, a, ttl, conn)
 		c.sleep(ctx, c.dur(0, 150*time.Millisecond))
 	}
 }
 
-// hold works under the hold that acquire answer a gave, then releases it.
-func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration) {
+// acquireConnection acquires with ?hold=connection: the hold lasts until the client
+// closes the connection (the returned Closer; nil when there is no open connection).
+// The record is the first line of the answer, the lock's state.
+func (c *clientLoop) acquireConnection(ctx context.Context, q url.Values, timeout time.Duration) (Record, io.Closer) {
+	q.Set("hold", "connection")
+	r := Record{Op: OpAcquire, Lock: c.cfg.Mutex, Conn: true}
+	// The connection outlives the request's timeout: only the first line is timed.
+	cctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(timeout, cancel)
+	req, _ := http.NewRequestWithContext(cctx, http.MethodPost, "http://leasehold/v1/locks/"+url.PathEscape(c.cfg.Mutex)+"/acquire?"+q.Encode(), nil)
+	r.Send = Now()
+	resp, err := c.agentHTTP.Do(req)
+	var line []byte
+	if err == nil {
+		line, err = bufio.NewReader(resp.Body).ReadBytes('\n')
+	}
+	r.Recv = Now()
+	stopped := t.Stop()
+	r.Agent = *c.agent.Load()
+	if err != nil || !stopped {
+		if err == nil {
+			err = context.DeadlineExceeded
+		}
+		r.Err = err.Error()
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return r, nil
+	}
+	r.Status = resp.StatusCode
+	var a answer
+	if json.Unmarshal(line, &a) != nil {
+		r.Err = "answer is not JSON: " + string(line)
+	}
+	r.Held, r.Holder, r.Token, r.ValidFor, r.Reason = a.Held, a.Holder, a.Token, a.ValidForMillis*int64(time.Millisecond), a.Reason
+	if a.Error != "" {
+		r.Detail = a.Error
+	}
+	if r.Status == 200 && r.Held && r.Holder != "" {
+		c.agent.Store(&r.Holder)
+	}
+	r.Agent = *c.agent.Load()
+	return r, closerFunc(func() error { cancel(); return resp.Body.Close() })
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// hold works under the hold that acquire answer a gave, then releases it: with its
+// token, or, for a hold tied to a connection (conn not nil), by closing the connection.
+func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn io.Closer) {
+	if conn != nil {
+		defer conn.Close()
+	}
 	m := c.cfg.Mutex
 	tok := a.Token
 	until := a.Send + a.ValidFor // by this client's clock, the hold may be relied on until then
@@ -288,6 +356,15 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration) {
 		// write once more with the old token, as a client that missed it would. The
 		// fence must reject it once a newer holder has written.
 		c.write(ctx, tok, true)
+	}
+	if conn != nil {
+		// The hold ends when the agent sees the connection close; the client stops
+		// relying on it now.
+		r := Record{Op: OpRelease, Lock: m, ReqToken: tok, Conn: true, Send: Now(), Agent: *c.agent.Load()}
+		conn.Close()
+		r.Recv = Now()
+		c.add(r)
+		return
 	}
 	r := c.call(ctx, OpRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(tok)}}, 5*time.Second)
 	r.ReqToken = tok

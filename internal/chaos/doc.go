@@ -9,7 +9,8 @@
 //     proxy (testenv.Proxy), each with one or more client loops in processes of their
 //     own (the test binary re-executed, see RunClientFromEnv), so that SIGSTOP freezes
 //     "the holder and its client" together.
-//   - The client loop (RunClient): acquire the mutex with a wait and often a ttl, check
+//   - The client loop (RunClient): acquire the mutex with a wait and often a ttl (now
+//     and then with ?hold=connection, ended by closing the connection), check
 //     with GET that it holds, write to the fenced store with its token only while its
 //     own clock says the hold is valid (the answer's send time + validFor), sometimes
 //     renew, call release and renew with a stale token on purpose, or sleep past its

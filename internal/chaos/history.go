@@ -104,6 +104,8 @@ type Record struct {
 
 	// ReqToken is the token the request named (release, renew, writes).
 	ReqToken int64 `json:"reqToken,omitempty"`
+	// Conn: an acquire with ?hold=connection, or the release that closed its connection.
+	Conn bool `json:"conn,omitempty"`
 	// Wait and TTL of an acquire or renew, nanoseconds.
 	Wait int64 `json:"wait,omitempty"`
 	TTL  int64 `json:"ttl,omitempty"`

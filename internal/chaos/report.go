@@ -44,6 +44,7 @@ func Summary(info RunInfo, res *Result) string {
 		fmt.Fprintf(&b, "| faults: %s | %d |\n", k, res.Faults[k])
 	}
 	fmt.Fprintf(&b, "| acquisitions of the mutex (of them after the faults ended) | %d (%d) |\n", res.Acquisitions, res.SettleAcquisitions)
+	fmt.Fprintf(&b, "| of them tied to the client's connection (hold=connection) | %d |\n", res.ConnAcquisitions)
 	fmt.Fprintf(&b, "| leader terms seen (holder, token) | %d |\n", res.LeaderTerms)
 	fmt.Fprintf(&b, "| samples checked: answers that promised a hold (mutex + leader) | %d |\n", sumMap(res.Promises))
 	fmt.Fprintf(&b, "| overlapping holds found | %d |\n", res.Overlaps)
