@@ -34,6 +34,19 @@ race: envtest ## Run the Go tests with the race detector, the agent processes th
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null; }
 	CGO_ENABLED=1 go test -race $(GO_TEST_FLAGS) ./...
 
+# `make chaos` runs the seeded fault-injection suite (internal/chaos) for CHAOS_DURATION
+# and writes RELIABILITY.md; CHAOS_SEED=N replays a run's fault schedule. `make unit`
+# runs the same suite for 60s as part of `go test ./...`.
+CHAOS_DURATION ?= 30m
+CHAOS_SEED ?=
+CHAOS_TIMEOUT ?= 3h
+
+.PHONY: chaos
+chaos: envtest ## Long seeded fault-injection run of the lock agents (CHAOS_DURATION=30m, CHAOS_SEED=N replays); writes RELIABILITY.md.
+	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_SEED=$(CHAOS_SEED) LEASEHOLD_RELIABILITY_OUT=$(CURDIR)/RELIABILITY.md \
+	  CHAOS_COMMAND="make chaos CHAOS_DURATION=$(CHAOS_DURATION)$(if $(CHAOS_SEED), CHAOS_SEED=$(CHAOS_SEED))" \
+	  go test -count=1 -run '^TestChaos$$' -v -timeout $(CHAOS_TIMEOUT) ./internal/chaos/
+
 .PHONY: e2e
 e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tear it down (root).
 	hack/e2e.sh

@@ -15,6 +15,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -114,9 +115,13 @@ func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := newProxy(t, u.Host)
+	p, err := testenv.NewProxy(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := writeKubeconfig(kc, "https://"+p.l.Addr().String()); err != nil {
+	if err := writeKubeconfig(kc, "https://"+p.Addr()); err != nil {
 		t.Fatal(err)
 	}
 	a := startAgent(t, "pod-f1", "--locks=frozen", "--kubeconfig="+kc)
@@ -125,7 +130,7 @@ func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(leaseDuration)
-	p.setFrozen(true)
+	p.SetFrozen(true)
 	frozen := time.Now()
 	var bAcquired time.Time
 	bDone := make(chan error, 1)
@@ -158,7 +163,7 @@ func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 		t.Fatalf("A stopped saying held at %s, not before B acquired at %s", aNotHeld, bAcquired)
 	}
 	t.Logf("A not held %s after freeze; B acquired %s after freeze", aNotHeld.Sub(frozen), bAcquired.Sub(frozen))
-	p.setFrozen(false)
+	p.SetFrozen(false)
 	if s := a.state("frozen"); s.Held {
 		t.Fatalf("A says held after B took the lock: %+v", s)
 	}

@@ -19,8 +19,6 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -95,12 +93,7 @@ func runMain(m *testing.M) int {
 
 // writeKubeconfig writes the envtest admin credentials with server host.
 func writeKubeconfig(path, host string) error {
-	c := clientcmdapi.NewConfig()
-	c.Clusters["envtest"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: restCfg.CAData}
-	c.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: restCfg.CertData, ClientKeyData: restCfg.KeyData, Token: restCfg.BearerToken}
-	c.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	c.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*c, path)
+	return testenv.WriteKubeconfig(path, host, restCfg)
 }
 
 // agentProc is one agent process, as in one Pod.
@@ -208,87 +201,6 @@ func status(err error) int {
 		return e.Status
 	}
 	return -1
-}
-
-// proxy is a TCP proxy between agents and the API server that can be frozen: while
-// frozen it forwards nothing, in either direction, and closes nothing (a black hole).
-type proxy struct {
-	l      net.Listener
-	target string
-	mu     sync.Mutex
-	frozen bool
-	thaw   chan struct{}
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{l: l, target: target, thaw: make(chan struct{})}
-	t.Cleanup(func() { p.setFrozen(false); l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
-	return p
-}
-
-func (p *proxy) setFrozen(f bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.frozen && !f {
-		close(p.thaw)
-		p.thaw = make(chan struct{})
-	}
-	p.frozen = f
-}
-
-func (p *proxy) wait() {
-	p.mu.Lock()
-	frozen, thaw := p.frozen, p.thaw
-	p.mu.Unlock()
-	if frozen {
-		<-thaw
-	}
-}
-
-func (p *proxy) serve(c net.Conn) {
-	defer c.Close()
-	p.wait()
-	u, err := net.Dial("tcp", p.target)
-	if err != nil {
-		return
-	}
-	defer u.Close()
-	var wg sync.WaitGroup
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				p.wait()
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		_ = dst.Close()
-		_ = src.Close()
-	}
-	wg.Add(2)
-	go pipe(u, c)
-	go pipe(c, u)
-	wg.Wait()
 }
 
 var _ = io.EOF

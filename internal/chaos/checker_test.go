@@ -1,0 +1,468 @@
+package chaos
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// Hand-made histories: times in milliseconds on the history's clock.
+
+func ms(x int64) int64 { return x * int64(time.Millisecond) }
+
+const (
+	mu  = "m"
+	ldr = "l"
+	a   = "pod-a_1"
+	b   = "pod-b_2"
+	c   = "pod-c_3"
+)
+
+// held is an answer of op (acquire, get, renew) that says held.
+func held(proc string, op Op, lock, holder string, tok, send, recv, validFor int64) Record {
+	return Record{Proc: proc, Op: op, Lock: lock, Send: ms(send), Recv: ms(recv), Status: 200, Held: true,
+		Holder: holder, Token: tok, ValidFor: ms(validFor), Agent: holder}
+}
+
+func release(proc, lock string, tok, send, recv int64, status int) Record {
+	return Record{Proc: proc, Op: OpRelease, Lock: lock, ReqToken: tok, Send: ms(send), Recv: ms(recv), Status: status}
+}
+
+func store(seq int64, lock, holder string, tok, at, highest int64, accepted bool) Record {
+	return Record{Proc: "store", Seq: seq, Op: OpStore, Lock: lock, Holder: holder, ReqToken: tok,
+		Send: ms(at), Recv: ms(at), Accepted: accepted, Highest: highest}
+}
+
+func fault(kind FaultKind, lock string, send, recv int64) Record {
+	return Record{Proc: "faults", Op: OpFault, Fault: kind, Lock: lock, Send: ms(send), Recv: ms(recv), Status: 200}
+}
+
+// seq numbers the records of each proc in the order given.
+func seq(recs ...Record) []Record {
+	n := map[string]int64{}
+	for i := range recs {
+		if recs[i].Seq == 0 {
+			n[recs[i].Proc]++
+			recs[i].Seq = n[recs[i].Proc]
+		}
+	}
+	return recs
+}
+
+var testCfg = CheckConfig{Mutex: mu, Leader: ldr, RenewDeadline: 2 * time.Second}
+
+func properties(res *Result) []string {
+	var out []string
+	for _, v := range res.Violations {
+		out = append(out, v.Property)
+	}
+	return out
+}
+
+func TestCheck(t *testing.T) {
+	tests := map[string]struct {
+		recs []Record
+		want []string // violated properties, in order
+	}{
+		"clean handover": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 10, 2000),
+				held("ca", OpGet, mu, a, 1, 20, 21, 1990),
+				release("ca", mu, 1, 100, 110, 200),
+				held("cb", OpAcquire, mu, b, 2, 50, 115, 2000),
+			),
+		},
+		"overlap of two holders of the mutex": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 10, 2000),
+				held("cb", OpAcquire, mu, b, 2, 500, 1500, 2000), // a was promised until 2000
+			),
+			want: []string{PropExclusion},
+		},
+		"an answer received after its validity promises nothing": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 2500, 2000), // validFor spent in flight
+				held("cb", OpAcquire, mu, b, 2, 2400, 2600, 2000),
+			),
+		},
+		"same hold, overlapping answers of two clients": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 3, 0, 1, 2000),
+				held("ca2", OpGet, ldr, a, 3, 100, 101, 1900),
+			),
+		},
+		"the mutex and the leader lock are checked apart": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 10, 2000),
+				held("cb", OpGet, ldr, b, 1, 0, 10, 2000),
+			),
+		},
+		"a leader's next term may overlap its last (one Pod leads)": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
+				held("ca", OpGet, ldr, a, 6, 100, 110, 2000),
+			),
+		},
+		"overlap of two leaders": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 1, 0, 10, 2000),
+				held("cb", OpGet, ldr, b, 2, 1000, 1001, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+		"a renew to a shorter ttl ends the earlier promise": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca", OpRenew, mu, a, 5, 100, 101, 400); r.ReqToken = 5; return r }(),
+				held("cb", OpAcquire, mu, b, 6, 200, 600, 2000),
+			),
+		},
+		"a renew refused changes nothing": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				Record{Proc: "ca", Op: OpRenew, Lock: mu, ReqToken: 5, Status: 409, Reason: "StaleToken", Send: ms(100), Recv: ms(101)},
+				held("cb", OpAcquire, mu, b, 6, 200, 600, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+		"a release by another client does not end a promise": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				release("cx", mu, 5, 100, 110, 200), // a late release of someone else's token
+				held("cb", OpAcquire, mu, b, 6, 50, 200, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+		"two clients of one agent: the earlier one's promise outlives its ttl": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000), // validFor ignored a 500ms ttl
+				held("ca2", OpAcquire, mu, a, 6, 100, 600, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+		"a lower token after a higher one": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 7, 0, 10, 100),
+				held("cb", OpGet, ldr, b, 6, 500, 510, 100),
+			),
+			want: []string{PropTokenOrder},
+		},
+		"an acquisition reuses a token seen before it was asked for": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 7, 0, 10, 100),
+				release("ca", mu, 7, 50, 60, 200),
+				held("ca", OpAcquire, mu, a, 7, 500, 510, 100),
+			),
+			want: []string{PropTokenOrder},
+		},
+		"one token, two holders": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 7, 0, 10, 100),
+				held("cb", OpGet, ldr, b, 7, 5, 8, 100),
+			),
+			want: []string{PropExclusion, PropTokenOrder},
+		},
+		"tokens of concurrent observations are not ordered": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 8, 0, 300, 50), // in flight while b's was
+				release("ca", mu, 8, 310, 320, 200),
+				held("cb", OpAcquire, mu, b, 7, 100, 200, 10),
+			),
+		},
+		"the store accepted a lower token after a higher one": {
+			recs: seq(
+				store(1, mu, a, 5, 10, 0, true),
+				store(2, mu, b, 4, 20, 5, true),
+			),
+			want: []string{PropStoreFence},
+		},
+		"the store rejected a token that was not lower": {
+			recs: seq(
+				store(1, mu, a, 5, 10, 0, true),
+				store(2, mu, a, 5, 20, 5, false),
+			),
+			want: []string{PropStoreFence},
+		},
+		"stale writes rejected, a late write accepted while nobody newer wrote": {
+			recs: seq(
+				store(1, mu, a, 5, 10, 0, true),
+				store(2, mu, b, 6, 20, 5, true),
+				store(3, mu, a, 5, 30, 6, false),
+				store(4, mu, b, 6, 40, 6, true),
+			),
+		},
+		"a write rejected within its promised hold": {
+			recs: seq(
+				held("cb", OpAcquire, mu, b, 6, 0, 10, 2000),
+				store(1, mu, c, 7, 20, 0, true), // c's token 7 reached the store during b's hold
+				store(2, mu, b, 6, 30, 7, false),
+			),
+			want: []string{PropHoldWrite},
+		},
+		"a write rejected after its promise ended": {
+			recs: seq(
+				held("cb", OpAcquire, mu, b, 6, 0, 10, 2000),
+				store(1, mu, c, 7, 2100, 0, true),
+				store(2, mu, b, 6, 2200, 7, false),
+			),
+		},
+		"a stale release that succeeded": {
+			recs: seq(
+				Record{Proc: "ca", Op: OpStaleRelease, Lock: mu, ReqToken: 4, Status: 200, Send: ms(1), Recv: ms(2)},
+				Record{Proc: "ca", Op: OpStaleRenew, Lock: mu, ReqToken: 4, Status: 409, Reason: "StaleToken", Send: ms(3), Recv: ms(4)},
+			),
+			want: []string{PropStaleToken},
+		},
+		"a crash and a panic": {
+			recs: seq(
+				Record{Proc: "harness", Op: OpExit, Target: "agent-a0-r0", Expected: true, Detail: "signal: killed"},
+				Record{Proc: "harness", Op: OpExit, Target: "agent-a1-r0", Detail: "exit status 2"},
+				Record{Proc: "harness", Op: OpPanic, Target: "agent-a2-r0", Detail: "panic: boom"},
+			),
+			want: []string{PropCrash, PropCrash},
+		},
+		"a deletion excuses neither an overlap nor a token from 1 again": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
+				fault(FaultDelete, ldr, 100, 110),
+				held("cb", OpGet, ldr, b, 1, 200, 210, 2000),
+			),
+			want: []string{PropExclusion, PropTokenOrder},
+		},
+		"a deletion waited out, the token goes on": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 5, 0, 10, 2000),
+				fault(FaultDelete, ldr, 100, 110),
+				held("cb", OpGet, ldr, b, 6, 3200, 3210, 2000),
+			),
+		},
+		"a third party's rewrite displaces the holder, whose promise stands": {
+			recs: seq(
+				held("ca", OpGet, mu, a, 5, 0, 10, 2000),
+				func() Record {
+					r := fault(FaultRewrite, mu, 100, 110)
+					r.Holder, r.Token, r.Displaced, r.DisplacedToken = ThirdParty+"-1", 6, a, 5
+					return r
+				}(),
+				held("ca", OpGet, mu, a, 5, 120, 121, 1880), // a has not seen it yet
+				held("cb", OpAcquire, mu, b, 7, 3200, 3210, 2000),
+			),
+		},
+		"an agent takes the lock within renew-deadline of a third party's write": {
+			recs: seq(
+				func() Record {
+					r := fault(FaultRewrite, mu, 100, 110)
+					r.Holder, r.Token = ThirdParty+"-1", 6
+					return r
+				}(),
+				held("cb", OpAcquire, mu, b, 7, 500, 510, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			res := Check(tc.recs, testCfg)
+			if diff := cmp.Diff(tc.want, properties(res)); diff != "" {
+				for _, v := range res.Violations {
+					t.Log(v.Message)
+				}
+				t.Errorf("violated properties (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCheckLiveness(t *testing.T) {
+	cfg := testCfg
+	cfg.MinAcquisitions = 2
+	settle := Record{Proc: "harness", Op: OpSettle, Send: ms(1000), Recv: ms(1000)}
+	tests := map[string]struct {
+		recs []Record
+		want []string
+	}{
+		"enough, and both locks held after the faults": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 10, 100),
+				settle,
+				held("ca", OpAcquire, mu, a, 2, 1100, 1110, 100),
+				held("ca", OpGet, ldr, a, 1, 1100, 1110, 100),
+			),
+		},
+		"too few acquisitions, none after the faults, no leader": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 1, 0, 10, 100),
+				settle,
+				held("ca", OpGet, mu, a, 1, 1100, 1110, 100),
+			),
+			want: []string{PropLiveness, PropLiveness, PropLiveness},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, properties(Check(tc.recs, cfg))); diff != "" {
+				t.Errorf("violated properties (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCheckCounts(t *testing.T) {
+	late := Record{Proc: "ca", Op: OpWrite, Lock: mu, ReqToken: 5, Late: true, Status: 409, Send: ms(31), Recv: ms(32)}
+	res := Check(seq(
+		held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+		release("ca", mu, 5, 20, 21, 200),
+		held("cb", OpAcquire, mu, b, 6, 15, 25, 2000),
+		store(1, mu, a, 5, 12, 0, true),
+		store(2, mu, b, 6, 26, 5, true),
+		store(3, mu, a, 5, 31, 6, false),
+		late,
+		fault(FaultKill, "", 40, 50),
+		fault(FaultKill, "", 60, 70),
+		fault(FaultStop, "", 80, 90),
+	), testCfg)
+	if res.Failed() {
+		t.Fatalf("unexpected violations: %+v", res.Violations)
+	}
+	got := map[string]int{
+		"acquisitions": res.Acquisitions, "promises": res.Promises[mu], "writes": res.Writes, "accepted": res.WritesAccepted,
+		"stale rejected": res.StaleRejected, "late": res.LateWrites, "late rejected": res.LateRejected,
+		"kills": res.Faults[FaultKill], "stops": res.Faults[FaultStop],
+	}
+	want := map[string]int{
+		"acquisitions": 2, "promises": 2, "writes": 3, "accepted": 2,
+		"stale rejected": 1, "late": 1, "late rejected": 1, "kills": 2, "stops": 1,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+}
+
+func TestExcerptMarksTheViolation(t *testing.T) {
+	recs := Merge(seq(
+		held("ca", OpAcquire, mu, a, 1, 0, 10, 2000),
+		held("ca", OpGet, ldr, a, 1, 5, 6, 2000),
+		held("cb", OpAcquire, mu, b, 2, 500, 1500, 2000),
+		held("cb", OpGet, mu, b, 2, 9000, 9001, 2000), // far away: not shown
+	))
+	res := Check(recs, testCfg)
+	if len(res.Violations) != 1 {
+		t.Fatalf("want one violation, got %+v", res.Violations)
+	}
+	ex := Excerpt(recs, res.Violations[0], 10)
+	marked := 0
+	for _, l := range strings.Split(ex, "\n") {
+		if strings.HasPrefix(l, ">> ") {
+			marked++
+		}
+		if strings.Contains(l, "9.000s") {
+			t.Errorf("excerpt shows a record far from the violation: %s", l)
+		}
+		if strings.Contains(l, "lock="+ldr) {
+			t.Errorf("excerpt shows a record of the other lock: %s", l)
+		}
+	}
+	if marked != 2 {
+		t.Errorf("want the 2 records of the violation marked, got %d:\n%s", marked, ex)
+	}
+}
+
+func TestReadLogSkipsATornLastLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.jsonl")
+	l, err := OpenLog(path, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Add(Record{Op: OpGet, Send: 1, Recv: 2})
+	l.Add(Record{Op: OpGet, Send: 3, Recv: 4})
+	l.Close()
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	_, _ = f.WriteString(`{"proc":"c","seq":3,"op":"ge`)
+	f.Close()
+	recs, err := ReadLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || recs[1].Seq != 2 || recs[1].Proc != "c" {
+		t.Fatalf("want the 2 whole records, got %+v", recs)
+	}
+	if err := os.WriteFile(path, []byte("{}\nnot json\n{}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadLog(path); err == nil {
+		t.Fatal("a bad line in the middle must be an error")
+	}
+}
+
+func TestScheduleReplays(t *testing.T) {
+	s1, s2, s3 := Schedule(42), Schedule(42), Schedule(43)
+	kinds := map[FaultKind]bool{}
+	differs := false
+	for i := 0; i < 50; i++ {
+		x, y, z := s1(), s2(), s3()
+		if x != y {
+			t.Fatalf("step %d of seed 42 differs between two schedules: %+v vs %+v", i, x, y)
+		}
+		if x != z {
+			differs = true
+		}
+		if i < len(FaultKinds) {
+			kinds[x.Kind] = true
+		}
+		if x.Gap < 500*time.Millisecond || x.Gap > 3*time.Second || x.Extra < 500*time.Millisecond {
+			t.Errorf("step %d: gap %s, extra %s out of range", i, x.Gap, x.Extra)
+		}
+	}
+	if len(kinds) != len(FaultKinds) {
+		t.Errorf("the first %d steps must be every kind once, got %v", len(FaultKinds), kinds)
+	}
+	if !differs {
+		t.Error("seeds 42 and 43 gave the same schedule")
+	}
+}
+
+func TestStoreFence(t *testing.T) {
+	l, err := NewMemLog("", "store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var got []bool
+	for _, w := range []WriteRequest{{Lock: mu, Token: 3}, {Lock: mu, Token: 3}, {Lock: mu, Token: 2}, {Lock: ldr, Token: 1}, {Lock: mu, Token: 4}, {Lock: mu, Token: 3}} {
+		got = append(got, s.Write(w).Accepted)
+	}
+	if diff := cmp.Diff([]bool{true, true, false, true, true, false}, got); diff != "" {
+		t.Errorf("accepted (-want +got):\n%s", diff)
+	}
+	if res := Check(l.Records(), testCfg); res.Failed() || res.StaleRejected != 2 {
+		t.Errorf("the store's own record must check clean with 2 rejections: %+v", res)
+	}
+}
+
+func TestWriteReportReplacesItsSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "RELIABILITY.md")
+	if err := WriteReport(path, "first\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	doc := string(b) + "\n## Other\n\nkept\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteReport(path, "second\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(path)
+	got := string(b)
+	if strings.Contains(got, "first") || !strings.Contains(got, ReportBegin+"\nsecond\n"+ReportEnd) || !strings.Contains(got, "kept") {
+		t.Errorf("report not replaced in place:\n%s", got)
+	}
+}
