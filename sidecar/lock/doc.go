@@ -23,6 +23,9 @@
 //   - Release and Renew act only on the hold their fencing token names: a late call of a
 //     client whose hold already ended changes nothing (StaleTokenError). Every end of a
 //     hold (release, ttl, loss, shutdown) is an event, even when the clearing write fails.
+//   - A hold that is lost (the Lease deleted or rewritten by someone else) was promised
+//     to its client for its validFor: this agent gives no new hold of the lock before
+//     that has run out, so clients of one Pod never overlap either.
 //   - Shutdown wakes every waiter with ErrShutdown.
 //   - Every acquisition writes spec.leaseTransitions = previous + 1 and reports it as the
 //     fencing token, so tokens are strictly increasing per Lease across agents and
