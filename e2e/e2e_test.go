@@ -18,12 +18,14 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
@@ -656,5 +658,104 @@ func TestBadAnnotationIsRefusedByTheAPIServer(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("refusal %q does not name %q", err.Error(), want)
 		}
+	}
+}
+
+// With the admission policy of manifests/base, a Pod-bound token taken from one Pod (here
+// from its app container, which mounts the ServiceAccount's token like any container)
+// cannot write another Pod's hold, release it, lower its fencing token or squat the lock;
+// the agents keep working, and an operator's `kubectl leasehold release` still does.
+func TestPodBoundTokenCannotTouchAnotherPodsHold(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, true)
+	const lock = "bound"
+	holder := createPod(t, ns, appPod("holder", map[string]string{"leasehold.io/locks": lock},
+		`exec leasehold run `+lock+` -- sh -c 'echo "holding token=$LEASEHOLD_TOKEN"; sleep 3600'`))
+	waitForLog(t, ns, "holder", "app", regexp.MustCompile(`holding token=\d+`), 120*time.Second)
+	other := createPod(t, ns, appPod("other", map[string]string{"leasehold.io/locks": lock}, "sleep 3600"))
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 120*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, other.Name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning, nil
+	}); err != nil {
+		t.Fatalf("Pod other not running: %v\n%s", err, describe(ns, other.Name))
+	}
+	token, err := kubectl("-n", ns, "exec", other.Name, "-c", "app", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stolen := rest.AnonymousClientConfig(cfg)
+	stolen.BearerToken = strings.TrimSpace(token)
+	thief := kubernetes.NewForConfigOrDie(stolen).CoordinationV1().Leases(ns)
+
+	lease, err := cs.CoordinationV1().Leases(ns).Get(ctx, lock, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holderID := holder.Name + "_" + string(holder.UID)
+	if got := ptr.Deref(lease.Spec.HolderIdentity, ""); got != holderID {
+		t.Fatalf("the Lease names %q, want the holder Pod %q", got, holderID)
+	}
+	otherPod, err := cs.CoreV1().Pods(ns).Get(ctx, other.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherID := otherPod.Name + "_" + string(otherPod.UID)
+	token0 := ptr.Deref(lease.Spec.LeaseTransitions, 0)
+	attempts := map[string]func(*coordinationv1.Lease){
+		"renew the holder's record":  func(l *coordinationv1.Lease) { l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()} },
+		"release the holder's hold":  func(l *coordinationv1.Lease) { l.Spec.HolderIdentity = ptr.To("") },
+		"name a third Pod as holder": func(l *coordinationv1.Lease) { l.Spec.HolderIdentity = ptr.To("someone_else") },
+		"take it with a lower token": func(l *coordinationv1.Lease) {
+			l.Spec.HolderIdentity, l.Spec.LeaseTransitions = &otherID, ptr.To(token0-1)
+		},
+		"take it without the next token": func(l *coordinationv1.Lease) { l.Spec.HolderIdentity = &otherID },
+		"squat it for 68 years": func(l *coordinationv1.Lease) {
+			l.Spec.HolderIdentity, l.Spec.LeaseTransitions, l.Spec.LeaseDurationSeconds = &otherID, ptr.To(token0+1), ptr.To(int32(2147483647))
+		},
+	}
+	for name, mutate := range attempts {
+		cur, err := cs.CoordinationV1().Leases(ns).Get(ctx, lock, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := cur.DeepCopy()
+		mutate(next)
+		if _, err := thief.Update(ctx, next, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("%s with Pod other's token: want 403 from the admission policy, got %v", name, err)
+		}
+	}
+	if err := thief.Delete(ctx, lock, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("delete the held Lease with Pod other's token: want 403, got %v", err)
+	}
+	after, err := cs.CoordinationV1().Leases(ns).Get(ctx, lock, metav1.GetOptions{})
+	if err != nil || ptr.Deref(after.Spec.HolderIdentity, "") != holderID || ptr.Deref(after.Spec.LeaseTransitions, 0) != token0 {
+		t.Fatalf("the hold changed under the refused writes: %+v %v", after.Spec, err)
+	}
+	if ok, err := held(ns, holder.Name, "app", lock); err != nil || !ok {
+		t.Fatalf("the holder's agent no longer says held: %v %v", ok, err)
+	}
+
+	// An operator (the cluster admin here) can still force-release with the plugin.
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", dir, "./cmd/kubectl-leasehold")
+	build.Dir = repoRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kubectl-leasehold: %v\n%s", err, out)
+	}
+	cmd := exec.Command(kubectlBin, "leasehold", "-n", ns, "release", lock, "--yes")
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl leasehold release as an operator: %v\n%s", err, out)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		ok, err := held(ns, holder.Name, "app", lock)
+		return err == nil && !ok, nil
+	}); err != nil {
+		t.Fatalf("the holder still says held after the operator's force-release: %v", err)
 	}
 }
