@@ -159,12 +159,26 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 	return out
 }
 
-func exempt(p, q Promise) bool {
+// exempt says whether an overlap of p and q is a third party's doing: a rewrite
+// overlaps the hold it displaced; and a third party that writes over a hold which had
+// begun before its write (the agent's first promise of that hold, holdStart) broke it
+// by not following the protocol, whether or not it displaced that hold directly (a
+// second rewrite lands while the first displaced holder's promise still runs). Two
+// third parties are never counted against each other. An agent whose hold begins after
+// a third party's write is not excused: it must wait out the foreign holder.
+func exempt(p, q Promise, holdStart map[string]int64) bool {
 	displaced := func(p, q Promise) bool {
 		return p.ExemptHolder != "" && p.ExemptHolder == q.Holder && (p.ExemptToken == q.Token || q.PerPod)
 	}
-	return displaced(p, q) || displaced(q, p)
+	foreign := func(p Promise) bool { return strings.HasPrefix(p.Holder, ThirdParty) }
+	overWrote := func(tp, agent Promise) bool {
+		return foreign(tp) && !foreign(agent) && tp.Start >= holdStart[holdKey(agent)]
+	}
+	return displaced(p, q) || displaced(q, p) || (foreign(p) && foreign(q)) || overWrote(p, q) || overWrote(q, p)
 }
+
+// holdKey names one hold by holder and token (a leader lock's term, a mutex's hold).
+func holdKey(p Promise) string { return fmt.Sprintf("%s#%d", p.Holder, p.Token) }
 
 // Check checks a history: recs from every process of a run, in any order.
 func Check(recs []Record, cfg CheckConfig) *Result {
@@ -188,11 +202,17 @@ func checkExclusion(res *Result, promises []Promise) {
 	for lock, ps := range byLock {
 		res.Promises[lock] = len(ps)
 		sort.SliceStable(ps, func(i, j int) bool { return ps[i].Start < ps[j].Start })
+		holdStart := map[string]int64{}
+		for _, p := range ps { // sorted: the first promise of a hold is its start
+			if _, ok := holdStart[holdKey(p)]; !ok {
+				holdStart[holdKey(p)] = p.Start
+			}
+		}
 		seen := map[string]bool{}
 		for i, p := range ps {
 			for j := i + 1; j < len(ps) && ps[j].Start < p.End; j++ {
 				q := ps[j]
-				if q.Key() == p.Key() || exempt(p, q) {
+				if q.Key() == p.Key() || exempt(p, q, holdStart) {
 					continue
 				}
 				pair := p.Key() + " / " + q.Key()

@@ -252,6 +252,23 @@ func TestCheck(t *testing.T) {
 				held("cb", OpAcquire, mu, b, 7, 3200, 3210, 2000),
 			),
 		},
+		"a second rewrite lands while the displaced agent's promise still runs": {
+			// Found by a 30-minute run: the overlap of a (token 25) with third-party-18 is
+			// the third parties' doing, not the agents'.
+			recs: seq(
+				held("ca", OpGet, ldr, a, 25, 0, 10, 2000),
+				func() Record {
+					r := fault(FaultRewrite, ldr, 100, 110)
+					r.Holder, r.Token, r.Displaced, r.DisplacedToken = ThirdParty+"-17", 26, a, 25
+					return r
+				}(),
+				func() Record {
+					r := fault(FaultRewrite, ldr, 900, 910)
+					r.Holder, r.Token, r.Displaced, r.DisplacedToken = ThirdParty+"-18", 27, ThirdParty+"-17", 26
+					return r
+				}(),
+			),
+		},
 		"an agent takes the lock within renew-deadline of a third party's write": {
 			recs: seq(
 				func() Record {
