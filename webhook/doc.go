@@ -16,8 +16,9 @@
 // Guarantees:
 //   - Inject is idempotent: injecting its output again changes nothing, and a reinvoked
 //     webhook only completes what another webhook added (a new container gets the mount
-//     and the environment). The agent container is replaced only when its image or
-//     arguments differ from what the annotations ask for.
+//     and the environment). The agent container and its token volume are always the
+//     computed ones: a container named leasehold-agent or a projected volume named
+//     leasehold-agent-token that the user wrote is replaced, never kept.
 //   - A Pod whose annotations are wrong, or that already uses the agent's names in an
 //     incompatible way, is denied, never admitted half-injected.
 //   - The handler makes no API call and has no side effects.

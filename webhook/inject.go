@@ -18,7 +18,9 @@ import (
 const DefaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
 
 // Inject adds the lock agent to pod as cfg and opts say. It is pure (no I/O) and
-// idempotent: injecting its own output changes nothing. Where the Pod already uses the
+// idempotent: injecting its own output changes nothing. The agent container and its
+// token volume are always the computed ones: a container or projected volume the user
+// gave their names is replaced. Where the Pod already uses the
 // agent's names in a way the agent cannot share (a volume called leasehold-socket that
 // is not an emptyDir, another volume at /run/leasehold, LEASEHOLD_SOCKET set to
 // something else, the TCP port taken by a container port), it returns the conflicts
@@ -35,22 +37,19 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	}
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
 
-	// The agent: kept when it is already the one these annotations ask for (so that
-	// reinvocation after API server defaulting changes nothing), otherwise replaced.
-	existing, inInit := findAgent(spec)
-	keep := existing != nil && inInit != opts.PlainContainer &&
-		existing.Image == want.Image && slices.Equal(existing.Args, want.Args)
-	if !keep {
-		spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isAgent)
-		spec.Containers = slices.DeleteFunc(spec.Containers, isAgent)
-		if opts.PlainContainer {
-			if len(spec.Containers) > 0 {
-				setAnnotationIfAbsent(pod, DefaultContainerAnnotation, spec.Containers[0].Name)
-			}
-			spec.Containers = slices.Insert(spec.Containers, 0, want)
-		} else {
-			spec.InitContainers = slices.Insert(spec.InitContainers, 0, want)
+	// The agent: always the computed container, in its place. A container the user
+	// named like the agent is never kept, even with the agent's image and arguments (it
+	// could be privileged, or carry another Pod's identity); the computed one sets every
+	// field the API server defaults, so re-injecting a stored Pod changes nothing.
+	spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isAgent)
+	spec.Containers = slices.DeleteFunc(spec.Containers, isAgent)
+	if opts.PlainContainer {
+		if len(spec.Containers) > 0 {
+			setAnnotationIfAbsent(pod, DefaultContainerAnnotation, spec.Containers[0].Name)
 		}
+		spec.Containers = slices.Insert(spec.Containers, 0, want)
+	} else {
+		spec.InitContainers = slices.Insert(spec.InitContainers, 0, want)
 	}
 
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == SocketVolumeName }) {
@@ -64,7 +63,10 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	// ServiceAccount admission always sets before webhooks run (only an API server
 	// without that plugin, such as a bare envtest, leaves it empty).
 	if spec.ServiceAccountName != "" {
-		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }) {
+		// A volume the user named like it is replaced in place by the computed one.
+		if i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }); i >= 0 {
+			spec.Volumes[i] = tokenVolume()
+		} else {
 			spec.Volumes = append(spec.Volumes, tokenVolume())
 		}
 	}
@@ -99,20 +101,6 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 }
 
 func isAgent(c corev1.Container) bool { return c.Name == AgentContainerName }
-
-func findAgent(spec *corev1.PodSpec) (c *corev1.Container, inInit bool) {
-	for i := range spec.InitContainers {
-		if isAgent(spec.InitContainers[i]) {
-			return &spec.InitContainers[i], true
-		}
-	}
-	for i := range spec.Containers {
-		if isAgent(spec.Containers[i]) {
-			return &spec.Containers[i], false
-		}
-	}
-	return nil, false
-}
 
 // appContainers are every init and app container except the agent.
 func appContainers(spec *corev1.PodSpec) []*corev1.Container {

@@ -390,3 +390,87 @@ func TestInjectedPodsAreRestricted(t *testing.T) {
 		}
 	})
 }
+
+// TestInjectReplacesUserAgentContainer: a container that the user named like the agent
+// is never kept, even when its image and arguments are the agent's: it could be
+// privileged, or carry another Pod's identity. The result is the Pod as if the user
+// had not written it, and injecting that again changes nothing.
+func TestInjectReplacesUserAgentContainer(t *testing.T) {
+	tests := map[string]struct {
+		plain  bool
+		mutate func(agent *corev1.Container)
+	}{
+		"privileged": {mutate: func(a *corev1.Container) {
+			a.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true), RunAsUser: ptr.To[int64](0)}
+		}},
+		"another Pod's identity in env": {mutate: func(a *corev1.Container) {
+			a.Env = []corev1.EnvVar{{Name: "POD_NAME", Value: "someone-else"}, {Name: "POD_UID", Value: "0000"},
+				{Name: "POD_NAMESPACE", Value: "team-b"}}
+		}},
+		"extra args after the agent's": {mutate: func(a *corev1.Container) {
+			a.Command = []string{"/bin/sh", "-c", "exec /usr/local/bin/leasehold-agent \"$@\"", "--"}
+		}},
+		"host mount": {mutate: func(a *corev1.Container) {
+			a.VolumeMounts = append(a.VolumeMounts, corev1.VolumeMount{Name: "host", MountPath: "/host"})
+		}},
+		"plain mode, privileged": {plain: true, mutate: func(a *corev1.Container) {
+			a.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			opts := DefaultOptions()
+			opts.PlainContainer = tc.plain
+			clean := readPod(t, "testdata/golden/bare.in.yaml")
+			want := mustInject(t, clean, opts)
+
+			// The user's container sits exactly where the agent goes, with the agent's
+			// image and arguments, so nothing but its other fields tells them apart.
+			in := clean.DeepCopy()
+			cfg, _ := ParseAnnotations(in.Annotations)
+			user := agentContainer(cfg, opts, false)
+			tc.mutate(&user)
+			if tc.plain {
+				in.Spec.Containers = append([]corev1.Container{user}, in.Spec.Containers...)
+				in.Annotations[DefaultContainerAnnotation] = "app"
+			} else {
+				in.Spec.InitContainers = append([]corev1.Container{user}, in.Spec.InitContainers...)
+			}
+
+			got := mustInject(t, in, opts)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("the user's %q container was kept (-want +got):\n%s", AgentContainerName, diff)
+			}
+			if diff := cmp.Diff(got, mustInject(t, got, opts)); diff != "" {
+				t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestInjectReplacesUserTokenVolume: a projected volume that the user named like the
+// agent's token volume is replaced, in place, by the computed one.
+func TestInjectReplacesUserTokenVolume(t *testing.T) {
+	opts := DefaultOptions()
+	in := readPod(t, "testdata/golden/bare.in.yaml")
+	in.Spec.ServiceAccountName = "default"
+	in.Spec.Volumes = []corev1.Volume{
+		{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{
+				{Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "other-credentials"}}},
+				{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "vault", ExpirationSeconds: ptr.To[int64](86400)}},
+			}}}},
+		{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	want := in.DeepCopy()
+	want.Spec.Volumes[0] = tokenVolume()
+	want = mustInject(t, want, opts)
+
+	got := mustInject(t, in, opts)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the user's %q volume was kept (-want +got):\n%s", TokenVolumeName, diff)
+	}
+	if diff := cmp.Diff(got, mustInject(t, got, opts)); diff != "" {
+		t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+	}
+}
