@@ -156,6 +156,19 @@ func TestInjectGoldenShape(t *testing.T) {
 			if out.Annotations[AnnotationStatus] != StatusInjected {
 				t.Errorf("status annotation %q", out.Annotations[AnnotationStatus])
 			}
+			// The agent's token: one hour. 3607 s is the kubelet's own kube-api-access
+			// value, which an API server with --service-account-extend-token-expiration
+			// (the default) turns into a token valid for a year.
+			for _, v := range out.Spec.Volumes {
+				if v.Name != TokenVolumeName {
+					continue
+				}
+				for _, s := range v.Projected.Sources {
+					if s.ServiceAccountToken != nil && ptr.Deref(s.ServiceAccountToken.ExpirationSeconds, 0) != 3600 {
+						t.Errorf("agent token expirationSeconds %v, want 3600", ptr.Deref(s.ServiceAccountToken.ExpirationSeconds, 0))
+					}
+				}
+			}
 		})
 	}
 }

@@ -126,3 +126,9 @@ const ServiceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 // the app; and the API server's ServiceAccount admission, which runs before webhooks,
 // would otherwise not reach the webhook-added container when it is on.
 const TokenVolumeName = "leasehold-agent-token"
+
+// TokenExpirationSeconds is the lifetime of the agent's projected token; client-go
+// reads the file again as the kubelet refreshes it. Not the kubelet's 3607: the API
+// server treats that value as a legacy kube-api-access token and, with
+// --service-account-extend-token-expiration (its default), makes it valid for a year.
+const TokenExpirationSeconds = 3600
