@@ -36,6 +36,11 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		opts.AgentMetricsBindAddress = "0"
 	}
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
+	if guaranteed(spec) {
+		// Requests below limits would make the Pod Burstable: a Guaranteed Pod's agent
+		// requests what it is limited to.
+		want.Resources.Requests = want.Resources.Limits.DeepCopy()
+	}
 
 	// The agent: always the computed container, in its place. A container the user
 	// named like the agent is never kept, even with the agent's image and arguments (it
@@ -101,6 +106,32 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 }
 
 func isAgent(c corev1.Container) bool { return c.Name == AgentContainerName }
+
+// guaranteed reports whether the Pod's own containers make it QoS class Guaranteed:
+// each init and app container (the agent aside) has CPU and memory limits and requests
+// equal to them (a missing request counts as its limit, as the API server defaults it).
+// With Pod-level resources the Pod's class does not depend on its containers.
+func guaranteed(spec *corev1.PodSpec) bool {
+	if spec.Resources != nil && (len(spec.Resources.Requests) > 0 || len(spec.Resources.Limits) > 0) {
+		return false
+	}
+	apps := appContainers(spec)
+	if len(apps) == 0 {
+		return false
+	}
+	for _, c := range apps {
+		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			limit, ok := c.Resources.Limits[r]
+			if !ok || limit.IsZero() {
+				return false
+			}
+			if req, ok := c.Resources.Requests[r]; ok && !req.Equal(limit) {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // appContainers are every init and app container except the agent.
 func appContainers(spec *corev1.PodSpec) []*corev1.Container {

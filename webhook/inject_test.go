@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,7 +12,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/kubectl/pkg/util/qos"
 	psapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
@@ -155,6 +158,12 @@ func TestInjectGoldenShape(t *testing.T) {
 			}
 			if out.Annotations[AnnotationStatus] != StatusInjected {
 				t.Errorf("status annotation %q", out.Annotations[AnnotationStatus])
+			}
+			// The agent keeps a Guaranteed Pod Guaranteed (Kubernetes' own QoS rules).
+			if inQoS := qos.ComputePodQOS(in); inQoS == corev1.PodQOSGuaranteed {
+				if outQoS := qos.ComputePodQOS(out); outQoS != inQoS {
+					t.Errorf("the injected Pod is %s, the Pod was %s", outQoS, inQoS)
+				}
 			}
 			// The agent's token: one hour. 3607 s is the kubelet's own kube-api-access
 			// value, which an API server with --service-account-extend-token-expiration
@@ -485,5 +494,65 @@ func TestInjectReplacesUserTokenVolume(t *testing.T) {
 	}
 	if diff := cmp.Diff(got, mustInject(t, got, opts)); diff != "" {
 		t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+	}
+}
+
+// TestGuaranteedFollowsKubernetesQoS: the injector's idea of a Guaranteed Pod is
+// Kubernetes' own (kubectl's ComputePodQOS, on the Pod as the API server defaults it:
+// a missing request is its limit).
+func TestGuaranteedFollowsKubernetesQoS(t *testing.T) {
+	rl := func(cpu, mem string) corev1.ResourceList {
+		l := corev1.ResourceList{}
+		if cpu != "" {
+			l[corev1.ResourceCPU] = resource.MustParse(cpu)
+		}
+		if mem != "" {
+			l[corev1.ResourceMemory] = resource.MustParse(mem)
+		}
+		return l
+	}
+	g := corev1.ResourceRequirements{Requests: rl("1", "1Gi"), Limits: rl("1", "1Gi")}
+	tests := map[string]struct {
+		init, apps []corev1.ResourceRequirements
+		podLevel   *corev1.ResourceRequirements
+		want       bool
+	}{
+		"all equal":                {apps: []corev1.ResourceRequirements{g, g}, init: []corev1.ResourceRequirements{g}, want: true},
+		"limits only (defaulted)":  {apps: []corev1.ResourceRequirements{{Limits: rl("500m", "1Gi")}}, want: true},
+		"request below limit":      {apps: []corev1.ResourceRequirements{g, {Requests: rl("1", "512Mi"), Limits: rl("1", "1Gi")}}},
+		"no memory limit":          {apps: []corev1.ResourceRequirements{{Requests: rl("1", ""), Limits: rl("1", "")}}},
+		"init container burstable": {apps: []corev1.ResourceRequirements{g}, init: []corev1.ResourceRequirements{{Requests: rl("100m", "")}}},
+		"best effort":              {apps: []corev1.ResourceRequirements{{}}},
+		"pod-level resources":      {apps: []corev1.ResourceRequirements{g}, podLevel: &corev1.ResourceRequirements{Limits: rl("2", "2Gi"), Requests: rl("2", "2Gi")}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{Resources: tc.podLevel}}
+			for i, r := range tc.init {
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: fmt.Sprintf("i%d", i), Resources: r})
+			}
+			for i, r := range tc.apps {
+				pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Resources: r})
+			}
+			if got := guaranteed(&pod.Spec); got != tc.want {
+				t.Errorf("guaranteed = %v, want %v", got, tc.want)
+			}
+			defaulted := pod.DeepCopy()
+			for _, cs := range [][]corev1.Container{defaulted.Spec.InitContainers, defaulted.Spec.Containers} {
+				for i := range cs {
+					for k, v := range cs[i].Resources.Limits {
+						if _, ok := cs[i].Resources.Requests[k]; !ok {
+							if cs[i].Resources.Requests == nil {
+								cs[i].Resources.Requests = corev1.ResourceList{}
+							}
+							cs[i].Resources.Requests[k] = v
+						}
+					}
+				}
+			}
+			if k8s := qos.ComputePodQOS(defaulted) == corev1.PodQOSGuaranteed && tc.podLevel == nil; k8s != tc.want {
+				t.Errorf("the case is wrong: Kubernetes says Guaranteed=%v (pod-level resources: %v)", k8s, tc.podLevel != nil)
+			}
+		})
 	}
 }
