@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"net"
 	"path"
 	"slices"
 	"strconv"
@@ -30,11 +31,7 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		return errs
 	}
 	spec := &pod.Spec
-	if spec.HostNetwork {
-		// The node's loopback is shared by every host-network Pod: two agents would
-		// fight over the metrics port. Their metrics are off.
-		opts.AgentMetricsBindAddress = "0"
-	}
+	opts.AgentMetricsBindAddress = agentMetricsAddress(spec, cfg, opts.AgentMetricsBindAddress)
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
 	if guaranteed(spec) {
 		// Requests below limits would make the Pod Burstable: a Guaranteed Pod's agent
@@ -222,11 +219,45 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 			"the Pod uses hostNetwork, so the port would be on the node's loopback, open to every host-network Pod; "+
 				"fix: remove "+AnnotationTCPPort+" and use the Unix socket ("+EnvSocket+")"))
 	}
-	if cfg.TCPPort != 0 && !pod.Spec.HostNetwork && strings.HasSuffix(opts.AgentMetricsBindAddress, ":"+strconv.Itoa(int(cfg.TCPPort))) {
-		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)), fmt.Sprintf(
-			"the agent serves its metrics on %s; fix: choose another port", opts.AgentMetricsBindAddress)))
-	}
 	return errs
+}
+
+// agentMetricsAddress is the agent's --metrics-bind-address in this Pod: addr, unless
+// a container of the Pod declares its port (TCP) or leasehold.io/tcp-port names it;
+// then the next port that nothing in the Pod declares. Containers share the Pod's
+// network namespace, so an app listening on the agent's port would fail to start (the
+// agent, a native sidecar, binds first). In a hostNetwork Pod the metrics are off: the
+// node's loopback is shared by every host-network Pod, and two agents would fight over
+// the port.
+func agentMetricsAddress(spec *corev1.PodSpec, cfg *Config, addr string) string {
+	if spec.HostNetwork {
+		return "0"
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr // "0" (off), or refused by Options.Validate
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 {
+		return addr
+	}
+	used := map[int]bool{int(cfg.TCPPort): cfg.TCPPort != 0}
+	for _, c := range appContainers(spec) {
+		for _, p := range c.Ports {
+			if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+				used[int(p.ContainerPort)] = true
+			}
+		}
+	}
+	for p, tried := port, 0; tried < 65535; p, tried = p+1, tried+1 {
+		if p > 65535 {
+			p = 1024
+		}
+		if !used[p] {
+			return net.JoinHostPort(host, strconv.Itoa(p))
+		}
+	}
+	return "0"
 }
 
 // tokenVolume is the kubelet's kube-api-access volume, for the agent alone.

@@ -3,9 +3,11 @@ package webhook
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -159,6 +161,23 @@ func TestInjectGoldenShape(t *testing.T) {
 			if out.Annotations[AnnotationStatus] != StatusInjected {
 				t.Errorf("status annotation %q", out.Annotations[AnnotationStatus])
 			}
+			// The agent's metrics port is no port the Pod declares, nor its tcp-port.
+			if addr := argValue(agent.Args, "--metrics-bind-address"); addr != "0" {
+				_, port, err := net.SplitHostPort(addr)
+				if err != nil {
+					t.Fatalf("agent --metrics-bind-address=%q: %v", addr, err)
+				}
+				if port == out.Annotations[AnnotationTCPPort] {
+					t.Errorf("agent metrics on %s, the port of %s", addr, AnnotationTCPPort)
+				}
+				for _, c := range append(append([]corev1.Container{}, out.Spec.InitContainers...), out.Spec.Containers...) {
+					for _, p := range c.Ports {
+						if strconv.Itoa(int(p.ContainerPort)) == port {
+							t.Errorf("agent metrics on %s, a port container %q declares", addr, c.Name)
+						}
+					}
+				}
+			}
 			// The agent keeps a Guaranteed Pod Guaranteed (Kubernetes' own QoS rules).
 			if inQoS := qos.ComputePodQOS(in); inQoS == corev1.PodQOSGuaranteed {
 				if outQoS := qos.ComputePodQOS(out); outQoS != inQoS {
@@ -180,6 +199,16 @@ func TestInjectGoldenShape(t *testing.T) {
 			}
 		})
 	}
+}
+
+// argValue is the value of --name=value in args.
+func argValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func hasMount(c corev1.Container) bool {
@@ -266,6 +295,35 @@ func TestInjectHostNetworkTurnsAgentMetricsOff(t *testing.T) {
 	}
 }
 
+// TestInjectMovesAgentMetricsPort: the agent's metrics leave a port the Pod uses for
+// the next free one (the golden case metrics-port has the full Pod).
+func TestInjectMovesAgentMetricsPort(t *testing.T) {
+	tests := map[string]struct {
+		mutate func(*corev1.Pod)
+		want   string
+	}{
+		"default":        {mutate: func(*corev1.Pod) {}, want: "127.0.0.1:9090"},
+		"tcp-port on it": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" }, want: "127.0.0.1:9091"},
+		"app port on it": {mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolTCP}}
+		}, want: "127.0.0.1:9091"},
+		"UDP port does not clash": {mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolUDP}}
+		}, want: "127.0.0.1:9090"},
+		"hostNetwork: metrics off": {mutate: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, want: "0"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := readPod(t, "testdata/golden/bare.in.yaml")
+			tc.mutate(pod)
+			got := mustInject(t, pod, DefaultOptions())
+			if addr := argValue(got.Spec.InitContainers[0].Args, "--metrics-bind-address"); addr != tc.want {
+				t.Errorf("agent --metrics-bind-address=%s, want %s", addr, tc.want)
+			}
+		})
+	}
+}
+
 func TestInjectStatusAloneDoesNotSkip(t *testing.T) {
 	pod := readPod(t, "testdata/golden/bare.in.yaml")
 	pod.Annotations[AnnotationStatus] = StatusInjected
@@ -326,10 +384,6 @@ func TestInjectConflicts(t *testing.T) {
 				p.Spec.HostNetwork = true
 			},
 			want: `the Pod uses hostNetwork, so the port would be on the node's loopback`,
-		},
-		"tcp port is the agent's metrics port": {
-			mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" },
-			want:   `the agent serves its metrics on 127.0.0.1:9090`,
 		},
 	}
 	for name, tc := range tests {
