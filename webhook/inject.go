@@ -289,6 +289,7 @@ func AgentArgs(cfg *Config, opts Options) []string {
 		"--renew-deadline=" + cfg.RenewDeadline.String(),
 		"--retry-period=" + cfg.RetryPeriod.String(),
 		"--socket=" + SocketPath,
+		"--probe-socket=" + ProbeSocketPath,
 		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
 		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
 	}
@@ -303,7 +304,7 @@ func fieldEnv(name, fieldPath string) corev1.EnvVar {
 func probe(endpoint string, period, failures int32) *corev1.Probe {
 	return &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
-			Command: []string{AgentBinary, "--probe=" + endpoint, "--socket=" + SocketPath},
+			Command: []string{AgentBinary, "--probe=" + endpoint, "--socket=" + ProbeSocketPath},
 		}},
 		TimeoutSeconds:   1,
 		PeriodSeconds:    period,

@@ -20,6 +20,9 @@ const (
 	SocketDir = "/run/leasehold"
 	// SocketPath is the agent's socket.
 	SocketPath = SocketDir + "/agent.sock"
+	// ProbeSocketPath is the agent's socket for the kubelet's exec probes alone
+	// (/healthz and /readyz, outside the agent's --max-connections).
+	ProbeSocketPath = SocketDir + "/probe.sock"
 	// EnvSocket and EnvURL tell app containers where the agent is.
 	EnvSocket = "LEASEHOLD_SOCKET"
 	EnvURL    = "LEASEHOLD_URL"
