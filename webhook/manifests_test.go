@@ -9,6 +9,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	psapi "k8s.io/pod-security-admission/api"
@@ -72,6 +73,21 @@ func TestManifests(t *testing.T) {
 		}
 		if diff := cmp.Diff(map[string]int32{"webhook": 9443, "metrics": 8080, "health": 8081}, ports); diff != "" {
 			t.Errorf("ports (-want +got):\n%s", diff)
+		}
+		// Memory: the limit holds the binary's pages (~25 MiB) beside GOMEMLIMIT, and
+		// is at least what the largest reviews in flight need (BENCHMARKS.md).
+		limit := c.Resources.Limits[corev1.ResourceMemory]
+		var goLimit resource.Quantity
+		for _, e := range c.Env {
+			if e.Name == "GOMEMLIMIT" {
+				goLimit = resource.MustParse(strings.TrimSuffix(e.Value, "B"))
+			}
+		}
+		if limit.Cmp(resource.MustParse("128Mi")) < 0 || goLimit.IsZero() || goLimit.Value()+32<<20 > limit.Value() {
+			t.Errorf("memory limit %s, GOMEMLIMIT %s: want a limit of at least 128Mi and GOMEMLIMIT 32Mi below it", limit.String(), goLimit.String())
+		}
+		if limit.Value() != 128<<20 || goLimit.Value() != benchMemLimit {
+			t.Errorf("memory limit %s, GOMEMLIMIT %s: BENCHMARKS.md and BenchmarkLargeReview (benchMemLimit) measure 128Mi and 90MiB; measure again and update them", limit.String(), goLimit.String())
 		}
 		evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
 		if err != nil {

@@ -49,8 +49,9 @@ func run(ctx context.Context, args []string) error {
 		selfSigned  = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
-		certs = webhook.CertOptions{}
-		debug = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
+		certs  = webhook.CertOptions{}
+		limits = webhook.DefaultReviewLimits()
+		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
 	)
 	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
 	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
@@ -60,11 +61,12 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&certs.CAValidity, "ca-validity", webhook.DefaultCAValidity, "With --self-signed-certs: how long a new CA is valid.")
 	fs.DurationVar(&certs.RenewBefore, "cert-renew-before", webhook.DefaultRenewBefore, "With --self-signed-certs: renew a certificate this long before it expires.")
 	fs.DurationVar(&certs.CheckEvery, "cert-check-interval", webhook.DefaultCheckEvery, "With --self-signed-certs: how often expiry is checked.")
+	limits.BindFlags(fs)
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := errors.Join(opts.Validate(), certs.Validate()); err != nil {
+	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate()); err != nil {
 		return err
 	}
 	certs.Namespace = opts.Namespace
@@ -123,7 +125,9 @@ func run(ctx context.Context, args []string) error {
 	// Serve once the certificate is mounted and the caBundle written: the server
 	// cannot start without tls.crt, and must not report ready before the API server
 	// trusts it. It reloads the certificate when the mounted Secret changes.
-	server.Register(webhook.Path, webhook.Instrument(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}))
+	// Reviews over --max-review-bytes are refused unread; those in flight are bounded
+	// by --max-in-flight-review-bytes (the memory limit in manifests/ is sized for it).
+	server.Register(webhook.Path, webhook.Instrument(webhook.Guard(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}, limits)))
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		select {
 		case <-certsReady:
