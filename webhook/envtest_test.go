@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,7 +77,8 @@ func startWebhookEnvWith(t *testing.T, limits ReviewLimits, configure func(*envt
 	}
 
 	wo := env.WebhookInstallOptions
-	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir})
+	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir,
+		TLSOpts: []func(*tls.Config){SecureTLS}}) // as cmd/leasehold-webhook: the API server must get along with it
 	server.Register(Path, Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits))
 	for path, h := range extra {
 		server.Register(path, h)

@@ -42,7 +42,8 @@ func kinds(m map[string]string) []string {
 func TestKustomizeBuilds(t *testing.T) {
 	base := render(t, "base")
 	want := []string{
-		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-operator", "ClusterRole/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook",
+		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-metrics-reader", "ClusterRole/leasehold-operator", "ClusterRole/leasehold-webhook",
+		"ClusterRole/leasehold-webhook-metrics-auth", "ClusterRoleBinding/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook-metrics-auth",
 		"Deployment/leasehold-webhook", "MutatingWebhookConfiguration/leasehold-webhook", "Namespace/leasehold-system",
 		"PodDisruptionBudget/leasehold-webhook", "Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
 		"Secret/leasehold-webhook-tls", "Service/leasehold-webhook", "ServiceAccount/leasehold-webhook",

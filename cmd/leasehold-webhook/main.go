@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -44,9 +46,12 @@ func run(ctx context.Context, args []string) error {
 	opts.BindFlags(fs)
 	var (
 		port        = fs.Int("webhook-port", 9443, "Port of the webhook's HTTPS server.")
-		metricsAddr = fs.String("metrics-bind-address", ":8080", `Address of the Prometheus metrics endpoint ("0" = off).`)
-		probeAddr   = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
-		selfSigned  = fs.Bool("self-signed-certs", true,
+		metricsAddr = fs.String("metrics-bind-address", ":8443", `Address of the Prometheus metrics endpoint ("0" = off).`)
+		metricsSec  = fs.Bool("metrics-secure", true,
+			"Serve metrics over HTTPS to clients whose bearer token the API server authenticates and authorizes (get on /metrics); "+
+				"false serves them over plain HTTP to anyone (local tests only).")
+		probeAddr  = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+		selfSigned = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
 		certs  = webhook.CertOptions{}
@@ -88,7 +93,15 @@ func run(ctx context.Context, args []string) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
-	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir})
+	tlsOpts := []func(*tls.Config){webhook.SecureTLS}
+	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: tlsOpts})
+	metricsOpts := metricsserver.Options{BindAddress: *metricsAddr, SecureServing: *metricsSec, TLSOpts: tlsOpts}
+	if *metricsSec {
+		// As kubebuilder's scaffold: TokenReview and SubjectAccessReview, as the
+		// webhook's ServiceAccount (manifests/base/metrics-rbac.yaml), for every scrape.
+		// The certificate is self-signed, generated at start.
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
 	var restConfig *rest.Config
 	if *kubeconfig != "" {
 		restConfig, err = clientcmd.BuildConfigFromFlags("", *kubeconfig)
@@ -100,7 +113,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: *probeAddr,
 		// The manager's own cache is never used for Pods: admission makes no API call.
 		// Keep it to the webhook's namespace so that nothing cluster-wide is cached.

@@ -18,11 +18,13 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -73,6 +75,7 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	applyManifest(t, admin, "serviceaccount.yaml", &corev1.ServiceAccount{})
 	applyManifest(t, admin, "secret.yaml", &corev1.Secret{})
 	applyManifest(t, admin, "rbac.yaml", &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{})
+	applyManifest(t, admin, "metrics-rbac.yaml", &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{}, &rbacv1.ClusterRole{})
 	applyManifest(t, admin, "mutatingwebhookconfiguration.yaml", &admissionregistrationv1.MutatingWebhookConfiguration{})
 
 	// A kubeconfig that acts as the webhook's ServiceAccount.
@@ -192,18 +195,103 @@ func TestRunSelfSignedTLS(t *testing.T) {
 		t.Fatalf("want an allowed review with the agent in the patch, got %+v", out.Response)
 	}
 
-	mresp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
+	// TLS as kubebuilder's scaffold serves it: 1.2 or later, ECDHE with AEAD ciphers
+	// at 1.2, no HTTP/2 (CVE-2023-44487, rapid reset).
+	t.Run("webhook TLS", func(t *testing.T) {
+		handshake := func(c *tls.Config) (tls.ConnectionState, error) {
+			c.RootCAs, c.ServerName = pool, "leasehold-webhook.leasehold-system.svc"
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), c)
+			if err != nil {
+				return tls.ConnectionState{}, err
+			}
+			defer conn.Close()
+			return conn.ConnectionState(), nil
+		}
+		if _, err := handshake(&tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+			t.Error("a TLS 1.1 client was served")
+		}
+		if _, err := handshake(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
+			tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+			tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}); err == nil {
+			t.Error("a TLS 1.2 client offering only CBC and non-ECDHE suites was served")
+		}
+		if st, err := handshake(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}); err != nil {
+			t.Errorf("TLS 1.2 with ECDHE and AES-GCM: %v", err)
+		} else if st.Version != tls.VersionTLS12 {
+			t.Errorf("negotiated %x, want TLS 1.2", st.Version)
+		}
+		st, err := handshake(&tls.Config{NextProtos: []string{"h2", "http/1.1"}})
+		if err != nil {
+			t.Fatalf("TLS 1.3 client offering h2: %v", err)
+		}
+		if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" {
+			t.Errorf("negotiated version %x, protocol %q: want TLS 1.3 and no h2", st.Version, st.NegotiatedProtocol)
+		}
+	})
+
+	// Metrics over HTTPS, for a bearer token that the API server authenticates and
+	// authorizes (get on /metrics), with the webhook's own RBAC from
+	// manifests/base/metrics-rbac.yaml.
+	token := func(t *testing.T, sa string) string {
+		t.Helper()
+		cs := kubernetes.NewForConfigOrDie(cfg)
+		if _, err := cs.CoreV1().ServiceAccounts("monitoring").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := cs.CoreV1().ServiceAccounts("monitoring").CreateToken(ctx, sa, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "monitoring"}}); err != nil {
 		t.Fatal(err)
 	}
-	metrics, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
+	if err := admin.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "prometheus-leasehold"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "leasehold-metrics-reader"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "monitoring", Name: "prometheus"}}}); err != nil {
+		t.Fatal(err)
+	}
+	prometheus, stranger := token(t, "prometheus"), token(t, "stranger")
+	scrape := func(bearer string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/metrics", metricsPort), nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		// The metrics certificate is self-signed (as kube-controller-manager's):
+		// Prometheus scrapes it with insecure_skip_verify and its bearer token.
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("scrape: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := scrape(""); code != http.StatusUnauthorized {
+		t.Errorf("scrape without a token: %d, want 401", code)
+	}
+	if code, _ := scrape(stranger); code != http.StatusForbidden {
+		t.Errorf("scrape by a ServiceAccount without leasehold-metrics-reader: %d, want 403", code)
+	}
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("metrics served over plain HTTP")
+		}
+	}
+	code, metrics := scrape(prometheus)
+	if code != http.StatusOK {
+		t.Fatalf("scrape by prometheus: %d: %s", code, metrics)
+	}
 	for _, want := range []string{
 		`leasehold_webhook_injections_total{outcome="injected"} 1`,
 		`controller_runtime_webhook_requests_total{code="200",webhook="/mutate-v1-pod"} 1`,
 		`leasehold_webhook_request_duration_seconds_count 1`,
 	} {
-		if !strings.Contains(string(metrics), want) {
+		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
