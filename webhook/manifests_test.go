@@ -9,8 +9,10 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	psapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
@@ -108,6 +110,39 @@ func TestManifests(t *testing.T) {
 		if !cmp.Equal(svc.Spec.Selector, d.Spec.Template.Labels) {
 			t.Errorf("service selector %v, pod labels %v", svc.Spec.Selector, d.Spec.Template.Labels)
 		}
+
+		// Ingress: the webhook and metrics ports only, to these Pods.
+		np := &networkingv1.NetworkPolicy{}
+		decodeManifests(t, "networkpolicy.yaml", np)
+		if !cmp.Equal(np.Spec.PodSelector.MatchLabels, d.Spec.Template.Labels) || !cmp.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+			t.Errorf("network policy selects %v (pods are %v), types %v", np.Spec.PodSelector.MatchLabels, d.Spec.Template.Labels, np.Spec.PolicyTypes)
+		}
+		var open []int32
+		for _, r := range np.Spec.Ingress {
+			if len(r.From) != 0 {
+				t.Errorf("ingress rule with sources %+v: the API server's address cannot be selected", r.From)
+			}
+			for _, p := range r.Ports {
+				if p.Port == nil || p.Protocol == nil || *p.Protocol != corev1.ProtocolTCP {
+					t.Errorf("ingress port %+v", p)
+					continue
+				}
+				open = append(open, p.Port.IntVal)
+			}
+		}
+		if diff := cmp.Diff([]int32{ports["webhook"], ports["metrics"]}, open); diff != "" {
+			t.Errorf("ingress ports (-want +got):\n%s", diff)
+		}
+
+		// Priority: above ordinary workloads, below the system classes.
+		pc := &schedulingv1.PriorityClass{}
+		decodeManifests(t, "priorityclass.yaml", pc)
+		if d.Spec.Template.Spec.PriorityClassName != pc.Name {
+			t.Errorf("priorityClassName %q, want %q", d.Spec.Template.Spec.PriorityClassName, pc.Name)
+		}
+		if pc.Value <= 0 || pc.Value > 1000000000 || pc.GlobalDefault {
+			t.Errorf("priority class value %d (want 1 to 1e9, the user range), globalDefault %v", pc.Value, pc.GlobalDefault)
+		}
 	})
 
 	t.Run("webhook RBAC has no Lease rights", func(t *testing.T) {
@@ -168,7 +203,7 @@ func TestManifests(t *testing.T) {
 		}
 		for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "secret.yaml", "service.yaml",
 			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml", "admission-policy.yaml",
-			"metrics-rbac.yaml"} {
+			"metrics-rbac.yaml", "networkpolicy.yaml", "priorityclass.yaml"} {
 			if !slices.Contains(k.Resources, f) {
 				t.Errorf("kustomization.yaml lacks %s", f)
 			}
