@@ -111,6 +111,26 @@ func TestManifests(t *testing.T) {
 			t.Errorf("service selector %v, pod labels %v", svc.Spec.Selector, d.Spec.Template.Labels)
 		}
 
+		// The serving key pair only: the CA's key, which signs every new serving
+		// certificate, stays in the Secret (the rotator reads it through the API).
+		// optional: the Secret is empty until the first replica's rotator fills it, and
+		// the kubelet refuses to mount a listed key that is missing otherwise.
+		var certs *corev1.SecretVolumeSource
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "leasehold-webhook-tls" {
+				certs = v.Secret
+			}
+		}
+		if certs == nil {
+			t.Fatal("no volume of Secret leasehold-webhook-tls")
+		}
+		if diff := cmp.Diff([]corev1.KeyToPath{{Key: "tls.crt", Path: "tls.crt"}, {Key: "tls.key", Path: "tls.key"}}, certs.Items); diff != "" {
+			t.Errorf("mounted keys of the TLS Secret (-want +got):\n%s", diff)
+		}
+		if certs.Optional == nil || !*certs.Optional {
+			t.Errorf("the TLS Secret volume is not optional: the first Pod would wait for keys only it can write")
+		}
+
 		// Ingress: the webhook and metrics ports only, to these Pods.
 		np := &networkingv1.NetworkPolicy{}
 		decodeManifests(t, "networkpolicy.yaml", np)
@@ -203,7 +223,7 @@ func TestManifests(t *testing.T) {
 		}
 		for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "secret.yaml", "service.yaml",
 			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml", "admission-policy.yaml",
-			"metrics-rbac.yaml", "networkpolicy.yaml", "priorityclass.yaml"} {
+			"metrics-rbac.yaml", "networkpolicy.yaml", "priorityclass.yaml", "webhook-config-policy.yaml"} {
 			if !slices.Contains(k.Resources, f) {
 				t.Errorf("kustomization.yaml lacks %s", f)
 			}

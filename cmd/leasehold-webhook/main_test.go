@@ -18,6 +18,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -76,6 +77,7 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	applyManifest(t, admin, "secret.yaml", &corev1.Secret{})
 	applyManifest(t, admin, "rbac.yaml", &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{})
 	applyManifest(t, admin, "metrics-rbac.yaml", &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{}, &rbacv1.ClusterRole{})
+	applyManifest(t, admin, "webhook-config-policy.yaml", &admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{})
 	applyManifest(t, admin, "mutatingwebhookconfiguration.yaml", &admissionregistrationv1.MutatingWebhookConfiguration{})
 
 	// A kubeconfig that acts as the webhook's ServiceAccount.
@@ -151,8 +153,9 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the webhook did not fill its Secret: %v", err)
 	}
-	for k, v := range secret.Data {
-		if err := os.WriteFile(filepath.Join(certDir, k), v, 0o600); err != nil {
+	// Only what the Deployment mounts: the serving key pair, not the CA's key.
+	for _, k := range mountedCertKeys(t) {
+		if err := os.WriteFile(filepath.Join(certDir, k), secret.Data[k], 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -328,4 +331,36 @@ func TestRunRefusesCertDurationsThatRenewOnEveryCheck(t *testing.T) {
 		strings.Contains(err.Error(), "--cert-") {
 		t.Fatalf("valid durations: want only the kubeconfig error, got %v", err)
 	}
+}
+
+// mountedCertKeys are the keys of the TLS Secret that manifests/base/deployment.yaml
+// mounts into the webhook's Pods (the certs volume's items).
+func mountedCertKeys(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "manifests", "base", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &appsv1.Deployment{}
+	if err := yaml.UnmarshalStrict(b, d); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret == nil || v.Secret.SecretName != "leasehold-webhook-tls" {
+			continue
+		}
+		var keys []string
+		for _, it := range v.Secret.Items {
+			if it.Path != it.Key {
+				t.Fatalf("secret key %s mounted as %s: the webhook reads tls.crt and tls.key", it.Key, it.Path)
+			}
+			keys = append(keys, it.Key)
+		}
+		if len(keys) == 0 {
+			t.Fatal("the Deployment mounts the whole TLS Secret, the CA's key included: list the items to mount")
+		}
+		return keys
+	}
+	t.Fatal("the Deployment does not mount leasehold-webhook-tls")
+	return nil
 }
