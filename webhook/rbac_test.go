@@ -97,7 +97,9 @@ func TestWebhookMayChangeOnlyCABundle(t *testing.T) {
 		"objectSelector added": func(m *admissionregistrationv1.MutatingWebhookConfiguration) {
 			m.Webhooks[0].ObjectSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"never": "true"}}
 		},
-		"timeout raised": func(m *admissionregistrationv1.MutatingWebhookConfiguration) { m.Webhooks[0].TimeoutSeconds = ptr.To[int32](30) },
+		"timeout raised": func(m *admissionregistrationv1.MutatingWebhookConfiguration) {
+			m.Webhooks[0].TimeoutSeconds = ptr.To[int32](30)
+		},
 		"another Service": func(m *admissionregistrationv1.MutatingWebhookConfiguration) {
 			m.Webhooks[0].ClientConfig.Service.Namespace = "attacker"
 		},
