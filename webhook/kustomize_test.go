@@ -48,9 +48,10 @@ func TestKustomizeBuilds(t *testing.T) {
 		"NetworkPolicy/leasehold-webhook", "PodDisruptionBudget/leasehold-webhook", "PriorityClass/leasehold-webhook",
 		"Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
 		"Secret/leasehold-webhook-tls", "Service/leasehold-webhook", "ServiceAccount/leasehold-webhook",
-		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicy/leasehold-webhook-cabundle-only",
+		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicy/leasehold-pod-annotations",
+		"ValidatingAdmissionPolicy/leasehold-webhook-cabundle-only",
 		"ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases", "ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
-		"ValidatingAdmissionPolicyBinding/leasehold-webhook-cabundle-only",
+		"ValidatingAdmissionPolicyBinding/leasehold-pod-annotations", "ValidatingAdmissionPolicyBinding/leasehold-webhook-cabundle-only",
 	}
 	if got := kinds(base); !slices.Equal(got, want) {
 		t.Errorf("base renders %v\nwant %v", got, want)
