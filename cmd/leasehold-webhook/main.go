@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -111,6 +112,19 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// Refuse an API server that would ignore the webhook configuration's
+	// matchConditions (older than 1.28), or lacks native sidecars, before serving.
+	dc, err := discovery.NewDiscoveryClientForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("discovery client: %w", err)
+	}
+	serverVersion, err := dc.ServerVersion()
+	if err != nil {
+		return fmt.Errorf("ask the API server its version: %w", err)
+	}
+	if err := webhook.CheckServerVersion(serverVersion, opts.PlainContainer); err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsOpts,
@@ -170,6 +184,6 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
-		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace)
+		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
 	return mgr.Start(ctx)
 }

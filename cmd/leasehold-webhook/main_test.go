@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -363,4 +364,42 @@ func mountedCertKeys(t *testing.T) []string {
 	}
 	t.Fatal("the Deployment does not mount leasehold-webhook-tls")
 	return nil
+}
+
+// An API server older than 1.28 (it would ignore the webhook configuration's
+// matchConditions) is refused at start, with the reason and the fix, before anything
+// else runs. The API server here is a stand-in that only answers /version.
+func TestRunRefusesAnOldAPIServer(t *testing.T) {
+	for _, tc := range []struct {
+		version, want string
+		args          []string
+	}{
+		{"v1.27.16", "the API server is Kubernetes v1.27.16; Leasehold needs 1.28 or later", nil},
+		{"v1.28.15", "native sidecars need Kubernetes 1.29 or later; fix: upgrade the cluster, or run the webhook with --plain-container", nil},
+	} {
+		t.Run(tc.version, func(t *testing.T) {
+			apiServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/version" {
+					http.NotFound(w, r)
+					return
+				}
+				minor := strings.Split(tc.version, ".")[1]
+				_ = json.NewEncoder(w).Encode(map[string]string{"major": "1", "minor": minor, "gitVersion": tc.version})
+			}))
+			defer apiServer.Close()
+			kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+			kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: %q}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n"+
+				"current-context: c\nusers:\n- name: u\n  user: {token: t}\n", apiServer.URL)
+			if err := os.WriteFile(kubeconfig, []byte(kc), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			err := run(ctx, append([]string{"--kubeconfig=" + kubeconfig, "--cert-dir=" + t.TempDir(),
+				"--metrics-bind-address=0", "--health-probe-bind-address=0", "--webhook-port=" + strconv.Itoa(testenv.FreePort(t))}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("run against Kubernetes %s: %v\nwant an error saying %q", tc.version, err, tc.want)
+			}
+		})
+	}
 }
