@@ -12,6 +12,10 @@
 //     mounted in every container; LEASEHOLD_SOCKET (and LEASEHOLD_URL) in every app and
 //     init container; the socket group in supplementalGroups; leasehold.io/status.
 //   - handler.go: PodInjector, the admission.Handler: HTTP in, JSON patch out.
+//   - limits.go: Guard, in front of the handler: reviews over --max-review-bytes are
+//     refused unread, and those in flight are bounded by their total size (429 beyond).
+//   - tls.go, version.go: the servers' TLS settings (1.2+, ECDHE+AEAD, no HTTP/2) and
+//     the API server versions the webhook runs with (1.28+, 1.29+ for native sidecars).
 //
 // Guarantees:
 //   - Inject is idempotent: injecting its output again changes nothing, and a reinvoked
