@@ -3,17 +3,26 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -115,3 +124,134 @@ func BenchmarkServeHTTPConcurrent100(b *testing.B) {
 		b.ReportMetric(pct(client, 99), "client-p99-µs")
 	}
 }
+
+// largeReview is an AdmissionReview of an annotated Pod of about size bytes of JSON:
+// 20 containers sharing out env vars of 200-byte values (the shape of a Pod that
+// carries its configuration in env).
+func largeReview(tb testing.TB, size int) []byte {
+	tb.Helper()
+	pod := readPod(tb, "testdata/golden/bare.in.yaml")
+	pod.Spec.Containers = nil
+	for i := range 20 {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: "example.com/app:1"})
+	}
+	value := strings.Repeat("v", 200)
+	for n, i := len(podJSON(tb, pod)), 0; n < size-1024; i++ {
+		c := &pod.Spec.Containers[i%len(pod.Spec.Containers)]
+		c.Env = append(c.Env, corev1.EnvVar{Name: fmt.Sprintf("CONFIG_%d", i), Value: value})
+		n += len(`{"name":"CONFIG_","value":""},`) + len(strconv.Itoa(i)) + len(value)
+	}
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "large", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+			Namespace: "team-a", Operation: admissionv1.Create,
+			Object: kruntime.RawExtension{Raw: podJSON(tb, pod)},
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return body
+}
+
+// memPeak samples, every millisecond until stop is closed, the Go heap (live and not
+// yet collected objects) and all the memory the Go runtime holds from the OS (heap,
+// stacks, metadata; released pages not counted): the process's anonymous memory, what
+// counts against a container's limit beside the binary's own pages. It returns the
+// highest sample of each.
+func memPeak(stop <-chan struct{}) <-chan [2]uint64 {
+	out := make(chan [2]uint64, 1)
+	go func() {
+		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/total:bytes"},
+			{Name: "/memory/classes/heap/released:bytes"}}
+		var peak [2]uint64
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			metrics.Read(s)
+			peak[0] = max(peak[0], s[0].Value.Uint64())
+			peak[1] = max(peak[1], s[1].Value.Uint64()-s[2].Value.Uint64())
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return out
+}
+
+// BenchmarkLargeReview serves large reviews (Pods of 2.5 MB and of 4 MiB, near and at
+// --max-review-bytes; the API server accepts up to 3 MiB of request) through the
+// handler chain that leasehold-webhook registers, one at a time and 8 at once, without
+// and with Guard (DefaultReviewLimits), under GOMEMLIMIT as in
+// manifests/base/deployment.yaml. It reports the heap allocated per review and the
+// highest heap sampled (every ms) during the run: what the webhook's memory limit must
+// hold. Refused (429) reviews are counted, not failed.
+func BenchmarkLargeReview(b *testing.B) {
+	limit := int64(benchMemLimit)
+	if q, err := resource.ParseQuantity(os.Getenv("GOMEMLIMIT")); err == nil {
+		limit = q.Value() // as set for this run (GOMEMLIMIT=72MiB: the Go runtime's syntax is a quantity's)
+	}
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(limit))
+	b.Logf("GOMEMLIMIT %d MiB", limit>>20)
+	for _, tc := range []struct {
+		name       string
+		size       int
+		concurrent int
+		guarded    bool
+	}{
+		{"2.5MB/concurrent=1", 2500 * 1000, 1, false},
+		{"2.5MB/concurrent=8/unbounded", 2500 * 1000, 8, false},
+		{"2.5MB/concurrent=8/guarded", 2500 * 1000, 8, true},
+		{"4MiB/concurrent=1", 4<<20 - 4<<10, 1, true},
+		{"4MiB/concurrent=8/guarded", 4<<20 - 4<<10, 8, true},
+	} {
+		body := largeReview(b, tc.size)
+		b.Run(tc.name, func(b *testing.B) {
+			var h http.Handler = &admission.Webhook{Handler: NewPodInjector(DefaultOptions())}
+			if tc.guarded {
+				h = Guard(h, DefaultReviewLimits())
+			}
+			h = Instrument(h)
+			debug.FreeOSMemory()
+			var base runtime.MemStats
+			runtime.ReadMemStats(&base)
+			stop := make(chan struct{})
+			peak := memPeak(stop)
+			var refused atomic.Int64
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				var wg sync.WaitGroup
+				for range tc.concurrent {
+					wg.Go(func() {
+						req := httptest.NewRequest(http.MethodPost, Path, bytes.NewReader(body))
+						req.Header.Set("Content-Type", "application/json")
+						rec := httptest.NewRecorder()
+						h.ServeHTTP(rec, req)
+						switch {
+						case strings.Contains(rec.Body.String(), `"code":429`):
+							refused.Add(1)
+						case rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"allowed":true`):
+							b.Errorf("HTTP %d: %.300s", rec.Code, rec.Body)
+						}
+					})
+				}
+				wg.Wait()
+			}
+			close(stop)
+			p := <-peak
+			b.ReportMetric(float64(p[0])/(1<<20), "peak-heap-MiB")
+			b.ReportMetric(float64(p[1])/(1<<20), "peak-go-MiB")
+			b.ReportMetric(float64(base.HeapAlloc)/(1<<20), "idle-heap-MiB")
+			b.ReportMetric(float64(refused.Load())/float64(b.N), "refused/op")
+		})
+	}
+}
+
+// benchMemLimit is GOMEMLIMIT in manifests/base/deployment.yaml.
+const benchMemLimit = 90 << 20

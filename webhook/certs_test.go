@@ -99,12 +99,14 @@ func startCertRotator(t *testing.T, opts CertOptions, before func(manager.Manage
 	ns, sa, secret := &corev1.Namespace{}, &corev1.ServiceAccount{}, &corev1.Secret{}
 	role, rb, cr, crb := &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{}
 	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	policy, binding := &admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
 	decodeManifests(t, "namespace.yaml", ns)
 	decodeManifests(t, "serviceaccount.yaml", sa)
 	decodeManifests(t, "secret.yaml", secret)
 	decodeManifests(t, "rbac.yaml", role, rb, cr, crb)
+	decodeManifests(t, "webhook-config-policy.yaml", policy, binding) // the rotator writes only the caBundle
 	decodeManifests(t, "mutatingwebhookconfiguration.yaml", mwc)
-	for _, o := range []client.Object{ns, sa, secret, role, rb, cr, crb, mwc} {
+	for _, o := range []client.Object{ns, sa, secret, role, rb, cr, crb, policy, binding, mwc} {
 		if err := admin.Create(ctx, o); err != nil {
 			t.Fatalf("create %T %s: %v", o, o.GetName(), err)
 		}

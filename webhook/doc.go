@@ -12,12 +12,17 @@
 //     mounted in every container; LEASEHOLD_SOCKET (and LEASEHOLD_URL) in every app and
 //     init container; the socket group in supplementalGroups; leasehold.io/status.
 //   - handler.go: PodInjector, the admission.Handler: HTTP in, JSON patch out.
+//   - limits.go: Guard, in front of the handler: reviews over --max-review-bytes are
+//     refused unread, and those in flight are bounded by their total size (429 beyond).
+//   - tls.go, version.go: the servers' TLS settings (1.2+, ECDHE+AEAD, no HTTP/2) and
+//     the API server versions the webhook runs with (1.28+, 1.29+ for native sidecars).
 //
 // Guarantees:
 //   - Inject is idempotent: injecting its output again changes nothing, and a reinvoked
 //     webhook only completes what another webhook added (a new container gets the mount
-//     and the environment). The agent container is replaced only when its image or
-//     arguments differ from what the annotations ask for.
+//     and the environment). The agent container and its token volume are always the
+//     computed ones: a container named leasehold-agent or a projected volume named
+//     leasehold-agent-token that the user wrote is replaced, never kept.
 //   - A Pod whose annotations are wrong, or that already uses the agent's names in an
 //     incompatible way, is denied, never admitted half-injected.
 //   - The handler makes no API call and has no side effects.

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +46,13 @@ func reviews() float64 {
 // the API server's flags before it starts.
 func startWebhookEnv(t *testing.T, configure func(*envtest.Environment), extra map[string]http.Handler) (client.Client, context.CancelFunc, <-chan error) {
 	t.Helper()
+	return startWebhookEnvWith(t, DefaultReviewLimits(), configure, extra)
+}
+
+// startWebhookEnvWith is startWebhookEnv with the injector behind Guard(limits), as
+// cmd/leasehold-webhook serves it.
+func startWebhookEnvWith(t *testing.T, limits ReviewLimits, configure func(*envtest.Environment), extra map[string]http.Handler) (client.Client, context.CancelFunc, <-chan error) {
+	t.Helper()
 	env, err := testenv.New()
 	if err != nil {
 		t.Fatal(err)
@@ -69,8 +77,9 @@ func startWebhookEnv(t *testing.T, configure func(*envtest.Environment), extra m
 	}
 
 	wo := env.WebhookInstallOptions
-	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir})
-	server.Register(Path, &admission.Webhook{Handler: NewPodInjector(DefaultOptions())})
+	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir,
+		TLSOpts: []func(*tls.Config){SecureTLS}}) // as cmd/leasehold-webhook: the API server must get along with it
+	server.Register(Path, Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits))
 	for path, h := range extra {
 		server.Register(path, h)
 	}
@@ -369,5 +378,51 @@ func TestReinvocationOnAPIServer(t *testing.T) {
 	// Called twice, both times with a patch: the injection, then the mesh-proxy mount.
 	if n := testutil.ToFloat64(Injections.WithLabelValues(OutcomeInjected)) - before; n != 2 {
 		t.Errorf("injector patched %v times, want 2 (first call and the reinvocation)", n)
+	}
+}
+
+// TestOversizedPodOnAPIServer: a Pod whose review is over --max-review-bytes (lowered
+// here to 256 KiB, so that the API server, whose own limit is 3 MiB, lets it through)
+// is refused with the webhook's message, as the user sees it; an ordinary Pod is
+// injected as before.
+func TestOversizedPodOnAPIServer(t *testing.T) {
+	limits := ReviewLimits{MaxReviewBytes: 256 << 10, MaxInFlightBytes: 256 << 10, QueueTimeout: time.Second}
+	c, _, _ := startWebhookEnvWith(t, limits, nil, nil)
+	ctx := context.Background()
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	before := testutil.ToFloat64(Refusals.WithLabelValues(RefusedTooLarge))
+	big := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: "big", Annotations: map[string]string{AnnotationLocks: "db"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+	}
+	for i := range 1500 {
+		big.Spec.Containers[0].Env = append(big.Spec.Containers[0].Env, corev1.EnvVar{Name: fmt.Sprintf("CONFIG_%d", i), Value: strings.Repeat("v", 200)})
+	}
+	err := c.Create(ctx, big)
+	if err == nil {
+		t.Fatal("a pod over --max-review-bytes was admitted")
+	}
+	if !apierrors.IsRequestEntityTooLargeError(err) {
+		t.Errorf("want 413, got %v", err)
+	}
+	for _, w := range []string{`admission webhook "inject.leasehold.io" denied the request: leasehold: the admission review of pod team-a/big is`,
+		"MiB, more than --max-review-bytes=256Ki", "fix: make the Pod smaller"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q\nlacks %q", err, w)
+		}
+	}
+	if n := testutil.ToFloat64(Refusals.WithLabelValues(RefusedTooLarge)) - before; n != 1 {
+		t.Errorf("too-large refusals counted %v, want 1", n)
+	}
+
+	small := big.DeepCopy()
+	small.Name, small.Spec.Containers[0].Env = "small", nil
+	if err := c.Create(ctx, small); err != nil {
+		t.Fatal(err)
+	}
+	if len(small.Spec.InitContainers) != 1 || small.Spec.InitContainers[0].Name != AgentContainerName {
+		t.Errorf("an ordinary pod was not injected: %+v", small.Spec.InitContainers)
 	}
 }

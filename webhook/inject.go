@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"net"
 	"path"
 	"slices"
 	"strconv"
@@ -18,7 +19,9 @@ import (
 const DefaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
 
 // Inject adds the lock agent to pod as cfg and opts say. It is pure (no I/O) and
-// idempotent: injecting its own output changes nothing. Where the Pod already uses the
+// idempotent: injecting its own output changes nothing. The agent container and its
+// token volume are always the computed ones: a container or projected volume the user
+// gave their names is replaced. Where the Pod already uses the
 // agent's names in a way the agent cannot share (a volume called leasehold-socket that
 // is not an emptyDir, another volume at /run/leasehold, LEASEHOLD_SOCKET set to
 // something else, the TCP port taken by a container port), it returns the conflicts
@@ -28,29 +31,27 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		return errs
 	}
 	spec := &pod.Spec
-	if spec.HostNetwork {
-		// The node's loopback is shared by every host-network Pod: two agents would
-		// fight over the metrics port. Their metrics are off.
-		opts.AgentMetricsBindAddress = "0"
-	}
+	opts.AgentMetricsBindAddress = agentMetricsAddress(spec, cfg, opts.AgentMetricsBindAddress)
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
+	if guaranteed(spec) {
+		// Requests below limits would make the Pod Burstable: a Guaranteed Pod's agent
+		// requests what it is limited to.
+		want.Resources.Requests = want.Resources.Limits.DeepCopy()
+	}
 
-	// The agent: kept when it is already the one these annotations ask for (so that
-	// reinvocation after API server defaulting changes nothing), otherwise replaced.
-	existing, inInit := findAgent(spec)
-	keep := existing != nil && inInit != opts.PlainContainer &&
-		existing.Image == want.Image && slices.Equal(existing.Args, want.Args)
-	if !keep {
-		spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isAgent)
-		spec.Containers = slices.DeleteFunc(spec.Containers, isAgent)
-		if opts.PlainContainer {
-			if len(spec.Containers) > 0 {
-				setAnnotationIfAbsent(pod, DefaultContainerAnnotation, spec.Containers[0].Name)
-			}
-			spec.Containers = slices.Insert(spec.Containers, 0, want)
-		} else {
-			spec.InitContainers = slices.Insert(spec.InitContainers, 0, want)
+	// The agent: always the computed container, in its place. A container the user
+	// named like the agent is never kept, even with the agent's image and arguments (it
+	// could be privileged, or carry another Pod's identity); the computed one sets every
+	// field the API server defaults, so re-injecting a stored Pod changes nothing.
+	spec.InitContainers = slices.DeleteFunc(spec.InitContainers, isAgent)
+	spec.Containers = slices.DeleteFunc(spec.Containers, isAgent)
+	if opts.PlainContainer {
+		if len(spec.Containers) > 0 {
+			setAnnotationIfAbsent(pod, DefaultContainerAnnotation, spec.Containers[0].Name)
 		}
+		spec.Containers = slices.Insert(spec.Containers, 0, want)
+	} else {
+		spec.InitContainers = slices.Insert(spec.InitContainers, 0, want)
 	}
 
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == SocketVolumeName }) {
@@ -64,7 +65,10 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	// ServiceAccount admission always sets before webhooks run (only an API server
 	// without that plugin, such as a bare envtest, leaves it empty).
 	if spec.ServiceAccountName != "" {
-		if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }) {
+		// A volume the user named like it is replaced in place by the computed one.
+		if i := slices.IndexFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == TokenVolumeName }); i >= 0 {
+			spec.Volumes[i] = tokenVolume()
+		} else {
 			spec.Volumes = append(spec.Volumes, tokenVolume())
 		}
 	}
@@ -100,18 +104,30 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 
 func isAgent(c corev1.Container) bool { return c.Name == AgentContainerName }
 
-func findAgent(spec *corev1.PodSpec) (c *corev1.Container, inInit bool) {
-	for i := range spec.InitContainers {
-		if isAgent(spec.InitContainers[i]) {
-			return &spec.InitContainers[i], true
+// guaranteed reports whether the Pod's own containers make it QoS class Guaranteed:
+// each init and app container (the agent aside) has CPU and memory limits and requests
+// equal to them (a missing request counts as its limit, as the API server defaults it).
+// With Pod-level resources the Pod's class does not depend on its containers.
+func guaranteed(spec *corev1.PodSpec) bool {
+	if spec.Resources != nil && (len(spec.Resources.Requests) > 0 || len(spec.Resources.Limits) > 0) {
+		return false
+	}
+	apps := appContainers(spec)
+	if len(apps) == 0 {
+		return false
+	}
+	for _, c := range apps {
+		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+			limit, ok := c.Resources.Limits[r]
+			if !ok || limit.IsZero() {
+				return false
+			}
+			if req, ok := c.Resources.Requests[r]; ok && !req.Equal(limit) {
+				return false
+			}
 		}
 	}
-	for i := range spec.Containers {
-		if isAgent(spec.Containers[i]) {
-			return &spec.Containers[i], false
-		}
-	}
-	return nil, false
+	return true
 }
 
 // appContainers are every init and app container except the agent.
@@ -203,11 +219,45 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 			"the Pod uses hostNetwork, so the port would be on the node's loopback, open to every host-network Pod; "+
 				"fix: remove "+AnnotationTCPPort+" and use the Unix socket ("+EnvSocket+")"))
 	}
-	if cfg.TCPPort != 0 && !pod.Spec.HostNetwork && strings.HasSuffix(opts.AgentMetricsBindAddress, ":"+strconv.Itoa(int(cfg.TCPPort))) {
-		errs = append(errs, invalid(AnnotationTCPPort, strconv.Itoa(int(cfg.TCPPort)), fmt.Sprintf(
-			"the agent serves its metrics on %s; fix: choose another port", opts.AgentMetricsBindAddress)))
-	}
 	return errs
+}
+
+// agentMetricsAddress is the agent's --metrics-bind-address in this Pod: addr, unless
+// a container of the Pod declares its port (TCP) or leasehold.io/tcp-port names it;
+// then the next port that nothing in the Pod declares. Containers share the Pod's
+// network namespace, so an app listening on the agent's port would fail to start (the
+// agent, a native sidecar, binds first). In a hostNetwork Pod the metrics are off: the
+// node's loopback is shared by every host-network Pod, and two agents would fight over
+// the port.
+func agentMetricsAddress(spec *corev1.PodSpec, cfg *Config, addr string) string {
+	if spec.HostNetwork {
+		return "0"
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr // "0" (off), or refused by Options.Validate
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 {
+		return addr
+	}
+	used := map[int]bool{int(cfg.TCPPort): cfg.TCPPort != 0}
+	for _, c := range appContainers(spec) {
+		for _, p := range c.Ports {
+			if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+				used[int(p.ContainerPort)] = true
+			}
+		}
+	}
+	for p, tried := port, 0; tried < 65535; p, tried = p+1, tried+1 {
+		if p > 65535 {
+			p = 1024
+		}
+		if !used[p] {
+			return net.JoinHostPort(host, strconv.Itoa(p))
+		}
+	}
+	return "0"
 }
 
 // tokenVolume is the kubelet's kube-api-access volume, for the agent alone.
@@ -215,7 +265,7 @@ func tokenVolume() corev1.Volume {
 	return corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 		DefaultMode: ptr.To[int32](0o644),
 		Sources: []corev1.VolumeProjection{
-			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To[int64](3607)}},
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To[int64](TokenExpirationSeconds)}},
 			{ConfigMap: &corev1.ConfigMapProjection{
 				LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
 				Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}},
@@ -239,6 +289,7 @@ func AgentArgs(cfg *Config, opts Options) []string {
 		"--renew-deadline=" + cfg.RenewDeadline.String(),
 		"--retry-period=" + cfg.RetryPeriod.String(),
 		"--socket=" + SocketPath,
+		"--probe-socket=" + ProbeSocketPath,
 		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
 		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
 	}
@@ -253,7 +304,7 @@ func fieldEnv(name, fieldPath string) corev1.EnvVar {
 func probe(endpoint string, period, failures int32) *corev1.Probe {
 	return &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
-			Command: []string{AgentBinary, "--probe=" + endpoint, "--socket=" + SocketPath},
+			Command: []string{AgentBinary, "--probe=" + endpoint, "--socket=" + ProbeSocketPath},
 		}},
 		TimeoutSeconds:   1,
 		PeriodSeconds:    period,

@@ -2,16 +2,21 @@ package webhook
 
 import (
 	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/kubectl/pkg/util/qos"
 	psapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
@@ -156,8 +161,54 @@ func TestInjectGoldenShape(t *testing.T) {
 			if out.Annotations[AnnotationStatus] != StatusInjected {
 				t.Errorf("status annotation %q", out.Annotations[AnnotationStatus])
 			}
+			// The agent's metrics port is no port the Pod declares, nor its tcp-port.
+			if addr := argValue(agent.Args, "--metrics-bind-address"); addr != "0" {
+				_, port, err := net.SplitHostPort(addr)
+				if err != nil {
+					t.Fatalf("agent --metrics-bind-address=%q: %v", addr, err)
+				}
+				if port == out.Annotations[AnnotationTCPPort] {
+					t.Errorf("agent metrics on %s, the port of %s", addr, AnnotationTCPPort)
+				}
+				for _, c := range append(append([]corev1.Container{}, out.Spec.InitContainers...), out.Spec.Containers...) {
+					for _, p := range c.Ports {
+						if strconv.Itoa(int(p.ContainerPort)) == port {
+							t.Errorf("agent metrics on %s, a port container %q declares", addr, c.Name)
+						}
+					}
+				}
+			}
+			// The agent keeps a Guaranteed Pod Guaranteed (Kubernetes' own QoS rules).
+			if inQoS := qos.ComputePodQOS(in); inQoS == corev1.PodQOSGuaranteed {
+				if outQoS := qos.ComputePodQOS(out); outQoS != inQoS {
+					t.Errorf("the injected Pod is %s, the Pod was %s", outQoS, inQoS)
+				}
+			}
+			// The agent's token: one hour. 3607 s is the kubelet's own kube-api-access
+			// value, which an API server with --service-account-extend-token-expiration
+			// (the default) turns into a token valid for a year.
+			for _, v := range out.Spec.Volumes {
+				if v.Name != TokenVolumeName {
+					continue
+				}
+				for _, s := range v.Projected.Sources {
+					if s.ServiceAccountToken != nil && ptr.Deref(s.ServiceAccountToken.ExpirationSeconds, 0) != 3600 {
+						t.Errorf("agent token expirationSeconds %v, want 3600", ptr.Deref(s.ServiceAccountToken.ExpirationSeconds, 0))
+					}
+				}
+			}
 		})
 	}
+}
+
+// argValue is the value of --name=value in args.
+func argValue(args []string, name string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func hasMount(c corev1.Container) bool {
@@ -244,6 +295,35 @@ func TestInjectHostNetworkTurnsAgentMetricsOff(t *testing.T) {
 	}
 }
 
+// TestInjectMovesAgentMetricsPort: the agent's metrics leave a port the Pod uses for
+// the next free one (the golden case metrics-port has the full Pod).
+func TestInjectMovesAgentMetricsPort(t *testing.T) {
+	tests := map[string]struct {
+		mutate func(*corev1.Pod)
+		want   string
+	}{
+		"default":        {mutate: func(*corev1.Pod) {}, want: "127.0.0.1:9090"},
+		"tcp-port on it": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" }, want: "127.0.0.1:9091"},
+		"app port on it": {mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolTCP}}
+		}, want: "127.0.0.1:9091"},
+		"UDP port does not clash": {mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolUDP}}
+		}, want: "127.0.0.1:9090"},
+		"hostNetwork: metrics off": {mutate: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, want: "0"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := readPod(t, "testdata/golden/bare.in.yaml")
+			tc.mutate(pod)
+			got := mustInject(t, pod, DefaultOptions())
+			if addr := argValue(got.Spec.InitContainers[0].Args, "--metrics-bind-address"); addr != tc.want {
+				t.Errorf("agent --metrics-bind-address=%s, want %s", addr, tc.want)
+			}
+		})
+	}
+}
+
 func TestInjectStatusAloneDoesNotSkip(t *testing.T) {
 	pod := readPod(t, "testdata/golden/bare.in.yaml")
 	pod.Annotations[AnnotationStatus] = StatusInjected
@@ -304,10 +384,6 @@ func TestInjectConflicts(t *testing.T) {
 				p.Spec.HostNetwork = true
 			},
 			want: `the Pod uses hostNetwork, so the port would be on the node's loopback`,
-		},
-		"tcp port is the agent's metrics port": {
-			mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" },
-			want:   `the agent serves its metrics on 127.0.0.1:9090`,
 		},
 	}
 	for name, tc := range tests {
@@ -389,4 +465,148 @@ func TestInjectedPodsAreRestricted(t *testing.T) {
 			t.Errorf("an agent without allowPrivilegeEscalation=false passed restricted")
 		}
 	})
+}
+
+// TestInjectReplacesUserAgentContainer: a container that the user named like the agent
+// is never kept, even when its image and arguments are the agent's: it could be
+// privileged, or carry another Pod's identity. The result is the Pod as if the user
+// had not written it, and injecting that again changes nothing.
+func TestInjectReplacesUserAgentContainer(t *testing.T) {
+	tests := map[string]struct {
+		plain  bool
+		mutate func(agent *corev1.Container)
+	}{
+		"privileged": {mutate: func(a *corev1.Container) {
+			a.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true), RunAsUser: ptr.To[int64](0)}
+		}},
+		"another Pod's identity in env": {mutate: func(a *corev1.Container) {
+			a.Env = []corev1.EnvVar{{Name: "POD_NAME", Value: "someone-else"}, {Name: "POD_UID", Value: "0000"},
+				{Name: "POD_NAMESPACE", Value: "team-b"}}
+		}},
+		"extra args after the agent's": {mutate: func(a *corev1.Container) {
+			a.Command = []string{"/bin/sh", "-c", "exec /usr/local/bin/leasehold-agent \"$@\"", "--"}
+		}},
+		"host mount": {mutate: func(a *corev1.Container) {
+			a.VolumeMounts = append(a.VolumeMounts, corev1.VolumeMount{Name: "host", MountPath: "/host"})
+		}},
+		"plain mode, privileged": {plain: true, mutate: func(a *corev1.Container) {
+			a.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			opts := DefaultOptions()
+			opts.PlainContainer = tc.plain
+			clean := readPod(t, "testdata/golden/bare.in.yaml")
+			want := mustInject(t, clean, opts)
+
+			// The user's container sits exactly where the agent goes, with the agent's
+			// image and arguments, so nothing but its other fields tells them apart.
+			in := clean.DeepCopy()
+			cfg, _ := ParseAnnotations(in.Annotations)
+			user := agentContainer(cfg, opts, false)
+			tc.mutate(&user)
+			if tc.plain {
+				in.Spec.Containers = append([]corev1.Container{user}, in.Spec.Containers...)
+				in.Annotations[DefaultContainerAnnotation] = "app"
+			} else {
+				in.Spec.InitContainers = append([]corev1.Container{user}, in.Spec.InitContainers...)
+			}
+
+			got := mustInject(t, in, opts)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("the user's %q container was kept (-want +got):\n%s", AgentContainerName, diff)
+			}
+			if diff := cmp.Diff(got, mustInject(t, got, opts)); diff != "" {
+				t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestInjectReplacesUserTokenVolume: a projected volume that the user named like the
+// agent's token volume is replaced, in place, by the computed one.
+func TestInjectReplacesUserTokenVolume(t *testing.T) {
+	opts := DefaultOptions()
+	in := readPod(t, "testdata/golden/bare.in.yaml")
+	in.Spec.ServiceAccountName = "default"
+	in.Spec.Volumes = []corev1.Volume{
+		{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{
+				{Secret: &corev1.SecretProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "other-credentials"}}},
+				{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "vault", ExpirationSeconds: ptr.To[int64](86400)}},
+			}}}},
+		{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+	}
+	want := in.DeepCopy()
+	want.Spec.Volumes[0] = tokenVolume()
+	want = mustInject(t, want, opts)
+
+	got := mustInject(t, in, opts)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the user's %q volume was kept (-want +got):\n%s", TokenVolumeName, diff)
+	}
+	if diff := cmp.Diff(got, mustInject(t, got, opts)); diff != "" {
+		t.Errorf("re-injecting changed the pod (-first +second):\n%s", diff)
+	}
+}
+
+// TestGuaranteedFollowsKubernetesQoS: the injector's idea of a Guaranteed Pod is
+// Kubernetes' own (kubectl's ComputePodQOS, on the Pod as the API server defaults it:
+// a missing request is its limit).
+func TestGuaranteedFollowsKubernetesQoS(t *testing.T) {
+	rl := func(cpu, mem string) corev1.ResourceList {
+		l := corev1.ResourceList{}
+		if cpu != "" {
+			l[corev1.ResourceCPU] = resource.MustParse(cpu)
+		}
+		if mem != "" {
+			l[corev1.ResourceMemory] = resource.MustParse(mem)
+		}
+		return l
+	}
+	g := corev1.ResourceRequirements{Requests: rl("1", "1Gi"), Limits: rl("1", "1Gi")}
+	tests := map[string]struct {
+		init, apps []corev1.ResourceRequirements
+		podLevel   *corev1.ResourceRequirements
+		want       bool
+	}{
+		"all equal":                {apps: []corev1.ResourceRequirements{g, g}, init: []corev1.ResourceRequirements{g}, want: true},
+		"limits only (defaulted)":  {apps: []corev1.ResourceRequirements{{Limits: rl("500m", "1Gi")}}, want: true},
+		"request below limit":      {apps: []corev1.ResourceRequirements{g, {Requests: rl("1", "512Mi"), Limits: rl("1", "1Gi")}}},
+		"no memory limit":          {apps: []corev1.ResourceRequirements{{Requests: rl("1", ""), Limits: rl("1", "")}}},
+		"init container burstable": {apps: []corev1.ResourceRequirements{g}, init: []corev1.ResourceRequirements{{Requests: rl("100m", "")}}},
+		"best effort":              {apps: []corev1.ResourceRequirements{{}}},
+		"pod-level resources":      {apps: []corev1.ResourceRequirements{g}, podLevel: &corev1.ResourceRequirements{Limits: rl("2", "2Gi"), Requests: rl("2", "2Gi")}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{Resources: tc.podLevel}}
+			for i, r := range tc.init {
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{Name: fmt.Sprintf("i%d", i), Resources: r})
+			}
+			for i, r := range tc.apps {
+				pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Resources: r})
+			}
+			if got := guaranteed(&pod.Spec); got != tc.want {
+				t.Errorf("guaranteed = %v, want %v", got, tc.want)
+			}
+			defaulted := pod.DeepCopy()
+			for _, cs := range [][]corev1.Container{defaulted.Spec.InitContainers, defaulted.Spec.Containers} {
+				for i := range cs {
+					for k, v := range cs[i].Resources.Limits {
+						if _, ok := cs[i].Resources.Requests[k]; !ok {
+							if cs[i].Resources.Requests == nil {
+								cs[i].Resources.Requests = corev1.ResourceList{}
+							}
+							cs[i].Resources.Requests[k] = v
+						}
+					}
+				}
+			}
+			if k8s := qos.ComputePodQOS(defaulted) == corev1.PodQOSGuaranteed && tc.podLevel == nil; k8s != tc.want {
+				t.Errorf("the case is wrong: Kubernetes says Guaranteed=%v (pod-level resources: %v)", k8s, tc.podLevel != nil)
+			}
+		})
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
 )
 
 // render builds a kustomization under manifests/ with kustomize's own library (what
@@ -42,12 +43,16 @@ func kinds(m map[string]string) []string {
 func TestKustomizeBuilds(t *testing.T) {
 	base := render(t, "base")
 	want := []string{
-		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-operator", "ClusterRole/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook",
+		"ClusterRole/leasehold-agent", "ClusterRole/leasehold-metrics-reader", "ClusterRole/leasehold-operator", "ClusterRole/leasehold-webhook",
+		"ClusterRole/leasehold-webhook-metrics-auth", "ClusterRoleBinding/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook-metrics-auth",
 		"Deployment/leasehold-webhook", "MutatingWebhookConfiguration/leasehold-webhook", "Namespace/leasehold-system",
-		"PodDisruptionBudget/leasehold-webhook", "Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
+		"NetworkPolicy/leasehold-webhook", "PodDisruptionBudget/leasehold-webhook", "PriorityClass/leasehold-webhook",
+		"Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
 		"Secret/leasehold-webhook-tls", "Service/leasehold-webhook", "ServiceAccount/leasehold-webhook",
-		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases",
-		"ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
+		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicy/leasehold-pod-annotations",
+		"ValidatingAdmissionPolicy/leasehold-webhook-cabundle-only",
+		"ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases", "ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
+		"ValidatingAdmissionPolicyBinding/leasehold-pod-annotations", "ValidatingAdmissionPolicyBinding/leasehold-webhook-cabundle-only",
 	}
 	if got := kinds(base); !slices.Equal(got, want) {
 		t.Errorf("base renders %v\nwant %v", got, want)
@@ -69,10 +74,82 @@ func TestKustomizeBuilds(t *testing.T) {
 	if !strings.Contains(cm["Deployment/leasehold-webhook"], "--self-signed-certs=false") {
 		t.Errorf("cert-manager overlay does not turn the self-managed certificates off:\n%s", cm["Deployment/leasehold-webhook"])
 	}
-	if !strings.Contains(cm["MutatingWebhookConfiguration/leasehold-webhook"], "cert-manager.io/inject-ca-from: leasehold-system/leasehold-webhook") {
-		t.Errorf("cert-manager overlay lacks the CA injection annotation")
-	}
 	if !strings.Contains(cm["Certificate/leasehold-webhook"], "secretName: leasehold-webhook-tls") {
 		t.Errorf("the Certificate does not fill the Secret the Deployment mounts")
+	}
+}
+
+// TestCertManagerOverlayIssuesFromACA renders overlays/cert-manager and follows the
+// chain: the serving Certificate is issued by a CA Issuer whose CA is a Certificate of
+// its own (isCA, key kept on renewal), issued by a self-signed Issuer; the webhook
+// configuration's caBundle is injected from that CA. So renewing the serving
+// certificate never changes the caBundle (a self-signed leaf would replace it on every
+// renewal, and calls would fail until the API server and every replica caught up).
+func TestCertManagerOverlayIssuesFromACA(t *testing.T) {
+	cm := render(t, "overlays/cert-manager")
+	obj := func(key string) map[string]any {
+		t.Helper()
+		y, ok := cm[key]
+		if !ok {
+			t.Fatalf("the overlay renders no %s (it renders %v)", key, kinds(cm))
+		}
+		m := map[string]any{}
+		if err := yaml.Unmarshal([]byte(y), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	get := func(m map[string]any, path ...string) any {
+		var v any = m
+		for _, p := range path {
+			mm, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = mm[p]
+		}
+		return v
+	}
+	issuerOf := func(cert map[string]any) map[string]any {
+		t.Helper()
+		if kind := get(cert, "spec", "issuerRef", "kind"); kind != "Issuer" {
+			t.Fatalf("issuerRef kind %v, want Issuer", kind)
+		}
+		return obj("Issuer/" + get(cert, "spec", "issuerRef", "name").(string))
+	}
+
+	serving := obj("Certificate/leasehold-webhook")
+	if get(serving, "spec", "isCA") == true {
+		t.Errorf("the serving certificate is a CA")
+	}
+	caIssuer := issuerOf(serving)
+	caSecret, _ := get(caIssuer, "spec", "ca", "secretName").(string)
+	if caSecret == "" {
+		t.Fatalf("the serving certificate's Issuer %v is not a CA Issuer: %v", get(caIssuer, "metadata", "name"), get(caIssuer, "spec"))
+	}
+	var ca map[string]any
+	for _, k := range kinds(cm) {
+		if strings.HasPrefix(k, "Certificate/") && get(obj(k), "spec", "secretName") == caSecret {
+			ca = obj(k)
+		}
+	}
+	if ca == nil {
+		t.Fatalf("no Certificate fills the CA Issuer's Secret %s", caSecret)
+	}
+	if get(ca, "spec", "isCA") != true {
+		t.Errorf("the CA Certificate is not isCA")
+	}
+	if p := get(ca, "spec", "privateKey", "rotationPolicy"); p != "Never" {
+		t.Errorf("the CA's privateKey.rotationPolicy is %v, want Never: a renewed CA with a new key would not verify the serving certificates issued before", p)
+	}
+	if get(issuerOf(ca), "spec", "selfSigned") == nil {
+		t.Errorf("the CA is not issued by a self-signed Issuer")
+	}
+	if caSecret == get(serving, "spec", "secretName") {
+		t.Errorf("the CA's key would land in the Secret the webhook mounts")
+	}
+	want := "leasehold-system/" + get(ca, "metadata", "name").(string)
+	if got := get(obj("MutatingWebhookConfiguration/leasehold-webhook"), "metadata", "annotations", "cert-manager.io/inject-ca-from"); got != want {
+		t.Errorf("caBundle injected from %v, want the CA Certificate %s", got, want)
 	}
 }

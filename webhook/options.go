@@ -20,6 +20,9 @@ const (
 	SocketDir = "/run/leasehold"
 	// SocketPath is the agent's socket.
 	SocketPath = SocketDir + "/agent.sock"
+	// ProbeSocketPath is the agent's socket for the kubelet's exec probes alone
+	// (/healthz and /readyz, outside the agent's --max-connections).
+	ProbeSocketPath = SocketDir + "/probe.sock"
 	// EnvSocket and EnvURL tell app containers where the agent is.
 	EnvSocket = "LEASEHOLD_SOCKET"
 	EnvURL    = "LEASEHOLD_URL"
@@ -126,3 +129,9 @@ const ServiceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 // the app; and the API server's ServiceAccount admission, which runs before webhooks,
 // would otherwise not reach the webhook-added container when it is on.
 const TokenVolumeName = "leasehold-agent-token"
+
+// TokenExpirationSeconds is the lifetime of the agent's projected token; client-go
+// reads the file again as the kubelet refreshes it. Not the kubelet's 3607: the API
+// server treats that value as a legacy kube-api-access token and, with
+// --service-account-extend-token-expiration (its default), makes it valid for a year.
+const TokenExpirationSeconds = 3600

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -23,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -44,13 +47,17 @@ func run(ctx context.Context, args []string) error {
 	opts.BindFlags(fs)
 	var (
 		port        = fs.Int("webhook-port", 9443, "Port of the webhook's HTTPS server.")
-		metricsAddr = fs.String("metrics-bind-address", ":8080", `Address of the Prometheus metrics endpoint ("0" = off).`)
-		probeAddr   = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
-		selfSigned  = fs.Bool("self-signed-certs", true,
+		metricsAddr = fs.String("metrics-bind-address", ":8443", `Address of the Prometheus metrics endpoint ("0" = off).`)
+		metricsSec  = fs.Bool("metrics-secure", true,
+			"Serve metrics over HTTPS to clients whose bearer token the API server authenticates and authorizes (get on /metrics); "+
+				"false serves them over plain HTTP to anyone (local tests only).")
+		probeAddr  = fs.String("health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+		selfSigned = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
-		certs = webhook.CertOptions{}
-		debug = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
+		certs  = webhook.CertOptions{}
+		limits = webhook.DefaultReviewLimits()
+		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
 	)
 	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
 	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
@@ -60,11 +67,12 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&certs.CAValidity, "ca-validity", webhook.DefaultCAValidity, "With --self-signed-certs: how long a new CA is valid.")
 	fs.DurationVar(&certs.RenewBefore, "cert-renew-before", webhook.DefaultRenewBefore, "With --self-signed-certs: renew a certificate this long before it expires.")
 	fs.DurationVar(&certs.CheckEvery, "cert-check-interval", webhook.DefaultCheckEvery, "With --self-signed-certs: how often expiry is checked.")
+	limits.BindFlags(fs)
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := errors.Join(opts.Validate(), certs.Validate()); err != nil {
+	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate()); err != nil {
 		return err
 	}
 	certs.Namespace = opts.Namespace
@@ -86,7 +94,15 @@ func run(ctx context.Context, args []string) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
-	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir})
+	tlsOpts := []func(*tls.Config){webhook.SecureTLS}
+	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: tlsOpts})
+	metricsOpts := metricsserver.Options{BindAddress: *metricsAddr, SecureServing: *metricsSec, TLSOpts: tlsOpts}
+	if *metricsSec {
+		// As kubebuilder's scaffold: TokenReview and SubjectAccessReview, as the
+		// webhook's ServiceAccount (manifests/base/metrics-rbac.yaml), for every scrape.
+		// The certificate is self-signed, generated at start.
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
 	var restConfig *rest.Config
 	if *kubeconfig != "" {
 		restConfig, err = clientcmd.BuildConfigFromFlags("", *kubeconfig)
@@ -96,9 +112,22 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("load kubeconfig: %w", err)
 	}
+	// Refuse an API server that would ignore the webhook configuration's
+	// matchConditions (older than 1.28), or lacks native sidecars, before serving.
+	dc, err := discovery.NewDiscoveryClientForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("discovery client: %w", err)
+	}
+	serverVersion, err := dc.ServerVersion()
+	if err != nil {
+		return fmt.Errorf("ask the API server its version: %w", err)
+	}
+	if err := webhook.CheckServerVersion(serverVersion, opts.PlainContainer); err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: *probeAddr,
 		// The manager's own cache is never used for Pods: admission makes no API call.
 		// Keep it to the webhook's namespace so that nothing cluster-wide is cached.
@@ -123,7 +152,9 @@ func run(ctx context.Context, args []string) error {
 	// Serve once the certificate is mounted and the caBundle written: the server
 	// cannot start without tls.crt, and must not report ready before the API server
 	// trusts it. It reloads the certificate when the mounted Secret changes.
-	server.Register(webhook.Path, webhook.Instrument(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}))
+	// Reviews over --max-review-bytes are refused unread; those in flight are bounded
+	// by --max-in-flight-review-bytes (the memory limit in manifests/ is sized for it).
+	server.Register(webhook.Path, webhook.Instrument(webhook.Guard(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}, limits)))
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		select {
 		case <-certsReady:
@@ -153,6 +184,6 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
-		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace)
+		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
 	return mgr.Start(ctx)
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,11 +19,14 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -73,6 +77,8 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	applyManifest(t, admin, "serviceaccount.yaml", &corev1.ServiceAccount{})
 	applyManifest(t, admin, "secret.yaml", &corev1.Secret{})
 	applyManifest(t, admin, "rbac.yaml", &rbacv1.Role{}, &rbacv1.RoleBinding{}, &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{})
+	applyManifest(t, admin, "metrics-rbac.yaml", &rbacv1.ClusterRole{}, &rbacv1.ClusterRoleBinding{}, &rbacv1.ClusterRole{})
+	applyManifest(t, admin, "webhook-config-policy.yaml", &admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{})
 	applyManifest(t, admin, "mutatingwebhookconfiguration.yaml", &admissionregistrationv1.MutatingWebhookConfiguration{})
 
 	// A kubeconfig that acts as the webhook's ServiceAccount.
@@ -148,8 +154,9 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the webhook did not fill its Secret: %v", err)
 	}
-	for k, v := range secret.Data {
-		if err := os.WriteFile(filepath.Join(certDir, k), v, 0o600); err != nil {
+	// Only what the Deployment mounts: the serving key pair, not the CA's key.
+	for _, k := range mountedCertKeys(t) {
+		if err := os.WriteFile(filepath.Join(certDir, k), secret.Data[k], 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -192,18 +199,103 @@ func TestRunSelfSignedTLS(t *testing.T) {
 		t.Fatalf("want an allowed review with the agent in the patch, got %+v", out.Response)
 	}
 
-	mresp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
+	// TLS as kubebuilder's scaffold serves it: 1.2 or later, ECDHE with AEAD ciphers
+	// at 1.2, no HTTP/2 (CVE-2023-44487, rapid reset).
+	t.Run("webhook TLS", func(t *testing.T) {
+		handshake := func(c *tls.Config) (tls.ConnectionState, error) {
+			c.RootCAs, c.ServerName = pool, "leasehold-webhook.leasehold-system.svc"
+			conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), c)
+			if err != nil {
+				return tls.ConnectionState{}, err
+			}
+			defer conn.Close()
+			return conn.ConnectionState(), nil
+		}
+		if _, err := handshake(&tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+			t.Error("a TLS 1.1 client was served")
+		}
+		if _, err := handshake(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
+			tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,
+			tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}); err == nil {
+			t.Error("a TLS 1.2 client offering only CBC and non-ECDHE suites was served")
+		}
+		if st, err := handshake(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}); err != nil {
+			t.Errorf("TLS 1.2 with ECDHE and AES-GCM: %v", err)
+		} else if st.Version != tls.VersionTLS12 {
+			t.Errorf("negotiated %x, want TLS 1.2", st.Version)
+		}
+		st, err := handshake(&tls.Config{NextProtos: []string{"h2", "http/1.1"}})
+		if err != nil {
+			t.Fatalf("TLS 1.3 client offering h2: %v", err)
+		}
+		if st.Version != tls.VersionTLS13 || st.NegotiatedProtocol == "h2" {
+			t.Errorf("negotiated version %x, protocol %q: want TLS 1.3 and no h2", st.Version, st.NegotiatedProtocol)
+		}
+	})
+
+	// Metrics over HTTPS, for a bearer token that the API server authenticates and
+	// authorizes (get on /metrics), with the webhook's own RBAC from
+	// manifests/base/metrics-rbac.yaml.
+	token := func(t *testing.T, sa string) string {
+		t.Helper()
+		cs := kubernetes.NewForConfigOrDie(cfg)
+		if _, err := cs.CoreV1().ServiceAccounts("monitoring").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		tr, err := cs.CoreV1().ServiceAccounts("monitoring").CreateToken(ctx, sa, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "monitoring"}}); err != nil {
 		t.Fatal(err)
 	}
-	metrics, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
+	if err := admin.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "prometheus-leasehold"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "leasehold-metrics-reader"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "monitoring", Name: "prometheus"}}}); err != nil {
+		t.Fatal(err)
+	}
+	prometheus, stranger := token(t, "prometheus"), token(t, "stranger")
+	scrape := func(bearer string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/metrics", metricsPort), nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		// The metrics certificate is self-signed (as kube-controller-manager's):
+		// Prometheus scrapes it with insecure_skip_verify and its bearer token.
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("scrape: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := scrape(""); code != http.StatusUnauthorized {
+		t.Errorf("scrape without a token: %d, want 401", code)
+	}
+	if code, _ := scrape(stranger); code != http.StatusForbidden {
+		t.Errorf("scrape by a ServiceAccount without leasehold-metrics-reader: %d, want 403", code)
+	}
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("metrics served over plain HTTP")
+		}
+	}
+	code, metrics := scrape(prometheus)
+	if code != http.StatusOK {
+		t.Fatalf("scrape by prometheus: %d: %s", code, metrics)
+	}
 	for _, want := range []string{
 		`leasehold_webhook_injections_total{outcome="injected"} 1`,
 		`controller_runtime_webhook_requests_total{code="200",webhook="/mutate-v1-pod"} 1`,
 		`leasehold_webhook_request_duration_seconds_count 1`,
 	} {
-		if !strings.Contains(string(metrics), want) {
+		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
@@ -239,5 +331,75 @@ func TestRunRefusesCertDurationsThatRenewOnEveryCheck(t *testing.T) {
 	if err := run(context.Background(), []string{"--cert-validity=2m", "--cert-renew-before=117s", "--ca-validity=1h", "--kubeconfig=/nonexistent"}); err == nil ||
 		strings.Contains(err.Error(), "--cert-") {
 		t.Fatalf("valid durations: want only the kubeconfig error, got %v", err)
+	}
+}
+
+// mountedCertKeys are the keys of the TLS Secret that manifests/base/deployment.yaml
+// mounts into the webhook's Pods (the certs volume's items).
+func mountedCertKeys(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "manifests", "base", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &appsv1.Deployment{}
+	if err := yaml.UnmarshalStrict(b, d); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret == nil || v.Secret.SecretName != "leasehold-webhook-tls" {
+			continue
+		}
+		var keys []string
+		for _, it := range v.Secret.Items {
+			if it.Path != it.Key {
+				t.Fatalf("secret key %s mounted as %s: the webhook reads tls.crt and tls.key", it.Key, it.Path)
+			}
+			keys = append(keys, it.Key)
+		}
+		if len(keys) == 0 {
+			t.Fatal("the Deployment mounts the whole TLS Secret, the CA's key included: list the items to mount")
+		}
+		return keys
+	}
+	t.Fatal("the Deployment does not mount leasehold-webhook-tls")
+	return nil
+}
+
+// An API server older than 1.28 (it would ignore the webhook configuration's
+// matchConditions) is refused at start, with the reason and the fix, before anything
+// else runs. The API server here is a stand-in that only answers /version.
+func TestRunRefusesAnOldAPIServer(t *testing.T) {
+	for _, tc := range []struct {
+		version, want string
+		args          []string
+	}{
+		{"v1.27.16", "the API server is Kubernetes v1.27.16; Leasehold needs 1.28 or later", nil},
+		{"v1.28.15", "native sidecars need Kubernetes 1.29 or later; fix: upgrade the cluster, or run the webhook with --plain-container", nil},
+	} {
+		t.Run(tc.version, func(t *testing.T) {
+			apiServer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/version" {
+					http.NotFound(w, r)
+					return
+				}
+				minor := strings.Split(tc.version, ".")[1]
+				_ = json.NewEncoder(w).Encode(map[string]string{"major": "1", "minor": minor, "gitVersion": tc.version})
+			}))
+			defer apiServer.Close()
+			kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+			kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: %q}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n"+
+				"current-context: c\nusers:\n- name: u\n  user: {token: t}\n", apiServer.URL)
+			if err := os.WriteFile(kubeconfig, []byte(kc), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			err := run(ctx, append([]string{"--kubeconfig=" + kubeconfig, "--cert-dir=" + t.TempDir(),
+				"--metrics-bind-address=0", "--health-probe-bind-address=0", "--webhook-port=" + strconv.Itoa(testenv.FreePort(t))}, tc.args...))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("run against Kubernetes %s: %v\nwant an error saying %q", tc.version, err, tc.want)
+			}
+		})
 	}
 }

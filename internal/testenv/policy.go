@@ -41,6 +41,9 @@ type AdmissionPolicy struct {
 	Operator *rbacv1.ClusterRole
 }
 
+// LeasePolicy is the name of the ValidatingAdmissionPolicy of guarantee 4.7.
+const LeasePolicy = "leasehold-lease-holder"
+
 // OperatorClusterRole is the ClusterRole that grants the verb force-release.
 const OperatorClusterRole = "leasehold-operator"
 
@@ -60,12 +63,17 @@ func LoadAdmissionPolicy() (*AdmissionPolicy, error) {
 			return nil, err
 		}
 		var into any
+		// manifests/base has other policies too (the webhook's own configuration, Pod
+		// annotations): only the Lease policy and its bindings.
 		switch {
-		case r.GetKind() == "ValidatingAdmissionPolicy":
+		case r.GetKind() == "ValidatingAdmissionPolicy" && r.GetName() == LeasePolicy:
 			p.Policy = &admissionregistrationv1.ValidatingAdmissionPolicy{}
 			into = p.Policy
 		case r.GetKind() == "ValidatingAdmissionPolicyBinding":
 			b := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+			if err := yaml.Unmarshal(y, b); err != nil || b.Spec.PolicyName != LeasePolicy {
+				continue
+			}
 			p.Bindings = append(p.Bindings, b)
 			into = b
 		case r.GetKind() == "ClusterRole" && r.GetName() == OperatorClusterRole:

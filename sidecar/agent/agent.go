@@ -25,6 +25,14 @@ import (
 // ClusterRole is the role an agent's ServiceAccount needs in its namespace.
 const ClusterRole = "leasehold-agent"
 
+// ProbeSocketMode is the mode of --probe-socket: only the agent's own user (the exec
+// probes run as it) may connect.
+const ProbeSocketMode = 0o600
+
+// ProbeConnections caps the probe socket's connections; the kubelet makes at most one
+// per probe at a time.
+const ProbeConnections = 16
+
 // Run serves the agent until ctx ends (SIGTERM), then tells the event streams,
 // releases every hold and returns.
 func Run(ctx context.Context, o *Options, log logr.Logger) error {
@@ -138,11 +146,39 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 			}
 		})
 	}
+	// The probe socket: the same handler for /healthz and /readyz only, with a cap of
+	// its own, so that clients at --max-connections never fail the kubelet's probes
+	// (a failed startup probe restarts the agent and drops its leader locks).
+	var probeSrv *http.Server
+	if o.ProbeSocket != "" {
+		pl, err := listen.Unix(o.ProbeSocket, ProbeSocketMode)
+		if err != nil {
+			_ = srv.Close()
+			stopRun()
+			wg.Wait()
+			return fmt.Errorf("--probe-socket: %w", err)
+		}
+		probeSrv = &http.Server{
+			Handler:           handler.Probes(),
+			ReadHeaderTimeout: 2 * time.Second,
+			IdleTimeout:       10 * time.Second,
+			MaxHeaderBytes:    4 << 10,
+		}
+		probeLimit := listen.NewConnLimit(ProbeConnections)
+		wg.Go(func() {
+			if err := probeSrv.Serve(probeLimit.Wrap(pl)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error(err, "Failed to serve probes", "socket", o.ProbeSocket)
+			}
+		})
+	}
 	var metricsSrv *http.Server
 	if o.MetricsBindAddress != "" && o.MetricsBindAddress != "0" {
 		ml, err := listen.Loopback(o.MetricsBindAddress)
 		if err != nil {
 			_ = srv.Close()
+			if probeSrv != nil {
+				_ = probeSrv.Close()
+			}
 			stopRun()
 			wg.Wait()
 			return fmt.Errorf("--metrics-bind-address: %w", err)
@@ -165,9 +201,15 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)
 	}
+	if probeSrv != nil {
+		_ = probeSrv.Shutdown(sctx)
+	}
 	stopRun()
 	wg.Wait()
 	_ = os.Remove(o.Socket)
+	if o.ProbeSocket != "" {
+		_ = os.Remove(o.ProbeSocket)
+	}
 	log.Info("Stopped", "pod", o.PodName)
 	return nil
 }

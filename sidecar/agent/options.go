@@ -31,6 +31,7 @@ type Options struct {
 	Burst                      int
 	ShutdownTimeout            time.Duration
 	MaxConnections             int
+	ProbeSocket                string
 }
 
 // NewOptions returns the defaults.
@@ -88,6 +89,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client-side rate limit towards the API server (requests per second).")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client-side burst towards the API server.")
 	fs.IntVar(&o.MaxConnections, "max-connections", o.MaxConnections, "Connections served at once (socket and TCP together); beyond, a client gets 503 at once.")
+	fs.StringVar(&o.ProbeSocket, "probe-socket", o.ProbeSocket, "Unix socket (mode 0600) serving only /healthz and /readyz, for exec probes "+
+		"(--probe=/healthz --socket=<this>); outside --max-connections, so a flood of clients cannot fail the probes. Empty = off.")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "How long SIGTERM handling may take to release holds.")
 }
 
@@ -122,6 +125,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Socket == "" {
 		errs = append(errs, errors.New("--socket must not be empty"))
+	}
+	if o.ProbeSocket != "" && o.ProbeSocket == o.Socket {
+		errs = append(errs, fmt.Errorf("--probe-socket=%s must differ from --socket", o.ProbeSocket))
 	}
 	if o.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("--max-connections=%d must be at least 1", o.MaxConnections))

@@ -87,6 +87,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
+// Probes serves only GET /healthz and /readyz, as ServeHTTP does, and 404 for
+// anything else: the handler of the agent's probe socket, which the kubelet's exec
+// probes use and which no lock call may reach.
+func (h *Handler) Probes() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.EscapedPath(); p != "/healthz" && p != "/readyz" {
+			writeError(w, http.StatusNotFound, "", fmt.Sprintf("no such endpoint %s %s: the probe socket serves only /healthz and /readyz",
+				r.Method, p))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // cleanPath is the path http.ServeMux would redirect to (path.Clean, keeping a trailing slash).
 func cleanPath(p string) string {
 	if p == "" || p[0] != '/' {

@@ -167,3 +167,17 @@ func TestRequireHeldIsAnError(t *testing.T) {
 		t.Fatalf("want 409 with error, lock and the state, got %d %v", w.Code, body)
 	}
 }
+
+// The probe socket's handler answers /healthz and /readyz as the API does, and nothing
+// else: no lock call through the socket that bypasses the connection cap.
+func TestProbesServesOnlyHealthAndReadiness(t *testing.T) {
+	h := NewHandler(fakeEngine{}, logr.Discard(), "").Probes()
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/v1/locks": 404, "/v1/locks/a": 404,
+		"/healthz/.": 404, "/v1/locks/a/acquire": 404} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://agent"+path, nil))
+		if w.Code != want {
+			t.Errorf("GET %s: %d, want %d: %s", path, w.Code, want, w.Body)
+		}
+	}
+}

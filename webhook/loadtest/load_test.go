@@ -138,9 +138,9 @@ func TestLoad(t *testing.T) {
 	cmd := exec.CommandContext(ctx, bin,
 		"--kubeconfig="+kubeconfig, "--self-signed-certs=false", "--cert-dir="+wo.LocalServingCertDir,
 		"--webhook-port="+strconv.Itoa(wo.LocalServingPort),
-		"--metrics-bind-address=127.0.0.1:"+strconv.Itoa(metricsPort),
+		"--metrics-bind-address=127.0.0.1:"+strconv.Itoa(metricsPort), "--metrics-secure=false",
 		"--health-probe-bind-address=127.0.0.1:"+strconv.Itoa(probePort))
-	cmd.Env = append(os.Environ(), "GOMEMLIMIT="+envString("WEBHOOK_GOMEMLIMIT", "40MiB"), "GOGC="+envString("WEBHOOK_GOGC", "100"))
+	cmd.Env = append(os.Environ(), "GOMEMLIMIT="+envString("WEBHOOK_GOMEMLIMIT", "90MiB"), "GOGC="+envString("WEBHOOK_GOGC", "100"))
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
