@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
@@ -23,11 +24,17 @@ type clientGoElector struct {
 
 func startClientGo(t *testing.T, name, identity string) *clientGoElector {
 	t.Helper()
+	return startClientGoAs(t, kube, "default", name, identity)
+}
+
+// startClientGoAs runs client-go's leader election on Lease ns/name with client cs.
+func startClientGoAs(t *testing.T, cs kubernetes.Interface, ns, name, identity string) *clientGoElector {
+	t.Helper()
 	e := &clientGoElector{done: make(chan struct{})}
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock: &resourcelock.LeaseLock{
-			LeaseMeta:  metav1.ObjectMeta{Namespace: "default", Name: name},
-			Client:     kube.CoordinationV1(),
+			LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
+			Client:     cs.CoordinationV1(),
 			LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 		},
 		LeaseDuration:   leaseDuration,

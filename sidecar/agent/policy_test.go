@@ -9,7 +9,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/leasehold/leasehold/internal/plugin"
 	"github.com/leasehold/leasehold/internal/testenv"
@@ -163,5 +165,62 @@ func TestAgentsUnderAdmissionPolicy(t *testing.T) {
 	}
 	if l, err := leases.Get(ctx, "lead", metav1.GetOptions{}); err != nil || l.Labels[lock.LabelManagedBy] != lock.ManagedBy {
 		t.Fatalf("Lease lead: %v %v, want the managed-by label", l, err)
+	}
+}
+
+// Where the admission policy allows it, client-go's leader election keeps interoperating
+// with the agent: a client-go elector whose identity is its Pod's holder identity
+// (<pod-name>_<pod-uid>) and that writes with its Pod-bound token follows the agent on
+// the same Lease, and the fencing token rises across both, under the policy.
+func TestInteropWithClientGoUnderAdmissionPolicy(t *testing.T) {
+	ctx := context.Background()
+	testenv.InstallAdmissionPolicy(t, restCfg)
+	ns, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "interop-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sa, name = "elector", "interop-policy"
+	rules := []rbacv1.PolicyRule{
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+	}
+	if _, err := testenv.CreateServiceAccount(ctx, kube, ns.Name, sa, rules); err != nil {
+		t.Fatal(err)
+	}
+	a := startPodAgent(t, ns.Name, sa, "agent-pod", "--leader="+name)
+	waitFor(t, "the agent to lead", func() bool { return a.state(name).Held })
+
+	pod, err := testenv.CreatePod(ctx, kube, ns.Name, "client-go-pod", sa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := testenv.Token(ctx, kube, ns.Name, sa, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	podClient := kubernetes.NewForConfigOrDie(testenv.TokenConfig(restCfg, tok))
+	cg := startClientGoAs(t, podClient, ns.Name, name, pod.Name+"_"+string(pod.UID))
+	time.Sleep(2 * leaseDuration)
+	if cg.leading.Load() {
+		t.Fatal("client-go led while the agent held the Lease")
+	}
+	agentToken := a.state(name).Token
+
+	a.signal(syscall.SIGTERM) // releases: client-go takes over, under the policy
+	<-a.exited
+	waitFor(t, "client-go to lead after the agent released", cg.says)
+	lease, err := kube.CoordinationV1().Leases(ns.Name).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := *lease.Spec.HolderIdentity; got != pod.Name+"_"+string(pod.UID) {
+		t.Fatalf("Lease names %q, want the client-go Pod", got)
+	}
+	if int64(*lease.Spec.LeaseTransitions) <= agentToken {
+		t.Fatalf("client-go's transitions %d not greater than the agent's token %d", *lease.Spec.LeaseTransitions, agentToken)
+	}
+	time.Sleep(leaseDuration) // its renews pass the policy too
+	if !cg.says() {
+		t.Fatal("client-go stopped leading: a renew was refused under the policy")
 	}
 }
