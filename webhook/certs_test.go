@@ -77,15 +77,7 @@ var rotatorSeq atomic.Int64
 // starts.
 func startCertRotator(t *testing.T, opts CertOptions, before func(manager.Manager)) *certFixture {
 	t.Helper()
-	env, err := testenv.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := testenv.Start(t)
 	admin, err := client.New(cfg, client.Options{})
 	if err != nil {
 		t.Fatal(err)

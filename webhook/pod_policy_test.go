@@ -23,15 +23,7 @@ import (
 // with the policy's message and fix; other annotations, labels and status are not, nor
 // Pods in kube-system and leasehold-system.
 func TestPodAnnotationsAreFixedAfterCreation(t *testing.T) {
-	env, err := testenv.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := testenv.Start(t)
 	ctx := context.Background()
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {

@@ -32,15 +32,7 @@ var webhookSA = rest.ImpersonationConfig{
 // or patch, and nothing else of it or of any other webhook configuration; an operator
 // still may.
 func TestWebhookMayChangeOnlyCABundle(t *testing.T) {
-	env, err := testenv.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start envtest: %v", err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	cfg := testenv.Start(t)
 	ctx := context.Background()
 	admin, err := client.New(cfg, client.Options{})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -62,11 +61,8 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	agentBin = filepath.Join(dir, "leasehold-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "github.com/leasehold/leasehold/cmd/leasehold-agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: static, like `make build`
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build the agent:", err)
+	if err := testenv.BuildBinaries(dir, false, "github.com/leasehold/leasehold/cmd/leasehold-agent"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	env, err = testenv.New()

@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/rest"
@@ -85,4 +87,40 @@ func WriteKubeconfig(path, host string, cfg *rest.Config) error {
 	c.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
 	c.CurrentContext = "envtest"
 	return clientcmd.WriteToFile(*c, path)
+}
+
+// Start starts a real kube-apiserver and etcd for one test (New, then Start) and stops
+// them when the test ends. It fails the test with testenv's message when the binaries
+// are missing.
+func Start(t testing.TB) *rest.Config {
+	t.Helper()
+	env, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	return cfg
+}
+
+// BuildBinaries builds the project's commands pkgs into dir as shipped (static,
+// CGO_ENABLED=0, like `make build`), or with the race detector when race is set (then
+// with cgo, which it needs). The compiler's output goes to stderr.
+func BuildBinaries(dir string, race bool, pkgs ...string) error {
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	env := append(os.Environ(), "CGO_ENABLED=0")
+	if race {
+		args = append(args, "-race")
+		env = append(os.Environ(), "CGO_ENABLED=1")
+	}
+	build := exec.Command("go", append(args, pkgs...)...)
+	build.Env = env
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build %s: %w", strings.Join(pkgs, " "), err)
+	}
+	return nil
 }

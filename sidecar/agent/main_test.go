@@ -57,18 +57,11 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binDir = dir
-	build := exec.Command("go", "build", "-o", dir+"/",
-		"github.com/leasehold/leasehold/cmd/leasehold-agent", "github.com/leasehold/leasehold/cmd/leasehold")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: static, like `make build`
-	if raceDetector {
-		// `make race`: the agent processes run with the race detector too, and a race
-		// they report fails the test that started them (see agentProc's cleanup).
-		build.Args = append(build.Args[:2], append([]string{"-race"}, build.Args[2:]...)...)
-		build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	}
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build the agent:", err)
+	// Under `make race` the agent processes run with the race detector too, and a race
+	// they report fails the test that started them (see agentProc's cleanup).
+	if err := testenv.BuildBinaries(dir, raceDetector,
+		"github.com/leasehold/leasehold/cmd/leasehold-agent", "github.com/leasehold/leasehold/cmd/leasehold"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	env, err = testenv.New()
