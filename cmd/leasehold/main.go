@@ -187,6 +187,10 @@ func run(ctx context.Context, c *client.Client, name string, wait time.Duration,
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "LEASEHOLD_LOCK="+name, "LEASEHOLD_TOKEN="+strconv.FormatInt(h.State.Token, 10))
+	if h.State.Slot != "" {
+		// A semaphore's token grows per slot: a fenced store keys it by the slot.
+		cmd.Env = append(cmd.Env, "LEASEHOLD_SLOT="+h.State.Slot)
+	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	if err := cmd.Start(); err != nil {

@@ -58,7 +58,7 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	}
 
 	mgr, err := lock.NewManager(lock.ManagerConfig{
-		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader,
+		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader, Semaphores: o.Semaphores,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
 		Client: kc, Log: log,
 		OnEvent: func(ev lock.Event) {

@@ -4,10 +4,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -17,6 +21,7 @@ const DefaultSocket = "/run/leasehold/agent.sock"
 type Options struct {
 	Namespace, PodName, PodUID string
 	Locks, Leader              []string
+	Semaphores                 map[string]int
 	LeaseDuration              time.Duration
 	RenewDeadline              time.Duration
 	RetryPeriod                time.Duration
@@ -69,6 +74,54 @@ func (f listFlag) Set(s string) error {
 	return nil
 }
 
+type semaphoresFlag struct{ v *map[string]int }
+
+func (f semaphoresFlag) String() string {
+	if f.v == nil || *f.v == nil {
+		return ""
+	}
+	parts := make([]string, 0, len(*f.v))
+	for n, size := range *f.v {
+		parts = append(parts, n+"="+strconv.Itoa(size))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func (f semaphoresFlag) Set(s string) error {
+	m, err := ParseSemaphores(s)
+	if err != nil {
+		return err
+	}
+	*f.v = m
+	return nil
+}
+
+// ParseSemaphores parses "name=N,name=N" (the --semaphores flag, and the
+// leasehold.io/semaphores annotation).
+func ParseSemaphores(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		name, n, ok := strings.Cut(p, "=")
+		name = strings.TrimSpace(name)
+		size, err := strconv.Atoi(strings.TrimSpace(n))
+		switch {
+		case !ok || name == "":
+			return nil, fmt.Errorf("%q is not name=N (e.g. report=3: at most 3 holders of report at once)", p)
+		case err != nil || size < 1 || size > lock.MaxSemaphoreSize:
+			return nil, fmt.Errorf("%q: N must be a whole number from 1 to %d (e.g. %s=3)", p, lock.MaxSemaphoreSize, name)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("semaphore %q is listed twice: list each name once", name)
+		}
+		out[name] = size
+	}
+	return out, nil
+}
+
 // BindFlags adds the options to fs.
 func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the Pod and of its Leases (downward API metadata.namespace).")
@@ -76,6 +129,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.PodUID, "pod-uid", o.PodUID, "UID of the Pod (downward API metadata.uid); holder identity is <pod-name>_<pod-uid>.")
 	fs.Var(listFlag{&o.Locks}, "locks", "Comma-separated on-demand mutex lock names.")
 	fs.Var(listFlag{&o.Leader}, "leader", "Comma-separated leader lock names, held continuously.")
+	fs.Var(semaphoresFlag{&o.Semaphores}, "semaphores", "Comma-separated counting locks, name=N: up to N holders at once, each on a slot Lease name.1 .. name.N.")
 	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "How long others wait after the last renew before taking a lock.")
 	fs.DurationVar(&o.RenewDeadline, "renew-deadline", o.RenewDeadline, "How long a hold is relied on after the last successful write.")
 	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between retries after a failed write.")
@@ -111,8 +165,8 @@ func (o *Options) Validate() error {
 	if o.PodUID == "" {
 		errs = append(errs, errors.New("--pod-uid is required (downward API metadata.uid)"))
 	}
-	if len(o.Locks)+len(o.Leader) == 0 {
-		errs = append(errs, errors.New("declare at least one lock with --locks or --leader"))
+	if len(o.Locks)+len(o.Leader)+len(o.Semaphores) == 0 {
+		errs = append(errs, errors.New("declare at least one lock with --locks, --leader or --semaphores"))
 	}
 	if o.LeaseDuration <= o.RenewDeadline {
 		errs = append(errs, fmt.Errorf("--lease-duration=%s must be greater than --renew-deadline=%s", o.LeaseDuration, o.RenewDeadline))

@@ -164,7 +164,7 @@ func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 	switch {
 	case errors.Is(err, lock.ErrUndeclared):
 		writeError(w, http.StatusNotFound, name, fmt.Sprintf("lock %q is not declared for this Pod (declared: %s): "+
-			"add it to the leasehold.io/locks or leasehold.io/leader annotation", name, strings.Join(h.Engine.Names(), ", ")))
+			"add it to the leasehold.io/locks, leasehold.io/leader or leasehold.io/semaphores annotation", name, strings.Join(h.Engine.Names(), ", ")))
 	case errors.As(err, &held) && held.Local:
 		writeError(w, http.StatusConflict, name, fmt.Sprintf("lock %q is held by another client of this Pod: "+
 			"retry later or pass wait (e.g. ?wait=10s) to queue for it", name))

@@ -25,6 +25,9 @@ const (
 	ModeMutex Mode = "mutex"
 	// ModeLeader is a lock the agent holds continuously while the Pod lives.
 	ModeLeader Mode = "leader"
+	// ModeSemaphore is a counting lock: N slot Leases, each taken like a mutex
+	// (semaphore.go). A slot Lock has this mode.
+	ModeSemaphore Mode = "semaphore"
 )
 
 const (
@@ -32,8 +35,11 @@ const (
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedBy is the value of LabelManagedBy on Leases the agent writes.
 	ManagedBy = "leasehold"
-	// AnnotationMode records on the Lease whether it is a mutex or a leader lock.
+	// AnnotationMode records on the Lease whether it is a mutex or a leader lock, or a
+	// semaphore's slot.
 	AnnotationMode = "leasehold.io/mode"
+	// AnnotationSemaphore names, on a slot's Lease, the semaphore it belongs to.
+	AnnotationSemaphore = "leasehold.io/semaphore"
 )
 
 // LeaseClient is the part of the Kubernetes API the engine uses: the Leases of one
@@ -52,6 +58,8 @@ type Config struct {
 	// Identity is written as holderIdentity: unique per Pod incarnation (name_uid).
 	Identity string
 	Mode     Mode
+	// Semaphore is the semaphore a ModeSemaphore slot belongs to.
+	Semaphore string
 	// LeaseDuration, RenewDeadline and RetryPeriod as client-go's leader election.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	Client                                    LeaseClient
@@ -69,8 +77,10 @@ func (c *Config) validate() error {
 		return errors.New("lock needs a namespace and a name")
 	case c.Identity == "":
 		return errors.New("lock needs a holder identity")
-	case c.Mode != ModeMutex && c.Mode != ModeLeader:
-		return fmt.Errorf("lock %s: mode %q is neither %q nor %q", c.Name, c.Mode, ModeMutex, ModeLeader)
+	case c.Mode != ModeMutex && c.Mode != ModeLeader && c.Mode != ModeSemaphore:
+		return fmt.Errorf("lock %s: mode %q is none of %q, %q, %q", c.Name, c.Mode, ModeMutex, ModeLeader, ModeSemaphore)
+	case c.Mode == ModeSemaphore && c.Semaphore == "":
+		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
 	case c.LeaseDuration < time.Second:
 		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
 	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
@@ -102,8 +112,10 @@ const (
 
 // Event is one change of a lock, as seen by this agent.
 type Event struct {
-	Type   EventType `json:"type"`
-	Lock   string    `json:"lock"`
+	Type EventType `json:"type"`
+	Lock string    `json:"lock"`
+	// Slot is the slot's Lease for an event of a semaphore.
+	Slot   string    `json:"slot,omitempty"`
 	Holder string    `json:"holder"`
 	Token  int64     `json:"token"`
 	Reason string    `json:"reason,omitempty"`
@@ -119,6 +131,12 @@ type State struct {
 	Token          int64  `json:"token"`
 	ValidFor       string `json:"validFor"`
 	ValidForMillis int64  `json:"validForMillis"`
+	// Slot is, for a semaphore, the slot's Lease that the hold (or Holder) is about.
+	Slot string `json:"slot,omitempty"`
+	// Size and Slots describe a semaphore: how many holders it lets in and each
+	// slot's state.
+	Size  int     `json:"size,omitempty"`
+	Slots []State `json:"slots,omitempty"`
 }
 
 // Errors the engine returns; the API maps them to status codes.
@@ -670,6 +688,9 @@ func (l *Lock) stamp(lease *coordinationv1.Lease) {
 		lease.Annotations = map[string]string{}
 	}
 	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
+	if l.cfg.Semaphore != "" {
+		lease.Annotations[AnnotationSemaphore] = l.cfg.Semaphore
+	}
 }
 
 // newLease is the record that creates the Lease. Its token goes on from the last one

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,8 +20,10 @@ var ErrUndeclared = errors.New("lock not declared")
 
 // ManagerConfig configures the set of locks of one agent.
 type ManagerConfig struct {
-	Namespace, Identity                       string
-	Mutexes, Leaders                          []string
+	Namespace, Identity string
+	Mutexes, Leaders    []string
+	// Semaphores are the counting locks: name to N (1..MaxSemaphoreSize).
+	Semaphores                                map[string]int
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	Client                                    LeaseClient
 	Clock                                     clock.WithDelayedExecution
@@ -31,7 +35,12 @@ type ManagerConfig struct {
 
 // Manager owns the declared locks of one Pod.
 type Manager struct {
-	locks   map[string]*Lock
+	locks map[string]*Lock
+	sems  map[string]*Semaphore
+	// slotOf maps a slot's Lease name to its semaphore's name.
+	slotOf map[string]string
+	// all are every Lock, slots included, for Run, Ready and Shutdown.
+	all     []*Lock
 	names   []string
 	onEvent func(Event)
 
@@ -41,22 +50,36 @@ type Manager struct {
 
 // NewManager validates cfg and creates one Lock per declared name.
 func NewManager(cfg ManagerConfig) (*Manager, error) {
-	m := &Manager{locks: map[string]*Lock{}, onEvent: cfg.OnEvent, subs: map[string]map[chan Event]struct{}{}}
+	m := &Manager{locks: map[string]*Lock{}, sems: map[string]*Semaphore{}, slotOf: map[string]string{},
+		onEvent: cfg.OnEvent, subs: map[string]map[chan Event]struct{}{}}
 	if m.onEvent == nil {
 		m.onEvent = func(Event) {}
 	}
-	add := func(name string, mode Mode) error {
+	declared := map[string]bool{}
+	newLock := func(name string, mode Mode, semaphore string) (*Lock, error) {
 		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-			return fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", name, errs)
+			return nil, fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", name, errs)
 		}
-		if _, dup := m.locks[name]; dup {
-			return fmt.Errorf("lock %q is declared twice: list each name once, in either --locks or --leader", name)
+		if declared[name] {
+			if semaphore != "" {
+				return nil, fmt.Errorf("semaphore %s's slot Lease %q is also declared as a lock: rename one of them", semaphore, name)
+			}
+			return nil, fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", name)
 		}
+		declared[name] = true
 		l, err := New(Config{
-			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode,
+			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode, Semaphore: semaphore,
 			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod,
 			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch,
 		})
+		if err != nil {
+			return nil, err
+		}
+		m.all = append(m.all, l)
+		return l, nil
+	}
+	add := func(name string, mode Mode) error {
+		l, err := newLock(name, mode, "")
 		if err != nil {
 			return err
 		}
@@ -74,11 +97,49 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 			return nil, err
 		}
 	}
+	semNames := make([]string, 0, len(cfg.Semaphores))
+	for n := range cfg.Semaphores {
+		semNames = append(semNames, n)
+	}
+	sort.Strings(semNames)
+	for _, n := range semNames {
+		size := cfg.Semaphores[n]
+		if size < 1 || size > MaxSemaphoreSize {
+			return nil, fmt.Errorf("semaphore %s=%d: N must be between 1 and %d", n, size, MaxSemaphoreSize)
+		}
+		if declared[n] {
+			return nil, fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", n)
+		}
+		declared[n] = true
+		slots := make([]*Lock, size)
+		for i := range slots {
+			l, err := newLock(SlotName(n, i+1), ModeSemaphore, n)
+			if err != nil {
+				return nil, err
+			}
+			slots[i] = l
+			m.slotOf[l.Name()] = n
+		}
+		m.sems[n] = newSemaphore(n, cfg.Identity, slots)
+		m.names = append(m.names, n)
+	}
+	for slot, sem := range m.slotOf {
+		if m.locks[slot] != nil {
+			return nil, fmt.Errorf("semaphore %s's slot Lease %q is also declared as a lock: rename one of them", sem, slot)
+		}
+	}
 	sort.Strings(m.names)
 	return m, nil
 }
 
 func (m *Manager) dispatch(ev Event) {
+	if sem, ok := m.slotOf[ev.Lock]; ok {
+		n, _ := strconv.Atoi(ev.Lock[strings.LastIndexByte(ev.Lock, '.')+1:])
+		ev.Slot, ev.Lock = ev.Lock, sem
+		if ev.Token > 0 {
+			ev.Token = ev.Token*SlotTokenBase + int64(n)
+		}
+	}
 	m.onEvent(ev)
 	m.subMu.Lock()
 	defer m.subMu.Unlock()
@@ -96,7 +157,7 @@ func (m *Manager) dispatch(ev Event) {
 // Subscribe streams the events of lock name until cancel is called. The channel is
 // closed when the subscriber falls behind or cancel is called.
 func (m *Manager) Subscribe(name string) (<-chan Event, func(), error) {
-	if _, ok := m.locks[name]; !ok {
+	if _, ok := m.locks[name]; !ok && m.sems[name] == nil {
 		return nil, nil, ErrUndeclared
 	}
 	ch := make(chan Event, 64)
@@ -125,22 +186,32 @@ func (m *Manager) Lock(name string) (*Lock, error) {
 	return l, nil
 }
 
-// Names are the declared lock names, sorted.
+// Semaphore returns the declared semaphore name.
+func (m *Manager) Semaphore(name string) (*Semaphore, error) {
+	s, ok := m.sems[name]
+	if !ok {
+		return nil, ErrUndeclared
+	}
+	return s, nil
+}
+
+// Names are the declared lock names (semaphores included), sorted.
 func (m *Manager) Names() []string { return m.names }
 
 // States reports every declared lock.
 func (m *Manager) States() []State {
 	out := make([]State, 0, len(m.names))
 	for _, n := range m.names {
-		out = append(out, m.locks[n].State())
+		s, _ := m.State(n)
+		out = append(out, s)
 	}
 	return out
 }
 
 // Ready says whether every lock is synced and the last writes were allowed.
 func (m *Manager) Ready() error {
-	for _, n := range m.names {
-		l := m.locks[n]
+	for _, l := range m.all {
+		n := l.Name()
 		if !l.Synced() {
 			return fmt.Errorf("%w: lock %s not yet synced with the API server", ErrUnavailable, n)
 		}
@@ -154,7 +225,7 @@ func (m *Manager) Ready() error {
 // Run runs every lock until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, l := range m.locks {
+	for _, l := range m.all {
 		wg.Go(func() { l.Run(ctx) })
 	}
 	wg.Wait()
@@ -163,9 +234,9 @@ func (m *Manager) Run(ctx context.Context) {
 // Shutdown releases every lock this agent holds, all at once.
 func (m *Manager) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errs := make([]error, len(m.names))
-	for i, n := range m.names {
-		wg.Go(func() { errs[i] = m.locks[n].Shutdown(ctx) })
+	errs := make([]error, len(m.all))
+	for i, l := range m.all {
+		wg.Go(func() { errs[i] = l.Shutdown(ctx) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -173,6 +244,9 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 
 // State reports the declared lock name.
 func (m *Manager) State(name string) (State, error) {
+	if s := m.sems[name]; s != nil {
+		return s.State(), nil
+	}
 	l, err := m.Lock(name)
 	if err != nil {
 		return State{Name: name}, err
@@ -182,6 +256,9 @@ func (m *Manager) State(name string) (State, error) {
 
 // Acquire acquires lock name (see Lock.Acquire).
 func (m *Manager) Acquire(ctx context.Context, name string, opts AcquireOptions) (*Hold, State, error) {
+	if s := m.sems[name]; s != nil {
+		return s.Acquire(ctx, opts)
+	}
 	l, err := m.Lock(name)
 	if err != nil {
 		return nil, State{Name: name}, err
@@ -191,6 +268,9 @@ func (m *Manager) Acquire(ctx context.Context, name string, opts AcquireOptions)
 
 // Release ends the hold of lock name that token names.
 func (m *Manager) Release(ctx context.Context, name string, token int64) (State, error) {
+	if s := m.sems[name]; s != nil {
+		return s.Release(ctx, token)
+	}
 	l, err := m.Lock(name)
 	if err != nil {
 		return State{Name: name}, err
@@ -200,13 +280,16 @@ func (m *Manager) Release(ctx context.Context, name string, token int64) (State,
 
 // ReleaseHold releases h if it still holds lock name.
 func (m *Manager) ReleaseHold(ctx context.Context, name string, h *Hold, reason string) {
-	if l, err := m.Lock(name); err == nil {
-		l.ReleaseHold(ctx, h, reason)
+	if _, err := m.State(name); err == nil && h != nil {
+		h.lock.ReleaseHold(ctx, h, reason)
 	}
 }
 
 // Renew restarts the ttl of the hold of lock name that token names.
 func (m *Manager) Renew(name string, token int64, ttl time.Duration) (State, error) {
+	if s := m.sems[name]; s != nil {
+		return s.Renew(token, ttl)
+	}
 	l, err := m.Lock(name)
 	if err != nil {
 		return State{Name: name}, err

@@ -1,0 +1,223 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxSemaphoreSize bounds N in name=N: each slot is a Lease, watched by every Pod that
+// declares the semaphore, so N costs N watches per Pod. It is below SlotTokenBase.
+const MaxSemaphoreSize = 64
+
+// SlotTokenBase composes a semaphore's fencing token from its slot's: token =
+// slot's leaseTransitions × SlotTokenBase + slot number, so token 305 is slot 5's
+// third acquisition. Tokens grow per slot (a store fences a semaphore per slot:
+// token % SlotTokenBase), and the holds of one semaphore never share a token, so a
+// release or renew names its hold by token alone.
+const SlotTokenBase = 100
+
+// SlotName is the Lease of slot i (1..N) of semaphore name.
+func SlotName(name string, i int) string { return name + "." + strconv.Itoa(i) }
+
+// Semaphore is a counting lock: N slots, each a Lease taken and fenced exactly like a
+// mutex (a slot is a Lock in ModeSemaphore). An acquisition takes any free slot; the
+// answer names the slot and carries the composed token (SlotTokenBase).
+//
+// Fairness is that of the mutex: whichever Pod's write lands first wins a freed slot.
+type Semaphore struct {
+	name  string
+	slots []*Lock
+	// first is the slot this Pod tries first, from its identity: Pods spread over
+	// the slots instead of all racing for slot 1.
+	first int
+	// turn serializes this Pod's acquisitions of the semaphore (like a Lock's local
+	// slot, but for the whole semaphore): waiters queue in order.
+	turn chan struct{}
+}
+
+func newSemaphore(name, identity string, slots []*Lock) *Semaphore {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(identity))
+	return &Semaphore{name: name, slots: slots, first: int(h.Sum32() % uint32(len(slots))), turn: make(chan struct{}, 1)}
+}
+
+// Name is the semaphore's name.
+func (s *Semaphore) Name() string { return s.name }
+
+// Size is N.
+func (s *Semaphore) Size() int { return len(s.slots) }
+
+// State reports the semaphore: held when this Pod holds a slot (the first one it
+// holds then gives Slot, Token and ValidFor), and every slot's state.
+func (s *Semaphore) State() State {
+	st := State{Name: s.name, Mode: ModeSemaphore, ValidFor: "0s", Size: len(s.slots)}
+	for i, l := range s.slots {
+		ls := l.State()
+		if ls.Token > 0 {
+			ls.Token = ls.Token*SlotTokenBase + int64(i+1)
+		}
+		st.Slots = append(st.Slots, ls)
+		if ls.Held && !st.Held {
+			st.Held, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot = true, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
+		}
+	}
+	return st
+}
+
+// stateOf is the semaphore's State with the hold of slot i (0-based) in front.
+func (s *Semaphore) stateOf(i int) State {
+	st := s.State()
+	ls := st.Slots[i]
+	st.Held, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot = ls.Held, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
+	return st
+}
+
+// Acquire takes a free slot for one local client, waiting up to opts.Wait (0: try
+// each slot once). Waiters are woken by the watch of any slot, or when the hold
+// they saw runs out.
+func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, State, error) {
+	if opts.Wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, opts.Wait)
+		defer cancel()
+		select {
+		case s.turn <- struct{}{}:
+		case <-s.slots[0].closing:
+			return nil, s.State(), ErrShutdown
+		case <-ctx.Done():
+			return nil, s.State(), ctxErr(ctx)
+		}
+	} else {
+		select {
+		case s.turn <- struct{}{}:
+		default:
+			return nil, s.State(), &HeldError{Local: true}
+		}
+	}
+	defer func() { <-s.turn }()
+
+	for {
+		// The change channels are taken before the tries, so no change between a
+		// try and the wait is missed.
+		changed := make([]<-chan struct{}, len(s.slots))
+		for i, l := range s.slots {
+			changed[i] = l.Changed()
+		}
+		h, st, retryIn, err := s.tryEach(ctx, opts.TTL)
+		if err == nil || opts.Wait == 0 || errors.Is(err, ErrShutdown) {
+			return h, st, err
+		}
+		cases := make([]reflect.SelectCase, 0, len(changed)+3)
+		for _, ch := range changed {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
+		}
+		timer := s.slots[0].cfg.Clock.NewTimer(retryIn)
+		cases = append(cases,
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(timer.C())},
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(s.slots[0].closing)},
+			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())})
+		chosen, _, _ := reflect.Select(cases)
+		timer.Stop()
+		if chosen == len(cases)-1 {
+			return nil, s.State(), ctxErr(ctx)
+		}
+	}
+}
+
+// tryEach tries every slot once, starting at this Pod's first slot. When none was
+// taken it says how soon a try may succeed without a watch event (a hold running out,
+// or the retry period after an API error).
+func (s *Semaphore) tryEach(ctx context.Context, ttl time.Duration) (*Hold, State, time.Duration, error) {
+	retryIn := s.slots[0].cfg.RetryPeriod
+	var held []string
+	var apiErr error
+	for k := range s.slots {
+		i := (s.first + k) % len(s.slots)
+		l := s.slots[i]
+		h, _, err := l.Acquire(ctx, AcquireOptions{TTL: ttl})
+		if err == nil {
+			return h, s.stateOf(i), 0, nil
+		}
+		var he *HeldError
+		switch {
+		case errors.Is(err, ErrShutdown), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			return nil, s.State(), 0, err
+		case errors.As(err, &he):
+			if he.ValidFor > 0 {
+				retryIn = min(retryIn, he.ValidFor)
+			}
+			who := he.Holder
+			if he.Local {
+				who = "another client of this Pod"
+			}
+			held = append(held, l.Name()+" by "+who)
+		case errors.Is(err, ErrNotAcquired):
+			held = append(held, l.Name()+" (written by another Pod at the same moment)")
+		default:
+			apiErr = err
+		}
+	}
+	if apiErr != nil && len(held) == 0 {
+		return nil, s.State(), retryIn, apiErr
+	}
+	return nil, s.State(), max(retryIn, time.Millisecond), fmt.Errorf("%w: all %d slots of %s are held: %s",
+		ErrNotAcquired, len(s.slots), s.name, strings.Join(held, ", "))
+}
+
+// slotFor is the slot (0-based) and the slot's own token that a composed token names.
+func (s *Semaphore) slotFor(token int64) (int, int64, bool) {
+	i := int(token%SlotTokenBase) - 1
+	if token <= 0 || i < 0 || i >= len(s.slots) {
+		return 0, 0, false
+	}
+	return i, token / SlotTokenBase, true
+}
+
+// Release ends the hold named by its token (see Lock.Release).
+func (s *Semaphore) Release(ctx context.Context, token int64) (State, error) {
+	i, t, ok := s.slotFor(token)
+	if !ok {
+		return s.State(), s.noSlotError(token)
+	}
+	_, err := s.slots[i].Release(ctx, t)
+	return s.stateOf(i), s.composeStale(i, err)
+}
+
+// Renew restarts the ttl of the hold named by its token (see Lock.Renew).
+func (s *Semaphore) Renew(token int64, ttl time.Duration) (State, error) {
+	i, t, ok := s.slotFor(token)
+	if !ok {
+		return s.State(), s.noSlotError(token)
+	}
+	_, err := s.slots[i].Renew(t, ttl)
+	return s.stateOf(i), s.composeStale(i, err)
+}
+
+// noSlotError: the token names no slot of this semaphore.
+func (s *Semaphore) noSlotError(token int64) error {
+	return &StaleTokenError{Token: token, Ended: fmt.Sprintf("it names no slot of %s: a semaphore's token is "+
+		"the slot's count × %d + the slot number (1-%d)", s.name, SlotTokenBase, len(s.slots))}
+}
+
+// composeStale turns slot i's stale-token error into the semaphore's tokens.
+func (s *Semaphore) composeStale(i int, err error) error {
+	var e *StaleTokenError
+	if !errors.As(err, &e) {
+		return err
+	}
+	out := *e
+	out.Token = e.Token*SlotTokenBase + int64(i+1)
+	if e.Current > 0 {
+		out.Current = e.Current*SlotTokenBase + int64(i+1)
+	}
+	if out.Ended != "" {
+		out.Ended += " on slot " + s.slots[i].Name()
+	}
+	return &out
+}
