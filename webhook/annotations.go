@@ -9,6 +9,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // AnnotationPrefix is the prefix of every Leasehold annotation. Any key with this prefix
@@ -24,6 +26,9 @@ const (
 	// AnnotationLeader lists, comma-separated, the lock names the agent holds
 	// continuously while the Pod lives (leader election).
 	AnnotationLeader = AnnotationPrefix + "leader"
+	// AnnotationSemaphores lists, comma-separated, counting locks as name=N: up to N
+	// holders at once, each on a slot Lease name.1 .. name.N.
+	AnnotationSemaphores = AnnotationPrefix + "semaphores"
 
 	// AnnotationLeaseDuration is how long a Lease is valid after its last renewal, in Go
 	// duration syntax and whole seconds (the Lease stores seconds). Default 15s.
@@ -71,7 +76,7 @@ const (
 
 // knownAnnotations are all the keys under AnnotationPrefix that the webhook accepts.
 var knownAnnotations = []string{
-	AnnotationLocks, AnnotationLeader, AnnotationLeaseDuration, AnnotationRenewDeadline,
+	AnnotationLocks, AnnotationLeader, AnnotationSemaphores, AnnotationLeaseDuration, AnnotationRenewDeadline,
 	AnnotationRetryPeriod, AnnotationTCPPort, AnnotationInject, AnnotationStatus,
 }
 
@@ -81,6 +86,8 @@ type Config struct {
 	Locks []string
 	// Leader are the locks held continuously, in annotation order.
 	Leader []string
+	// Semaphores are the counting locks, in annotation order.
+	Semaphores []Semaphore
 
 	LeaseDuration time.Duration
 	RenewDeadline time.Duration
@@ -88,6 +95,24 @@ type Config struct {
 
 	// TCPPort is the loopback HTTP port, 0 when off.
 	TCPPort int32
+}
+
+// Semaphore is one name=N of leasehold.io/semaphores.
+type Semaphore struct {
+	Name string
+	Size int
+}
+
+// LeaseNames are the Leases the agent of cfg writes: its locks, leader locks and every
+// semaphore slot (what its Role must grant by name).
+func (cfg *Config) LeaseNames() []string {
+	out := append(append([]string{}, cfg.Locks...), cfg.Leader...)
+	for _, s := range cfg.Semaphores {
+		for i := 1; i <= s.Size; i++ {
+			out = append(out, lock.SlotName(s.Name, i))
+		}
+	}
+	return out
 }
 
 // Wanted reports whether the annotations ask for an agent: a lock annotation is present
@@ -98,7 +123,8 @@ func Wanted(annotations map[string]string) bool {
 	}
 	_, locks := annotations[AnnotationLocks]
 	_, leader := annotations[AnnotationLeader]
-	return locks || leader
+	_, sems := annotations[AnnotationSemaphores]
+	return locks || leader || sems
 }
 
 // HasLeaseholdAnnotations reports whether any key carries AnnotationPrefix.
@@ -154,19 +180,26 @@ func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) 
 	seen := map[string]string{} // lock name -> annotation that first named it
 	cfg.Locks, errs = parseNames(annotations, AnnotationLocks, seen, errs)
 	cfg.Leader, errs = parseNames(annotations, AnnotationLeader, seen, errs)
+	cfg.Semaphores, errs = parseSemaphores(annotations, seen, errs)
+	errs = checkSlotNames(annotations, cfg, errs)
 	_, hasLocks := annotations[AnnotationLocks]
 	_, hasLeader := annotations[AnnotationLeader]
-	if !hasLocks && !hasLeader {
+	_, hasSems := annotations[AnnotationSemaphores]
+	if !hasLocks && !hasLeader && !hasSems {
 		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationTCPPort} {
 			if v, ok := annotations[k]; ok {
-				errs = append(errs, invalid(k, v, fmt.Sprintf("the Pod names no lock; fix: add %s or %s, or remove %s",
-					AnnotationLocks, AnnotationLeader, k)))
+				errs = append(errs, invalid(k, v, fmt.Sprintf("the Pod names no lock; fix: add %s, %s or %s, or remove %s",
+					AnnotationLocks, AnnotationLeader, AnnotationSemaphores, k)))
 			}
 		}
-	} else if len(cfg.Locks) == 0 && len(cfg.Leader) == 0 && len(errs) == 0 {
+	} else if len(cfg.Locks) == 0 && len(cfg.Leader) == 0 && len(cfg.Semaphores) == 0 && len(errs) == 0 {
 		key := AnnotationLocks
-		if !hasLocks {
+		switch {
+		case hasLocks:
+		case hasLeader:
 			key = AnnotationLeader
+		default:
+			key = AnnotationSemaphores
 		}
 		errs = append(errs, invalid(key, annotations[key],
 			"no lock name given; fix: list at least one lock name (e.g. \"db-migration\") or remove the annotation"))
@@ -248,6 +281,76 @@ func parseNames(annotations map[string]string, key string, seen map[string]strin
 		names = append(names, name)
 	}
 	return names, errs
+}
+
+// parseSemaphores parses leasehold.io/semaphores: name=N, comma-separated.
+func parseSemaphores(annotations map[string]string, seen map[string]string, errs field.ErrorList) ([]Semaphore, field.ErrorList) {
+	key := AnnotationSemaphores
+	v, ok := annotations[key]
+	if !ok || strings.TrimSpace(v) == "" {
+		return nil, errs
+	}
+	var out []Semaphore
+	for _, raw := range strings.Split(v, ",") {
+		item := strings.TrimSpace(raw)
+		if item == "" {
+			errs = append(errs, invalid(key, v, "empty entry between commas; fix: remove the extra comma"))
+			continue
+		}
+		name, num, hasEq := strings.Cut(item, "=")
+		name = strings.TrimSpace(name)
+		n, err := strconv.Atoi(strings.TrimSpace(num))
+		switch {
+		case !hasEq:
+			errs = append(errs, invalid(key, v, fmt.Sprintf(
+				"%q has no =N; fix: write name=N, the number of holders let in at once (e.g. %q)", item, item+"=3")))
+			continue
+		case err != nil || n < 1 || n > lock.MaxSemaphoreSize:
+			errs = append(errs, invalid(key, v, fmt.Sprintf(
+				"%q: N must be a whole number from 1 to %d (each slot is a Lease that every Pod watches); fix: e.g. %q",
+				item, lock.MaxSemaphoreSize, name+"=3")))
+			continue
+		case len(validation.IsDNS1123Subdomain(name)) > 0 || len(validation.IsDNS1123Subdomain(lock.SlotName(name, n))) > 0:
+			errs = append(errs, invalid(key, v, fmt.Sprintf(
+				"semaphore name %q is not a valid Lease name (its slots are the Leases %s .. %s); fix: use lowercase "+
+					"letters, digits, '-' and '.', starting and ending with a letter or digit, at most %d characters (e.g. %q)",
+				name, lock.SlotName(name, 1), lock.SlotName(name, n), 253-len(lock.SlotName("", n)), suggestName(name))))
+			continue
+		}
+		if first, dup := seen[name]; dup {
+			if first == key {
+				errs = append(errs, invalid(key, v, fmt.Sprintf("semaphore %q is listed twice; fix: list it once", name)))
+			} else {
+				errs = append(errs, invalid(key, v, fmt.Sprintf(
+					"semaphore %q is also listed in %s; a name is one kind of lock; fix: keep it in one of them", name, first)))
+			}
+			continue
+		}
+		seen[name] = key
+		out = append(out, Semaphore{Name: name, Size: n})
+	}
+	return out, errs
+}
+
+// checkSlotNames refuses a lock or leader lock named like a semaphore's slot Lease.
+func checkSlotNames(annotations map[string]string, cfg *Config, errs field.ErrorList) field.ErrorList {
+	names := map[string]string{}
+	for _, n := range cfg.Locks {
+		names[n] = AnnotationLocks
+	}
+	for _, n := range cfg.Leader {
+		names[n] = AnnotationLeader
+	}
+	for _, s := range cfg.Semaphores {
+		for i := 1; i <= s.Size; i++ {
+			if key, clash := names[lock.SlotName(s.Name, i)]; clash {
+				errs = append(errs, invalid(AnnotationSemaphores, annotations[AnnotationSemaphores], fmt.Sprintf(
+					"semaphore %s's slot %d is the Lease %q, which %s also names as a lock; fix: rename the lock or the semaphore",
+					s.Name, i, lock.SlotName(s.Name, i), key)))
+			}
+		}
+	}
+	return errs
 }
 
 // parseDuration returns the annotation's duration or def, and whether it is usable.

@@ -39,6 +39,10 @@ func TestParseAnnotations(t *testing.T) {
 			want: &Config{Leader: []string{"l"}, LeaseDuration: time.Minute, RenewDeadline: 40 * time.Second,
 				RetryPeriod: 5 * time.Second, TCPPort: 8970},
 		},
+		"semaphores": {
+			in:   map[string]string{AnnotationSemaphores: "report=3, batch.jobs=1", AnnotationLocks: "db"},
+			want: def(Config{Locks: []string{"db"}, Semaphores: []Semaphore{{"report", 3}, {"batch.jobs", 1}}}),
+		},
 		"status written by the webhook is accepted": {
 			in:   map[string]string{AnnotationLocks: "db", AnnotationStatus: StatusInjected},
 			want: def(Config{Locks: []string{"db"}}),
@@ -126,7 +130,35 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		},
 		"timing without locks": {
 			in:   map[string]string{AnnotationLeaseDuration: "20s"},
-			want: []string{`[leasehold.io/lease-duration]`, "the Pod names no lock; fix: add leasehold.io/locks or leasehold.io/leader"},
+			want: []string{`[leasehold.io/lease-duration]`, "the Pod names no lock; fix: add leasehold.io/locks, leasehold.io/leader or leasehold.io/semaphores"},
+		},
+		"semaphore without N": {
+			in:   map[string]string{AnnotationSemaphores: "report"},
+			want: []string{`[leasehold.io/semaphores]: Invalid value: "report"`, `"report" has no =N; fix: write name=N`, `"report=3"`},
+		},
+		"semaphore N out of range": {
+			in:   map[string]string{AnnotationSemaphores: "report=0"},
+			want: []string{`[leasehold.io/semaphores]: Invalid value: "report=0"`, "N must be a whole number from 1 to 64", `fix: e.g. "report=3"`},
+		},
+		"semaphore N not a number": {
+			in:   map[string]string{AnnotationSemaphores: "report=three"},
+			want: []string{"N must be a whole number from 1 to 64"},
+		},
+		"semaphore bad name": {
+			in:   map[string]string{AnnotationSemaphores: "Report=2"},
+			want: []string{`semaphore name "Report" is not a valid Lease name (its slots are the Leases Report.1 .. Report.2)`, `"report"`},
+		},
+		"semaphore also a lock": {
+			in:   map[string]string{AnnotationLocks: "report", AnnotationSemaphores: "report=2"},
+			want: []string{`semaphore "report" is also listed in leasehold.io/locks`, "fix: keep it in one of them"},
+		},
+		"lock named like a slot": {
+			in:   map[string]string{AnnotationLocks: "report.2", AnnotationSemaphores: "report=2"},
+			want: []string{`semaphore report's slot 2 is the Lease "report.2", which leasehold.io/locks also names as a lock`, "fix: rename"},
+		},
+		"empty semaphores": {
+			in:   map[string]string{AnnotationSemaphores: ""},
+			want: []string{`[leasehold.io/semaphores]`, "no lock name given"},
 		},
 		"inject typo": {
 			in:   map[string]string{AnnotationLocks: "a", AnnotationInject: "flase"},

@@ -279,7 +279,7 @@ func tokenVolume() corev1.Volume {
 
 // AgentArgs is the agent's command line for cfg, as the contract fixes it.
 func AgentArgs(cfg *Config, opts Options) []string {
-	return []string{
+	args := []string{
 		"--namespace=$(POD_NAMESPACE)",
 		"--pod-name=$(POD_NAME)",
 		"--pod-uid=$(POD_UID)",
@@ -293,6 +293,15 @@ func AgentArgs(cfg *Config, opts Options) []string {
 		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
 		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
 	}
+	if len(cfg.Semaphores) > 0 {
+		// Only when declared, so that Pods without semaphores run on older agent images.
+		sems := make([]string, len(cfg.Semaphores))
+		for i, s := range cfg.Semaphores {
+			sems[i] = s.Name + "=" + strconv.Itoa(s.Size)
+		}
+		args = append(args, "--semaphores="+strings.Join(sems, ","))
+	}
+	return args
 }
 
 func fieldEnv(name, fieldPath string) corev1.EnvVar {

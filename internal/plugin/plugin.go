@@ -54,6 +54,7 @@ type Options struct {
 	Filename       string
 	Name           string
 	Locks, Leader  []string
+	Semaphores     []string
 	ServiceAccount string
 
 	genericiooptions.IOStreams
@@ -136,6 +137,7 @@ from taking a live hold under its own name).`,
 	rbac.Flags().StringVar(&o.Name, "name", "", "Workload name, with --locks/--leader instead of -f.")
 	rbac.Flags().StringSliceVar(&o.Locks, "locks", nil, "Mutex lock names, as in leasehold.io/locks.")
 	rbac.Flags().StringSliceVar(&o.Leader, "leader", nil, "Leader lock names, as in leasehold.io/leader.")
+	rbac.Flags().StringSliceVar(&o.Semaphores, "semaphores", nil, "Counting locks name=N, as in leasehold.io/semaphores (the Role grants the slot Leases name.1 .. name.N).")
 	rbac.Flags().StringVar(&o.ServiceAccount, "service-account", "", "Bind this ServiceAccount instead of the template's own (or one named after the workload).")
 	root.AddCommand(rbac)
 	return root
@@ -379,7 +381,7 @@ func (o *Options) RBAC() error {
 	}
 	var workloads []Workload
 	switch {
-	case o.Filename != "" && (o.Name != "" || len(o.Locks)+len(o.Leader) > 0):
+	case o.Filename != "" && (o.Name != "" || len(o.Locks)+len(o.Leader)+len(o.Semaphores) > 0):
 		return errors.New("either -f or --name with --locks/--leader, not both")
 	case o.Filename != "":
 		in := o.In
@@ -395,10 +397,10 @@ func (o *Options) RBAC() error {
 			return err
 		}
 		if len(workloads) == 0 {
-			return fmt.Errorf("no Pod template in %s declares locks (annotations %s or %s)", o.Filename, webhook.AnnotationLocks, webhook.AnnotationLeader)
+			return fmt.Errorf("no Pod template in %s declares locks (annotations %s, %s or %s)", o.Filename, webhook.AnnotationLocks, webhook.AnnotationLeader, webhook.AnnotationSemaphores)
 		}
 	default:
-		w, err := WorkloadFromLocks(o.Name, ns, o.Locks, o.Leader)
+		w, err := WorkloadFromLocks(o.Name, ns, o.Locks, o.Leader, o.Semaphores)
 		if err != nil {
 			return err
 		}

@@ -165,7 +165,7 @@ func ReadWorkloads(r io.Reader, ns string) ([]Workload, error) {
 		}
 		sa, _, _ := unstructured.NestedString(tmpl, "spec", "serviceAccountName")
 		w := Workload{Kind: u.GetKind(), Name: u.GetName(), Namespace: u.GetNamespace(), ServiceAccount: sa,
-			Locks: append(slices.Clone(cfg.Locks), cfg.Leader...)}
+			Locks: cfg.LeaseNames()}
 		if w.Namespace == "" {
 			w.Namespace = ns
 		}
@@ -179,16 +179,15 @@ func ReadWorkloads(r io.Reader, ns string) ([]Workload, error) {
 }
 
 // WorkloadFromLocks is a workload described by flags instead of a manifest.
-func WorkloadFromLocks(name, ns string, locks, leader []string) (Workload, error) {
+func WorkloadFromLocks(name, ns string, locks, leader, semaphores []string) (Workload, error) {
 	if name == "" {
-		return Workload{}, errors.New("--name is required with --locks and --leader: the Role, and the ServiceAccount, are named after the workload")
+		return Workload{}, errors.New("--name is required with --locks, --leader and --semaphores: the Role, and the ServiceAccount, are named after the workload")
 	}
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
 		return Workload{}, fmt.Errorf("--name=%q: %s", name, strings.Join(errs, "; "))
 	}
-	all := append(slices.Clone(locks), leader...)
-	if len(all) == 0 {
-		return Workload{}, errors.New("name the locks with --locks and --leader, or read them from a manifest with -f")
+	if len(locks)+len(leader)+len(semaphores) == 0 {
+		return Workload{}, errors.New("name the locks with --locks, --leader and --semaphores, or read them from a manifest with -f")
 	}
 	annotations := map[string]string{}
 	if len(locks) > 0 {
@@ -197,9 +196,14 @@ func WorkloadFromLocks(name, ns string, locks, leader []string) (Workload, error
 	if len(leader) > 0 {
 		annotations[webhook.AnnotationLeader] = strings.Join(leader, ",")
 	}
-	if _, errs := webhook.ParseAnnotations(annotations); len(errs) > 0 {
+	if len(semaphores) > 0 {
+		annotations[webhook.AnnotationSemaphores] = strings.Join(semaphores, ",")
+	}
+	cfg, errs := webhook.ParseAnnotations(annotations)
+	if len(errs) > 0 {
 		return Workload{}, errs.ToAggregate()
 	}
+	all := cfg.LeaseNames()
 	slices.Sort(all)
 	return Workload{Kind: "workload", Name: name, Namespace: ns, Locks: all}, nil
 }

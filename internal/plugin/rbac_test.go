@@ -185,3 +185,18 @@ func TestRBACCommand(t *testing.T) {
 		t.Errorf("a manifest without locks: err = %v", err)
 	}
 }
+
+// A semaphore's agent writes its slot Leases: the Role grants each by name.
+func TestRBACGrantsSemaphoreSlots(t *testing.T) {
+	w, err := WorkloadFromLocks("reports", "shop", []string{"db"}, nil, []string{"report=3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"db", "report.1", "report.2", "report.3"}, w.Locks); diff != "" {
+		t.Fatalf("Leases of the workload (-want +got):\n%s", diff)
+	}
+	if _, err := WorkloadFromLocks("reports", "shop", nil, nil, []string{"report"}); err == nil ||
+		!strings.Contains(err.Error(), "has no =N") {
+		t.Fatalf("a semaphore without N: want the annotation's error, got %v", err)
+	}
+}
