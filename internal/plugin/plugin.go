@@ -266,22 +266,17 @@ func Describe(l *coordinationv1.Lease, now time.Time) Row {
 	if r.Mode == "" {
 		r.Mode = "-"
 	}
-	if l.Spec.LeaseTransitions != nil {
-		r.Token = *l.Spec.LeaseTransitions
-	}
-	holder := ""
-	if l.Spec.HolderIdentity != nil {
-		holder = *l.Spec.HolderIdentity
-	}
-	if holder == "" {
+	rec := lock.RecordOf(l)
+	r.Token = rec.Transitions
+	if rec.Holder == "" {
 		return r
 	}
-	r.Holder = holderPod(holder)
-	if l.Spec.AcquireTime != nil {
-		r.Age = shortDuration(now.Sub(l.Spec.AcquireTime.Time))
+	r.Holder = holderPod(rec.Holder)
+	if !rec.Acquired.IsZero() {
+		r.Age = shortDuration(now.Sub(rec.Acquired))
 	}
-	if l.Spec.RenewTime != nil && l.Spec.LeaseDurationSeconds != nil {
-		left := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second).Sub(now)
+	if end := rec.Expires(); !end.IsZero() {
+		left := end.Sub(now)
 		if left > 0 {
 			r.TimeLeft = shortDuration(left)
 		} else {
@@ -294,8 +289,8 @@ func Describe(l *coordinationv1.Lease, now time.Time) Row {
 // holderPod shows the Pod name of an agent identity "<pod>_<uid>"; other identities
 // (client-go leader election, hostnames) are shown as they are.
 func holderPod(identity string) string {
-	if i := strings.LastIndex(identity, "_"); i > 0 && len(identity)-i-1 == 36 {
-		return identity[:i]
+	if pod, ok := lock.PodOf(identity); ok {
+		return pod
 	}
 	return identity
 }
@@ -346,13 +341,9 @@ func (o *Options) Release(ctx context.Context, name string) error {
 			return errors.New("not confirmed: the lock was left as it was")
 		}
 	}
-	// A conditional write, shaped like client-go's release: empty holder, 1s duration,
-	// transitions kept so the next acquisition's token is still higher.
-	now := metav1.NewMicroTime(o.Clock.Now())
-	empty, one := "", int32(1)
-	lease.Spec.HolderIdentity = &empty
-	lease.Spec.LeaseDurationSeconds = &one
-	lease.Spec.RenewTime = &now
+	// A conditional write of the record the agents write on release (client-go's
+	// shape): empty holder, 1s duration, transitions kept so the next token is higher.
+	lease.Spec = lock.RecordOf(lease).Released(o.Clock.Now()).Spec()
 	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
 			return fmt.Errorf("lock %s/%s changed while releasing (renewed or handed over); look again with kubectl leasehold -n %s: %w", ns, name, ns, err)

@@ -192,9 +192,30 @@ func TestReleaseNeedsConfirmationAndKeepsToken(t *testing.T) {
 		t.Errorf("after release holder=%q transitions=%d, want empty holder and transitions kept at 4",
 			*got.Spec.HolderIdentity, *got.Spec.LeaseTransitions)
 	}
+	// The record is the one the agents (and client-go) write on release: acquireTime
+	// and renewTime at the release, a 1s duration.
+	if got.Spec.AcquireTime == nil || got.Spec.RenewTime == nil || !got.Spec.AcquireTime.Equal(got.Spec.RenewTime) ||
+		*got.Spec.LeaseDurationSeconds != 1 {
+		t.Errorf("after release acquireTime=%v renewTime=%v duration=%d, want both times at the release and 1s",
+			got.Spec.AcquireTime, got.Spec.RenewTime, *got.Spec.LeaseDurationSeconds)
+	}
 
 	if _, _, err := run(t, "", "-n", ns, "release", "nope", "--yes"); err == nil || !strings.Contains(err.Error(), `no lock "nope"`) {
 		t.Errorf("release of a missing lock: err = %v, want a message naming it", err)
+	}
+}
+
+// A holder is shown by its Pod name only when it is an agent's <pod-name>_<pod-uid>.
+func TestHolderPod(t *testing.T) {
+	for in, want := range map[string]string{
+		"worker-0_0f8e2a4c-1111-4a4a-9c9c-123456789abc": "worker-0",
+		"my_host_0f8e2a4c-1111-4a4a-9c9c-123456789abc":  "my_host_0f8e2a4c-1111-4a4a-9c9c-123456789abc",
+		"host_0123456789abcdef0123456789abcdef0123":     "host_0123456789abcdef0123456789abcdef0123",
+		"scheduler-7d9f_abc":                            "scheduler-7d9f_abc",
+	} {
+		if got := holderPod(in); got != want {
+			t.Errorf("holderPod(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 

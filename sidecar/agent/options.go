@@ -149,7 +149,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 }
 
 // Identity is the holder identity: unique per Pod incarnation.
-func (o *Options) Identity() string { return o.PodName + "_" + o.PodUID }
+func (o *Options) Identity() string { return lock.Identity(o.PodName, o.PodUID) }
 
 // Validate checks the options for serving (not for probe mode).
 func (o *Options) Validate() error {

@@ -705,17 +705,10 @@ func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
 	return lease
 }
 
-// spec is the record in client-go's LeaseLock shape.
+// spec is this agent's record in client-go's LeaseLock shape.
 func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordinationv1.LeaseSpec {
-	holder := l.cfg.Identity
-	dur := l.durSeconds
-	return coordinationv1.LeaseSpec{
-		HolderIdentity:       &holder,
-		LeaseDurationSeconds: &dur,
-		AcquireTime:          &metav1.MicroTime{Time: acquired},
-		RenewTime:            &metav1.MicroTime{Time: renewed},
-		LeaseTransitions:     &transitions,
-	}
+	return Record{Holder: l.cfg.Identity, DurationSeconds: l.durSeconds, Acquired: acquired, Renewed: renewed,
+		Transitions: transitions}.Spec()
 }
 
 // wroteLocked is true when the record names this agent and this process wrote it. A
@@ -727,12 +720,7 @@ func (l *Lock) wroteLocked(lease *coordinationv1.Lease) bool {
 	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.lastWrite.IsZero()
 }
 
-func holderOf(lease *coordinationv1.Lease) string {
-	if lease == nil || lease.Spec.HolderIdentity == nil {
-		return ""
-	}
-	return *lease.Spec.HolderIdentity
-}
+func holderOf(lease *coordinationv1.Lease) string { return RecordOf(lease).Holder }
 
 func parseRV(rv string) uint64 {
 	n, _ := strconv.ParseUint(rv, 10, 64)
@@ -907,12 +895,7 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	defer cancel()
 	now := l.cfg.Clock.Now()
 	next := cur.DeepCopy()
-	empty := ""
-	one := int32(1)
-	next.Spec.HolderIdentity = &empty
-	next.Spec.LeaseDurationSeconds = &one
-	next.Spec.AcquireTime = &metav1.MicroTime{Time: now}
-	next.Spec.RenewTime = &metav1.MicroTime{Time: now}
+	next.Spec = RecordOf(cur).Released(now).Spec()
 	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 
 	l.mu.Lock()
