@@ -52,7 +52,8 @@ e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tea
 	hack/e2e.sh
 
 .PHONY: test
-test: ## Run every test: unit + envtest suites (real kube-apiserver + etcd), a short fuzz run, the real-node e2e suite.
+test: ## Run every test: lint, unit + envtest suites (real kube-apiserver + etcd), a short fuzz run, the real-node e2e suite.
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) fuzz-short
 	$(MAKE) e2e
@@ -72,11 +73,18 @@ deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=yo
 	kubectl kustomize manifests/base | sed 's|leasehold.local/leasehold:dev|$(IMAGE)|g' | kubectl apply -f -
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
-.PHONY: vet lint
-lint: vet
-vet: ## go vet and gofmt (also: make lint).
+SHELL_SCRIPTS = $(shell git ls-files 'hack/*.sh' .ci/run)
+
+.PHONY: vet lint shellcheck
+lint: vet shellcheck ## go vet, gofmt and shellcheck (part of `make test`).
+vet: ## go vet and gofmt.
 	go vet ./...
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	go vet -tags e2e ./e2e/
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt -w these files:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+shellcheck: ## shellcheck every shell script (installs Debian's shellcheck when missing).
+	@command -v shellcheck >/dev/null || { echo "installing shellcheck from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >/dev/null; }
+	shellcheck $(SHELL_SCRIPTS)
 
 # ---- Local one-node cluster (hack/cluster.sh, root only) --------------------------------
 # The end-to-end suite and `make demo` run on it:

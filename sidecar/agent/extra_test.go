@@ -163,7 +163,7 @@ func TestReadyzNamesMissingRBAC(t *testing.T) {
 	if _, err := a.c.Acquire(ctx, "rbac", 0, 0); status(err) != 503 {
 		t.Fatalf("acquire without RBAC: want 503, got %v", err)
 	}
-	// The ClusterRole of CONTRACT.md, bound in the namespace.
+	// The leasehold-agent ClusterRole of manifests/base, bound in the namespace.
 	cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "leasehold-agent"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},

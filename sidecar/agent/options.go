@@ -17,7 +17,7 @@ import (
 // DefaultSocket is where the agent listens unless told otherwise.
 const DefaultSocket = "/run/leasehold/agent.sock"
 
-// Options are the agent's command line (CONTRACT.md, "Agent command line").
+// Options are the agent's command line; the webhook writes it (webhook.AgentArgs).
 type Options struct {
 	Namespace, PodName, PodUID string
 	Locks, Leader              []string
