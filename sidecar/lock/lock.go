@@ -270,6 +270,11 @@ type Lock struct {
 	// lostPromise is how long the client of a hold that was lost (not released) may
 	// still rely on the validFor it was given: no new hold is given before.
 	lostPromise time.Time
+	// unanswered are the send times of this process's acquisition writes whose outcome
+	// is unknown (a timeout, a 5xx): such a write may have landed, leaving a record
+	// that names this agent although nobody was told it holds. Recognised by its
+	// acquireTime, that record is taken over at once instead of waited out.
+	unanswered []time.Time
 	// gone is what this agent last saw of a Lease that was deleted: whose hold to wait
 	// out before creating it again, and the token to go on from.
 	gone struct {
@@ -591,7 +596,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	}
 	cur := l.lease
 	if cur != nil {
-		if h := holderOf(cur); h != "" && !l.wroteLocked(cur) {
+		if h := holderOf(cur); h != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
 			if left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); left > 0 {
 				l.mu.Unlock()
 				return changed, left, &HeldError{Holder: h, ValidFor: left}
@@ -634,7 +639,14 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		return changed, 0, l.writeFailedLocked("acquire", err)
+		err = l.writeFailedLocked("acquire", err)
+		if errors.Is(err, ErrUnavailable) {
+			l.unanswered = append(l.unanswered, send)
+			if len(l.unanswered) > maxUnanswered {
+				l.unanswered = l.unanswered[1:]
+			}
+		}
+		return changed, 0, err
 	}
 	l.forbidden = false
 	l.apiErr = nil
@@ -650,6 +662,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	l.held = true
 	l.token = int64(*out.Spec.LeaseTransitions)
 	l.lastWrite = send
+	l.unanswered = nil
 	l.renewFailing = false
 	if h != nil {
 		h.token = l.token
@@ -709,6 +722,26 @@ func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
 func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordinationv1.LeaseSpec {
 	return Record{Holder: l.cfg.Identity, DurationSeconds: l.durSeconds, Acquired: acquired, Renewed: renewed,
 		Transitions: transitions}.Spec()
+}
+
+// maxUnanswered bounds the send times kept of writes with an unknown outcome.
+const maxUnanswered = 8
+
+// unansweredLocked is true when lease is a record this process wrote in an acquisition
+// whose answer never came: it names this agent and carries that write's send time as
+// acquireTime (to the microsecond a Lease keeps). Nobody was told it holds, so it may
+// be taken over (with the next token) like a free Lease.
+func (l *Lock) unansweredLocked(lease *coordinationv1.Lease) bool {
+	rec := RecordOf(lease)
+	if rec.Holder != l.cfg.Identity {
+		return false
+	}
+	for _, sent := range l.unanswered {
+		if d := rec.Acquired.Sub(sent); d > -time.Microsecond && d < time.Microsecond {
+			return true
+		}
+	}
+	return false
 }
 
 // wroteLocked is true when the record names this agent and this process wrote it. A

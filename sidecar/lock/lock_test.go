@@ -30,6 +30,9 @@ type memClient struct {
 	// afterWrite, when set, runs after a write is applied and before its answer is
 	// returned: the moment a watch event can overtake the answer.
 	afterWrite func()
+	// landThenFail, when set, applies a write and answers it with this error, as when
+	// the API server wrote it but the answer timed out.
+	landThenFail error
 	// listDeadline records whether List was called with a deadline.
 	listDeadline []bool
 }
@@ -69,6 +72,9 @@ func (m *memClient) Create(_ context.Context, l *coordinationv1.Lease, _ metav1.
 	if err == nil && m.afterWrite != nil {
 		m.afterWrite()
 	}
+	if err == nil && m.landThenFail != nil {
+		return nil, m.landThenFail
+	}
 	return out, err
 }
 
@@ -88,6 +94,9 @@ func (m *memClient) Update(_ context.Context, l *coordinationv1.Lease, _ metav1.
 	out, err := m.update(l)
 	if err == nil && m.afterWrite != nil {
 		m.afterWrite()
+	}
+	if err == nil && m.landThenFail != nil {
+		return nil, m.landThenFail
 	}
 	return out, err
 }

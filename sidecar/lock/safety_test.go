@@ -7,6 +7,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 )
@@ -336,5 +337,71 @@ func TestLostHoldsPromiseIsWaitedOutLocally(t *testing.T) {
 	clk.Step(6 * time.Second)
 	if _, s, err := l.Acquire(context.Background(), AcquireOptions{}); err != nil || !s.Held || s.Token != 2 {
 		t.Fatalf("Y's try after X's promise ran out: want token 2, got %+v %v", s, err)
+	}
+}
+
+// An acquisition write that landed although its answer timed out leaves a record that
+// names this agent, which no client was told it holds: the next acquire takes it over at
+// once with the next token, instead of waiting lease-duration as for another Pod's hold
+// (or a previous incarnation's).
+func TestTimedOutWriteThatLandedIsTakenOverAtOnce(t *testing.T) {
+	for _, existing := range []bool{false, true} {
+		t.Run(map[bool]string{false: "create", true: "update"}[existing], func(t *testing.T) {
+			clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+			c := &memClient{}
+			l, _ := startLock(t, c, clk)
+			ctx := context.Background()
+			if existing {
+				h, _, err := l.Acquire(ctx, AcquireOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := l.Release(ctx, h.Token()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := c.rv
+			c.mu.Lock()
+			c.landThenFail = apierrors.NewTimeoutError("the write timed out", 1)
+			c.mu.Unlock()
+			if _, _, err := l.Acquire(ctx, AcquireOptions{}); !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("acquire whose answer timed out: want ErrUnavailable, got %v", err)
+			}
+			c.mu.Lock()
+			c.landThenFail = nil
+			landed := RecordOf(c.lease)
+			c.mu.Unlock()
+			if c.rv == before || landed.Holder != "pod_uid" {
+				t.Fatalf("the write did not land: %+v", landed)
+			}
+			eventually(t, "the watch to bring the landed record", func() bool { return l.State().Holder == "pod_uid" })
+			if s := l.State(); s.Held {
+				t.Fatalf("a write nobody was answered for is reported held: %+v", s)
+			}
+			h, s, err := l.Acquire(ctx, AcquireOptions{})
+			if err != nil {
+				t.Fatalf("acquire after the landed write: want it taken over at once, got %v", err)
+			}
+			if h.Token() != int64(landed.Transitions)+1 || !s.Held {
+				t.Fatalf("want held with token %d (the landed record's + 1), got %+v", landed.Transitions+1, s)
+			}
+		})
+	}
+}
+
+// A record that names this agent but was not written by this process (a previous
+// incarnation of the agent container) is still waited out.
+func TestOwnIdentityFromAnotherProcessIsWaitedOut(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	holder, dur, tr := "pod_uid", int32(15), int32(3)
+	now := metav1.NewMicroTime(clk.Now())
+	c := &memClient{rv: 7, lease: &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "7"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, LeaseTransitions: &tr,
+			AcquireTime: &now, RenewTime: &now},
+	}}
+	l, _ := startLock(t, c, clk)
+	if _, _, err := l.Acquire(context.Background(), AcquireOptions{}); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("want the previous incarnation's hold waited out (ErrNotAcquired), got %v", err)
 	}
 }
