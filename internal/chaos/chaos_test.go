@@ -164,7 +164,7 @@ func TestChaos(t *testing.T) {
 		Seed: seed, Duration: dur, Settle: 2*leaseDuration + 3*time.Second,
 		Clients: clients, AgentBinary: agentBin, ClientCommand: []string{os.Args[0]},
 		Dir: dir, Rest: restCfg, RestartAPIServer: restartAPIServer, Namespace: "default",
-		Mutex: "chaos-mutex", Leader: "chaos-leader",
+		Mutex: "chaos-mutex", Leader: "chaos-leader", Semaphore: "chaos-sem", SemaphoreSize: 2,
 		LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
 		Logf: t.Logf,
 	}
@@ -182,7 +182,7 @@ func TestChaos(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	ccfg := chaos.CheckConfig{
-		Mutex: cfg.Mutex, Leader: cfg.Leader, RenewDeadline: renewDeadline,
+		Mutex: cfg.Mutex, Leader: cfg.Leader, Semaphore: cfg.Semaphore, RenewDeadline: renewDeadline,
 		MinAcquisitions: max(5, int(dur/(4*time.Second))),
 		StaleReason:     api.ReasonStaleToken,
 	}
@@ -234,7 +234,7 @@ func TestCheckDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs = chaos.Merge(recs)
-	res := chaos.Check(recs, chaos.CheckConfig{Mutex: "chaos-mutex", Leader: "chaos-leader", RenewDeadline: renewDeadline})
+	res := chaos.Check(recs, chaos.CheckConfig{Mutex: "chaos-mutex", Leader: "chaos-leader", Semaphore: "chaos-sem", RenewDeadline: renewDeadline})
 	for _, v := range res.Violations {
 		t.Errorf("property %q violated: %s\n%s", v.Property, v.Message, chaos.Excerpt(recs, v, 60))
 	}

@@ -25,6 +25,9 @@ const ThirdParty = "third-party"
 type CheckConfig struct {
 	// Mutex and Leader are the names of the two locks.
 	Mutex, Leader string
+	// Semaphore is the counting lock's name, when the run had one: its records name
+	// its slots' Leases (Semaphore.N), each checked like a mutex.
+	Semaphore string
 	// RenewDeadline is the agents' renew-deadline: a foreign holder written by a
 	// lease-rewrite fault is taken to rely on its hold that long after its write was
 	// sent, as a client-go elector with the same timings would.
@@ -56,6 +59,9 @@ type Result struct {
 	Acquisitions, SettleAcquisitions int
 	// ConnAcquisitions counts those tied to the client's connection (?hold=connection).
 	ConnAcquisitions int
+	// SemaphoreAcquisitions counts the semaphore's successful acquire answers, and
+	// SemaphoreSlots the slots they were spread over.
+	SemaphoreAcquisitions, SemaphoreSlots int
 	// LeaderTerms counts the distinct (holder, token) holds of the leader lock seen.
 	LeaderTerms int
 	// Promises counts, per lock, the answers that promised a hold (the samples checked
@@ -252,12 +258,20 @@ type observation struct {
 // must go on from its token.
 func checkTokens(res *Result, recs []Record, cfg CheckConfig) {
 	byLock := map[string][]observation{}
+	slots := map[string]bool{}
 	for _, r := range recs {
 		switch {
 		case heldAnswer(r):
 			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: holderOf(r), token: r.Token, acquire: r.Op == OpAcquire})
 		case r.Op == OpFault && r.Fault == FaultRewrite && r.Status/100 == 2:
 			byLock[r.Lock] = append(byLock[r.Lock], observation{rec: r, holder: r.Holder, token: r.Token, foreign: true})
+		}
+		if r.Op == OpAcquire && r.Status == 200 && r.Held && cfg.Semaphore != "" && strings.HasPrefix(r.Lock, cfg.Semaphore+".") {
+			res.SemaphoreAcquisitions++
+			if !slots[r.Lock] {
+				slots[r.Lock] = true
+				res.SemaphoreSlots++
+			}
 		}
 		if r.Op == OpAcquire && r.Status == 200 && r.Held && r.Lock == cfg.Mutex {
 			res.Acquisitions++

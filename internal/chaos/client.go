@@ -13,8 +13,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // ClientEnv is the environment variable that turns a re-executed test binary into a
@@ -35,6 +38,11 @@ type ClientConfig struct {
 	// asks "am I the holder?" about.
 	Mutex  string `json:"mutex"`
 	Leader string `json:"leader"`
+	// Semaphore, when set, is a counting lock that a second loop of the process takes
+	// the way the first takes Mutex. Its records name the slot's Lease as their lock
+	// (from the token: token % lock.SlotTokenBase is the slot), so the checker checks
+	// each slot like a mutex.
+	Semaphore string `json:"semaphore,omitempty"`
 	// Store is the fenced store's URL; History the file the loop appends its records to.
 	Store   string `json:"store"`
 	History string `json:"history"`
@@ -82,14 +90,18 @@ func RunClient(ctx context.Context, cfg ClientConfig) error {
 		}},
 		storeHTTP: &http.Client{Timeout: 5 * time.Second},
 	}
+	c.agent = &atomic.Pointer[string]{}
 	c.agent.Store(&cfg.Agent)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.leaderLoop(ctx, rand.New(rand.NewPCG(cfg.Seed, h.Sum64()+1)))
-	}()
+	c.lock = cfg.Mutex
+	var wg sync.WaitGroup
+	wg.Go(func() { c.leaderLoop(ctx, rand.New(rand.NewPCG(cfg.Seed, h.Sum64()+1))) })
+	if cfg.Semaphore != "" {
+		sc := *c
+		sc.lock, sc.sem, sc.rng = cfg.Semaphore, true, rand.New(rand.NewPCG(cfg.Seed, h.Sum64()+2))
+		wg.Go(func() { sc.mutexLoop(ctx) })
+	}
 	c.mutexLoop(ctx)
-	<-done
+	wg.Wait()
 	return nil
 }
 
@@ -99,17 +111,43 @@ type clientLoop struct {
 	rng       *rand.Rand // the mutex loop's; the leader loop has its own
 	agentHTTP *http.Client
 	storeHTTP *http.Client
-	agent     atomic.Pointer[string]
+	agent     *atomic.Pointer[string]
+	// lock is the lock this loop takes (Mutex, or Semaphore when sem); slot is, on a
+	// semaphore, the slot of the hold the loop works under.
+	lock string
+	sem  bool
+	slot string
+}
+
+// recordLock is the lock a record of this loop is about: on a semaphore, the slot's
+// Lease that token names (so that each slot is checked like a mutex).
+func (c *clientLoop) recordLock(token int64) string {
+	if !c.sem || token <= 0 {
+		return c.lock
+	}
+	return lock.SlotName(c.lock, int(token%lock.SlotTokenBase))
 }
 
 // answer is an agent's answer: a lock state or an error.
 type answer struct {
-	Held           bool   `json:"held"`
-	Holder         string `json:"holder"`
-	Token          int64  `json:"token"`
-	ValidForMillis int64  `json:"validForMillis"`
-	Error          string `json:"error"`
-	Reason         string `json:"reason"`
+	Name           string   `json:"name"`
+	Held           bool     `json:"held"`
+	Holder         string   `json:"holder"`
+	Token          int64    `json:"token"`
+	ValidForMillis int64    `json:"validForMillis"`
+	Error          string   `json:"error"`
+	Reason         string   `json:"reason"`
+	Slots          []answer `json:"slots"`
+}
+
+// about is the part of a semaphore's answer about slot: the slot's own state.
+func (a answer) about(slot string) answer {
+	for _, s := range a.Slots {
+		if s.Name == slot {
+			return s
+		}
+	}
+	return a
 }
 
 // call makes one request to the agent and records it.
@@ -140,6 +178,9 @@ func (c *clientLoop) call(ctx context.Context, op Op, method, lock, suffix strin
 		var a answer
 		if json.Unmarshal(body, &a) != nil {
 			r.Err = "answer is not JSON: " + string(body)
+		}
+		if c.sem && op == OpGet && c.slot != "" {
+			a = a.about(c.slot)
 		}
 		r.Held, r.Holder, r.Token, r.ValidFor, r.Reason = a.Held, a.Holder, a.Token, a.ValidForMillis*int64(time.Millisecond), a.Reason
 		if a.Error != "" {
@@ -200,7 +241,7 @@ func (c *clientLoop) leaderLoop(ctx context.Context, rng *rand.Rand) {
 }
 
 func (c *clientLoop) mutexLoop(ctx context.Context) {
-	m := c.cfg.Mutex
+	m := c.lock
 	for ctx.Err() == nil {
 		ttl := c.pickTTL()
 		wait := c.dur(time.Second, 4*time.Second)
@@ -222,6 +263,9 @@ func (c *clientLoop) mutexLoop(ctx context.Context) {
 			return
 		}
 		a.Wait, a.TTL = int64(wait), int64(ttl)
+		if a.Status == 200 && a.Held {
+			a.Lock = c.recordLock(a.Token)
+		}
 		c.add(a)
 		if a.Status != 200 || !a.Held {
 			if conn != nil {
@@ -240,11 +284,11 @@ func (c *clientLoop) mutexLoop(ctx context.Context) {
 // The record is the first line of the answer, the lock's state.
 func (c *clientLoop) acquireConnection(ctx context.Context, q url.Values, timeout time.Duration) (Record, io.Closer) {
 	q.Set("hold", "connection")
-	r := Record{Op: OpAcquire, Lock: c.cfg.Mutex, Conn: true}
+	r := Record{Op: OpAcquire, Lock: c.lock, Conn: true}
 	// The connection outlives the request's timeout: only the first line is timed.
 	cctx, cancel := context.WithCancel(ctx)
 	t := time.AfterFunc(timeout, cancel)
-	req, _ := http.NewRequestWithContext(cctx, http.MethodPost, "http://leasehold/v1/locks/"+url.PathEscape(c.cfg.Mutex)+"/acquire?"+q.Encode(), nil)
+	req, _ := http.NewRequestWithContext(cctx, http.MethodPost, "http://leasehold/v1/locks/"+url.PathEscape(c.lock)+"/acquire?"+q.Encode(), nil)
 	r.Send = Now()
 	resp, err := c.agentHTTP.Do(req)
 	var line []byte
@@ -291,8 +335,18 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	if conn != nil {
 		defer conn.Close()
 	}
-	m := c.cfg.Mutex
+	m := c.lock
 	tok := a.Token
+	if c.sem {
+		c.slot = a.Lock // the slot's Lease (recordLock)
+		defer func() { c.slot = "" }()
+	}
+	// stale is a token of an earlier hold of the same lock (on a semaphore: the same
+	// slot's, since another token may name another client's live hold).
+	stale, step := tok-1, int64(1)
+	if c.sem {
+		stale, step = tok-lock.SlotTokenBase, lock.SlotTokenBase
+	}
 	until := a.Send + a.ValidFor // by this client's clock, the hold may be relied on until then
 	started := a.Recv            // the agent started the ttl before it answered
 	overstay := ttl > 0 && c.rng.Float64() < 0.12
@@ -303,7 +357,11 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 		case i == 0 || p < 0.25:
 			// Check it holds: an acquire that waited answers late, and its validFor,
 			// counted from the send time, may be spent already.
-			g := c.add(c.call(ctx, OpGet, http.MethodGet, m, "", nil, 5*time.Second))
+			g := c.call(ctx, OpGet, http.MethodGet, m, "", nil, 5*time.Second)
+			if c.sem {
+				g.Lock = c.slot
+			}
+			g = c.add(g)
 			if g.Status == 200 && g.Held && g.Token == tok {
 				until = g.Send + g.ValidFor
 			} else if g.Status == 200 {
@@ -316,7 +374,7 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 				q.Set("ttl", nt.String())
 			}
 			r := c.call(ctx, OpRenew, http.MethodPost, m, "/renew", q, 5*time.Second)
-			r.ReqToken, r.TTL = tok, int64(nt)
+			r.ReqToken, r.TTL, r.Lock = tok, int64(nt), c.recordLock(tok)
 			c.add(r)
 			switch {
 			case r.Status == 200 && r.Held && r.Token == tok:
@@ -327,13 +385,13 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 			case r.Status == 409:
 				lost = true
 			}
-		case p < 0.42 && tok > 1:
-			r := c.call(ctx, OpStaleRenew, http.MethodPost, m, "/renew", url.Values{"token": {fmt.Sprint(tok - 1)}}, 5*time.Second)
-			r.ReqToken = tok - 1
+		case p < 0.42 && tok > step:
+			r := c.call(ctx, OpStaleRenew, http.MethodPost, m, "/renew", url.Values{"token": {fmt.Sprint(stale)}}, 5*time.Second)
+			r.ReqToken, r.Lock = stale, c.recordLock(stale)
 			c.add(r)
-		case p < 0.50 && tok > 1:
-			r := c.call(ctx, OpStaleRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(tok - 1)}}, 5*time.Second)
-			r.ReqToken = tok - 1
+		case p < 0.50 && tok > step:
+			r := c.call(ctx, OpStaleRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(stale)}}, 5*time.Second)
+			r.ReqToken, r.Lock = stale, c.recordLock(stale)
 			c.add(r)
 		}
 		if lost || ctx.Err() != nil {
@@ -360,21 +418,22 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	if conn != nil {
 		// The hold ends when the agent sees the connection close; the client stops
 		// relying on it now.
-		r := Record{Op: OpRelease, Lock: m, ReqToken: tok, Conn: true, Send: Now(), Agent: *c.agent.Load()}
+		r := Record{Op: OpRelease, Lock: c.recordLock(tok), ReqToken: tok, Conn: true, Send: Now(), Agent: *c.agent.Load()}
 		conn.Close()
 		r.Recv = Now()
 		c.add(r)
 		return
 	}
 	r := c.call(ctx, OpRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(tok)}}, 5*time.Second)
-	r.ReqToken = tok
+	r.ReqToken, r.Lock = tok, c.recordLock(tok)
 	c.add(r)
 }
 
 // write writes to the fenced store with token tok and records it.
 func (c *clientLoop) write(ctx context.Context, tok int64, late bool) {
-	b, _ := json.Marshal(WriteRequest{Lock: c.cfg.Mutex, Token: tok, Proc: c.cfg.Proc, Holder: *c.agent.Load(), Late: late})
-	r := Record{Op: OpWrite, Lock: c.cfg.Mutex, ReqToken: tok, Late: late}
+	lk := c.recordLock(tok)
+	b, _ := json.Marshal(WriteRequest{Lock: lk, Token: tok, Proc: c.cfg.Proc, Holder: *c.agent.Load(), Late: late})
+	r := Record{Op: OpWrite, Lock: lk, ReqToken: tok, Late: late}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Store+"/write", bytes.NewReader(b))
 	r.Send = Now()
 	resp, err := c.storeHTTP.Do(req)

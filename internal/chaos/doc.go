@@ -16,7 +16,9 @@
 //     renew, call release and renew with a stale token on purpose, or sleep past its
 //     ttl; once its hold is over by its own clock, one more write with the old token
 //     (the fence must stop it once a newer holder wrote); release with its token. Beside
-//     that it asks about the leader lock every 100-400 ms.
+//     that it asks about the leader lock every 100-400 ms, and a second loop does the
+//     same on a semaphore of two slots (Config.Semaphore), whose records name the
+//     slot's Lease (from the token), so that each slot is checked like the mutex.
 //   - The fenced store (Store): accepts a write only if its token is at least the
 //     highest it has accepted for the lock, and records each decision.
 //   - The faults (Schedule, Harness.Run), one at a time, at seeded random times: SIGKILL

@@ -54,7 +54,11 @@ type Config struct {
 	RestartAPIServer func() (string, error)
 	Namespace        string
 	// Mutex and Leader are the lock names.
-	Mutex, Leader                             string
+	Mutex, Leader string
+	// Semaphore, when set, is a counting lock of SemaphoreSize slots that every agent
+	// declares and every client process takes in a second loop.
+	Semaphore                                 string
+	SemaphoreSize                             int
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Logf reports progress (t.Logf).
 	Logf func(format string, args ...any)
@@ -263,6 +267,9 @@ func (h *Harness) startAgent(s *slot) error {
 		"--retry-period=" + c.RetryPeriod.String(), "--socket=" + s.socket, "--kubeconfig=" + s.kubeconfig,
 		"--metrics-bind-address=0", "-v=1",
 	}
+	if c.Semaphore != "" {
+		argv = append(argv, fmt.Sprintf("--semaphores=%s=%d", c.Semaphore, c.SemaphoreSize))
+	}
 	p, err := h.start(fmt.Sprintf("agent-a%d-r%d", s.i, s.inc), argv, nil)
 	if err != nil {
 		return err
@@ -296,7 +303,7 @@ func (h *Harness) startClients(s *slot) error {
 	for j := 0; j < h.cfg.Clients[s.i]; j++ {
 		name := fmt.Sprintf("a%dc%d-r%d", s.i, j, s.inc)
 		cc := ClientConfig{
-			Proc: name, Socket: s.socket, Agent: s.identity(), Mutex: h.cfg.Mutex, Leader: h.cfg.Leader,
+			Proc: name, Socket: s.socket, Agent: s.identity(), Mutex: h.cfg.Mutex, Leader: h.cfg.Leader, Semaphore: h.cfg.Semaphore,
 			Store: h.store.URL(), History: filepath.Join(h.hist, name+".jsonl"), Seed: h.cfg.Seed,
 			RenewDeadline: h.cfg.RenewDeadline,
 		}

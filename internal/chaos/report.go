@@ -45,6 +45,10 @@ func Summary(info RunInfo, res *Result) string {
 	}
 	fmt.Fprintf(&b, "| acquisitions of the mutex (of them after the faults ended) | %d (%d) |\n", res.Acquisitions, res.SettleAcquisitions)
 	fmt.Fprintf(&b, "| of them tied to the client's connection (hold=connection) | %d |\n", res.ConnAcquisitions)
+	if res.SemaphoreAcquisitions > 0 {
+		fmt.Fprintf(&b, "| acquisitions of the semaphore (each slot checked like the mutex), slots used | %d, %d |\n",
+			res.SemaphoreAcquisitions, res.SemaphoreSlots)
+	}
 	fmt.Fprintf(&b, "| leader terms seen (holder, token) | %d |\n", res.LeaderTerms)
 	fmt.Fprintf(&b, "| samples checked: answers that promised a hold (mutex + leader) | %d |\n", sumMap(res.Promises))
 	fmt.Fprintf(&b, "| overlapping holds found | %d |\n", res.Overlaps)
