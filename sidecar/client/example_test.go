@@ -27,6 +27,7 @@ func Example() {
 	defer h.Close()
 	fmt.Println("held:", h.State.Held, "token:", h.State.Token)
 	// ... migrate, passing h.State.Token to the database as a fence ...
+
 	// Output: held: true token: 1
 }
 
