@@ -106,7 +106,7 @@ grep " /run/leasehold " /proc/mounts
 	if got.Status.Phase != corev1.PodSucceeded {
 		t.Fatalf("Pod phase %s, want Succeeded\n%s", got.Status.Phase, describe(ns, "cli"))
 	}
-	checkInjected(t, got)
+	checkInjectedSpec(t, got)
 	for _, c := range append(got.Spec.InitContainers[1:], got.Spec.Containers...) {
 		if v := envValue(c, "LEASEHOLD_CLI"); v != "/run/leasehold/bin/leasehold" {
 			t.Errorf("container %s: LEASEHOLD_CLI=%q, want /run/leasehold/bin/leasehold", c.Name, v)
