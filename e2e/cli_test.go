@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 )
 
 // busyboxImage has busybox-static and its applets, and no leasehold client: built on
@@ -89,19 +90,25 @@ func TestCLIInAnImageWithoutIt(t *testing.T) {
 	importBusybox(t)
 	ns := newNamespace(t, true)
 	const lock = "nightly-report"
-	pod := busyboxPod("cli", map[string]string{"leasehold.io/locks": lock}, `set -e
+	pod := busyboxPod("cli", map[string]string{"leasehold.io/locks": lock + ",db-migration"}, `set -e
 if [ -e /usr/local/bin/leasehold ] || command -v leasehold >/dev/null; then echo "the image has a leasehold client"; exit 3; fi
 echo "uid=$(id -u) cli=$LEASEHOLD_CLI"
 grep " /run/leasehold " /proc/mounts
 `+snippet(t, "any-image.sh")+`echo done`)
-	init := pod.Spec.Containers[0]
-	init.Name = "init"
-	init.Command = []string{"/bin/sh", "-c", `"$LEASEHOLD_CLI" status ` + lock + ` && echo "init: client ran"`}
+	// The init container of docs/snippets/migrate-init.yaml, as the migration guide shows it.
+	var tmpl struct {
+		InitContainers []corev1.Container `json:"initContainers"`
+	}
+	if err := yaml.UnmarshalStrict([]byte(snippet(t, "migrate-init.yaml")), &tmpl); err != nil || len(tmpl.InitContainers) != 1 {
+		t.Fatalf("docs/snippets/migrate-init.yaml: %v (%d init containers)", err, len(tmpl.InitContainers))
+	}
+	init := tmpl.InitContainers[0]
+	init.SecurityContext = pod.Spec.Containers[0].SecurityContext
 	pod.Spec.InitContainers = []corev1.Container{init}
 	createPod(t, ns, pod)
 
 	got := waitForPodEnd(t, ns, "cli", 120*time.Second)
-	initLog, appLog := logs(t, ns, "cli", "init"), logs(t, ns, "cli", "app")
+	initLog, appLog := logs(t, ns, "cli", "migrate"), logs(t, ns, "cli", "app")
 	t.Logf("init container:\n%sapp container:\n%s", initLog, appLog)
 	if got.Status.Phase != corev1.PodSucceeded {
 		t.Fatalf("Pod phase %s, want Succeeded\n%s", got.Status.Phase, describe(ns, "cli"))
@@ -125,8 +132,8 @@ grep " /run/leasehold " /proc/mounts
 	if m := regexp.MustCompile(`(?m) /run/leasehold \S+ (\S+)`).FindStringSubmatch(appLog); m == nil || strings.Contains(m[1], "noexec") {
 		t.Errorf("the socket volume's mount options: %v (want it mounted, without noexec)", m)
 	}
-	if !strings.Contains(initLog, "init: client ran") {
-		t.Errorf("the init container did not run the client")
+	if !regexp.MustCompile(`migrating under token \d+`).MatchString(initLog) {
+		t.Errorf("the init container did not run its command under the lock")
 	}
 }
 
