@@ -94,6 +94,7 @@ func TestCLIInAnImageWithoutIt(t *testing.T) {
 if [ -e /usr/local/bin/leasehold ] || command -v leasehold >/dev/null; then echo "the image has a leasehold client"; exit 3; fi
 echo "uid=$(id -u) cli=$LEASEHOLD_CLI"
 grep " /run/leasehold " /proc/mounts
+ls -ldn /run/leasehold /run/leasehold/bin "$LEASEHOLD_CLI"
 `+snippet(t, "any-image.sh")+`echo done`)
 	// The init container of docs/snippets/migrate-init.yaml, as the migration guide shows it.
 	var tmpl struct {
