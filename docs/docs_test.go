@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
+
 	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/client"
 )
@@ -93,11 +95,19 @@ func TestPythonSnippet(t *testing.T) {
 	if _, err := io.WriteString(stdin, "\n"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := next(), "released nightly-report held=False"; got != want {
+	if got, want := next(), "closed the hold on nightly-report"; got != want {
 		t.Fatalf("the script printed %q, want %q", got, want)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("python3 leasehold.py: %v", err)
+	}
+	// The agent ends the hold when it sees the connection close.
+	err = wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err := c.State(ctx, "nightly-report")
+		return err == nil && !s.Held, nil
+	})
+	if err != nil {
+		t.Fatalf("the hold did not end after the script closed its connection: %v", err)
 	}
 }
 

@@ -102,4 +102,4 @@ if __name__ == "__main__":
     with hold(lock) as token:
         print("holding %s token=%d" % (lock, token), flush=True)
         sys.stdin.readline()
-    print("released %s held=%s" % (lock, is_held(lock)), flush=True)
+    print("closed the hold on %s" % lock, flush=True)

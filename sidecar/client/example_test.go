@@ -89,4 +89,3 @@ func ExampleError() {
 	}
 	// Output: 404 not-declared
 }
-
