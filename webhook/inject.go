@@ -291,7 +291,6 @@ func AgentArgs(cfg *Config, opts Options) []string {
 		"--retry-period=" + cfg.RetryPeriod.String(),
 		"--socket=" + SocketPath,
 		"--probe-socket=" + ProbeSocketPath,
-		"--cli-path=" + CLIPath,
 		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
 		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -145,9 +146,9 @@ func TestInjectGoldenShape(t *testing.T) {
 				if c.Name != AgentContainerName && envValue(c, EnvSocket) != SocketPath {
 					t.Errorf("container %q: %s=%q", c.Name, EnvSocket, envValue(c, EnvSocket))
 				}
-				// The client the agent installs (--cli-path) is where LEASEHOLD_CLI says.
-				if c.Name != AgentContainerName && envValue(c, EnvCLI) != argValue(agent.Args, "--cli-path") {
-					t.Errorf("container %q: %s=%q, the agent's --cli-path=%q", c.Name, EnvCLI, envValue(c, EnvCLI), argValue(agent.Args, "--cli-path"))
+				// The agent installs the client at bin/leasehold beside its socket.
+				if want := path.Join(path.Dir(argValue(agent.Args, "--socket")), "bin", "leasehold"); c.Name != AgentContainerName && envValue(c, EnvCLI) != want {
+					t.Errorf("container %q: %s=%q, want %q (beside the agent's --socket)", c.Name, EnvCLI, envValue(c, EnvCLI), want)
 				}
 				if c.Name != AgentContainerName && (envValue(c, EnvURL) != "") != (out.Annotations[AnnotationTCPPort] != "") {
 					t.Errorf("container %q: %s=%q with tcp-port %q", c.Name, EnvURL, envValue(c, EnvURL), out.Annotations[AnnotationTCPPort])
