@@ -253,17 +253,15 @@ func TestJobCompletesAndFreesItsLock(t *testing.T) {
 func TestCronJobPodsAreInjected(t *testing.T) {
 	importBusybox(t)
 	ns := newNamespace(t, true)
-	job := jobFor("nightly", "nightly-report", snippet(t, "job-acquire.sh"))
-	cj := &batchv1.CronJob{
-		ObjectMeta: metav1.ObjectMeta{Name: "nightly"},
-		Spec: batchv1.CronJobSpec{
-			Schedule: "0 3 * * *",
-			Suspend:  ptr.To(true), // only the manual run below
-			JobTemplate: batchv1.JobTemplateSpec{
-				Spec: job.Spec,
-			},
-		},
+	// The CronJob of the guide (docs/jobs-and-cronjobs.md), as it is.
+	cj := &batchv1.CronJob{}
+	if err := yaml.UnmarshalStrict([]byte(snippet(t, "cronjob.yaml")), cj); err != nil {
+		t.Fatalf("docs/snippets/cronjob.yaml: %v", err)
 	}
+	cj.Spec.Suspend = ptr.To(true) // only the manual run below
+	// The guide's ServiceAccount is the one `kubectl leasehold rbac` makes; here the
+	// namespace's default, which newNamespace bound to the agent's ClusterRole.
+	cj.Spec.JobTemplate.Spec.Template.Spec.ServiceAccountName = ""
 	if _, err := cs.BatchV1().CronJobs(ns).Create(context.Background(), cj, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
