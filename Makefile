@@ -26,6 +26,8 @@ build: ## Build the binaries into bin/.
 
 .PHONY: unit
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
+	@command -v python3 >/dev/null || { echo "installing python3 from Debian (go test ./docs/ runs docs/snippets/leasehold.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 >/dev/null; }
 	go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: race

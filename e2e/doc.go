@@ -11,6 +11,8 @@
 // and env present, restricted profile admitted), mutual exclusion between replicas with
 // rising fencing tokens, an init container taking a lock, SIGTERM release on Pod deletion,
 // expiry after lease-duration when an agent is killed, exactly one leader, RBAC readiness,
-// and webhook denials through the real API server. It does not measure speed: see
+// webhook denials through the real API server, the client at $LEASEHOLD_CLI in an image
+// that never had it (run as another UID, in an init and an app container), and Jobs
+// (also one made from a CronJob) that complete with their Lease already free. It does not measure speed: see
 // BENCHMARKS.md.
 package e2e

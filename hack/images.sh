@@ -2,12 +2,15 @@
 # images.sh: build the local container images without Docker or any registry, and import
 # them into the local cluster's containerd (hack/cluster.sh) when it is running.
 #
-#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app (default: all three)
+#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app busybox
+#                                  (default: pause leasehold example-app)
 #
 # Images (docker-archives written by hack/mkimage, kept in ~/.cache/leasehold/images/):
 #   leasehold.local/pause:3.10          hack/pause, containerd's sandbox image
 #   leasehold.local/leasehold:dev       the project's binaries at /usr/local/bin (UID 65532)
 #   leasehold.local/example-app:dev     busybox-static + applet symlinks, /usr/local/bin/leasehold
+#   leasehold.local/busybox:dev         busybox-static + applet symlinks and nothing else: an image
+#                                       that never had the leasehold client ($LEASEHOLD_CLI)
 #
 # The leasehold image holds every command under ./cmd/ that builds (CGO_ENABLED=0). Set
 # LEASEHOLD_BINARIES="path/to/bin1 path/to/bin2" to use prebuilt binaries instead.
@@ -66,20 +69,32 @@ build_leasehold() {
   mkimage -tag leasehold.local/leasehold:dev -o "$OUT/leasehold.tar" "${args[@]}"
 }
 
-build_example_app() {
-  local busybox=/bin/busybox args=() a
+# busybox_args: set BUSYBOX_ARGS to the -file/-link arguments of mkimage for
+# busybox-static and its applets (installing busybox-static when missing).
+busybox_args() {
+  local a
+  BUSYBOX_ARGS=(-file /bin/busybox=/bin/busybox)
   if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
     log "installing busybox-static (Debian)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
   fi
-  args+=(-file "$busybox=/bin/busybox")
   # Applets the examples and tests use. (busybox-static's wget segfaults in containers: use nc.)
   for a in sh ash cat echo printf sleep date env id ls mkdir rm touch cp mv grep sed awk head \
            tail wc cut tr sort uniq tee xargs seq true false test [ kill ps nc timeout hostname \
            uname stat find chmod ln readlink basename dirname expr yes pidof watch httpd base64 \
            sha256sum which whoami mktemp realpath usleep netstat od hexdump; do
-    args+=(-link "/bin/$a=busybox")
+    BUSYBOX_ARGS+=(-link "/bin/$a=busybox")
   done
+}
+
+build_busybox() {
+  busybox_args
+  mkimage -tag leasehold.local/busybox:dev -o "$OUT/busybox.tar" "${BUSYBOX_ARGS[@]}"
+}
+
+build_example_app() {
+  busybox_args
+  local args=("${BUSYBOX_ARGS[@]}")
   if [ -f cmd/leasehold/main.go ] || [ -n "${LEASEHOLD_CLIENT:-}" ]; then
     local client=${LEASEHOLD_CLIENT:-$OUT/bin/leasehold}
     if [ -z "${LEASEHOLD_CLIENT:-}" ] && ! go build -o "$client" ./cmd/leasehold 2>"$client.err"; then
@@ -96,7 +111,8 @@ for img in "${want[@]}"; do
     pause) build_pause ;;
     leasehold) build_leasehold ;;
     example-app) build_example_app ;;
-    *) log "unknown image '$img' (want pause, leasehold or example-app)"; exit 2 ;;
+    busybox) build_busybox ;;
+    *) log "unknown image '$img' (want pause, leasehold, example-app or busybox)"; exit 2 ;;
   esac
 done
 

@@ -25,7 +25,8 @@ const DefaultContainerAnnotation = "kubectl.kubernetes.io/default-container"
 // agent's names in a way the agent cannot share (a volume called leasehold-socket that
 // is not an emptyDir, another volume at /run/leasehold, LEASEHOLD_SOCKET set to
 // something else, the TCP port taken by a container port), it returns the conflicts
-// and leaves pod unchanged.
+// and leaves pod unchanged. A container that sets LEASEHOLD_CLI itself keeps its value
+// (its image may have its own client).
 func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	if errs := conflicts(pod, cfg, opts); len(errs) > 0 {
 		return errs
@@ -73,7 +74,7 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		}
 	}
 
-	env := []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}}
+	env := []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}, {Name: EnvCLI, Value: CLIPath}}
 	if cfg.TCPPort != 0 {
 		env = append(env, corev1.EnvVar{Name: EnvURL, Value: agentURL(cfg.TCPPort)})
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -145,6 +146,10 @@ func TestInjectGoldenShape(t *testing.T) {
 				if c.Name != AgentContainerName && envValue(c, EnvSocket) != SocketPath {
 					t.Errorf("container %q: %s=%q", c.Name, EnvSocket, envValue(c, EnvSocket))
 				}
+				// The agent installs the client at bin/leasehold beside its socket.
+				if want := path.Join(path.Dir(argValue(agent.Args, "--socket")), "bin", "leasehold"); c.Name != AgentContainerName && envValue(c, EnvCLI) != want {
+					t.Errorf("container %q: %s=%q, want %q (beside the agent's --socket)", c.Name, EnvCLI, envValue(c, EnvCLI), want)
+				}
 				if c.Name != AgentContainerName && (envValue(c, EnvURL) != "") != (out.Annotations[AnnotationTCPPort] != "") {
 					t.Errorf("container %q: %s=%q with tcp-port %q", c.Name, EnvURL, envValue(c, EnvURL), out.Annotations[AnnotationTCPPort])
 				}
@@ -243,7 +248,7 @@ func stripInjected(cs []corev1.Container) []corev1.Container {
 		c.VolumeMounts = mounts
 		var env []corev1.EnvVar
 		for _, e := range c.Env {
-			if e.Name != EnvSocket && e.Name != EnvURL {
+			if e.Name != EnvSocket && e.Name != EnvURL && e.Name != EnvCLI {
 				env = append(env, e)
 			}
 		}
@@ -265,7 +270,7 @@ func TestInjectReinvocation(t *testing.T) {
 
 	want := later.DeepCopy()
 	want.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir}}
-	want.Spec.Containers[1].Env = []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}}
+	want.Spec.Containers[1].Env = []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}, {Name: EnvCLI, Value: CLIPath}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("reinvocation (-want +got):\n%s", diff)
 	}

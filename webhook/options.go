@@ -23,9 +23,19 @@ const (
 	// ProbeSocketPath is the agent's socket for the kubelet's exec probes alone
 	// (/healthz and /readyz, outside the agent's --max-connections).
 	ProbeSocketPath = SocketDir + "/probe.sock"
+	// CLIPath is where the agent puts its leasehold client, in the socket volume, so
+	// that every container of the Pod can run it whatever its image: the agent's
+	// default, bin/leasehold beside its --socket. It is not passed as --cli-path, so
+	// that this webhook's Pods still start with an agent image older than the flag
+	// (sidecar/agent's TestInjectedAgentInstallsTheClient runs the injected agent and
+	// the client at LEASEHOLD_CLI).
+	CLIPath = SocketDir + "/bin/leasehold"
 	// EnvSocket and EnvURL tell app containers where the agent is.
 	EnvSocket = "LEASEHOLD_SOCKET"
 	EnvURL    = "LEASEHOLD_URL"
+	// EnvCLI tells app containers where the leasehold client is: "$LEASEHOLD_CLI" run
+	// LOCK -- COMMAND works in any image that has a shell.
+	EnvCLI = "LEASEHOLD_CLI"
 	// AgentUID is the user and group the agent runs as.
 	AgentUID int64 = 65532
 

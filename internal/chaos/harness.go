@@ -265,7 +265,7 @@ func (h *Harness) startAgent(s *slot) error {
 		"--locks=" + c.Mutex, "--leader=" + c.Leader,
 		"--lease-duration=" + c.LeaseDuration.String(), "--renew-deadline=" + c.RenewDeadline.String(),
 		"--retry-period=" + c.RetryPeriod.String(), "--socket=" + s.socket, "--kubeconfig=" + s.kubeconfig,
-		"--metrics-bind-address=0", "-v=1",
+		"--metrics-bind-address=0", "--install-cli=false", "-v=1",
 	}
 	if c.Semaphore != "" {
 		argv = append(argv, fmt.Sprintf("--semaphores=%s=%d", c.Semaphore, c.SemaphoreSize))

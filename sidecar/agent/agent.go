@@ -93,6 +93,10 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		ClusterRole, sa, o.Namespace, o.Namespace, ClusterRole, o.Namespace, strings.TrimPrefix(sa, o.Namespace+"/"))
 	eng := &engine{Manager: mgr}
 
+	// The client for the Pod's containers, before the startup probe can pass: the
+	// containers that start after the agent find it in place.
+	installCLI(o, log)
+
 	// Listeners first, so that /healthz answers while the locks sync.
 	sock, err := listen.Unix(o.Socket, listen.SocketMode)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +38,10 @@ type Options struct {
 	ShutdownTimeout            time.Duration
 	MaxConnections             int
 	ProbeSocket                string
+	// InstallCLI, CLISource and CLIPath: see installCLI.
+	InstallCLI bool
+	CLISource  string
+	CLIPath    string
 }
 
 // NewOptions returns the defaults.
@@ -52,6 +57,7 @@ func NewOptions() *Options {
 		Burst:              100,
 		ShutdownTimeout:    5 * time.Second,
 		MaxConnections:     256,
+		InstallCLI:         true,
 	}
 }
 
@@ -145,7 +151,20 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxConnections, "max-connections", o.MaxConnections, "Connections served at once (socket and TCP together); beyond, a client gets 503 at once.")
 	fs.StringVar(&o.ProbeSocket, "probe-socket", o.ProbeSocket, "Unix socket (mode 0600) serving only /healthz and /readyz, for exec probes "+
 		"(--probe=/healthz --socket=<this>); outside --max-connections, so a flood of clients cannot fail the probes. Empty = off.")
+	fs.BoolVar(&o.InstallCLI, "install-cli", o.InstallCLI, "At start, copy the leasehold client to --cli-path, for every container of the Pod "+
+		"(the webhook points LEASEHOLD_CLI at it); a client that cannot be copied is logged, not fatal.")
+	fs.StringVar(&o.CLISource, "cli-source", o.CLISource, "The leasehold client to copy (default: "+CLIName+" beside the agent's own executable).")
+	fs.StringVar(&o.CLIPath, "cli-path", o.CLIPath, "Where to put the leasehold client, in the volume shared with the Pod's containers "+
+		"(default: bin/"+CLIName+" in the directory of --socket).")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "How long SIGTERM handling may take to release holds.")
+}
+
+// cliPath is --cli-path, or its default beside the socket.
+func (o *Options) cliPath() string {
+	if o.CLIPath != "" {
+		return o.CLIPath
+	}
+	return filepath.Join(filepath.Dir(o.Socket), "bin", CLIName)
 }
 
 // Identity is the holder identity: unique per Pod incarnation.

@@ -1,9 +1,3 @@
-// Package client is a small Go client of the agent's local API v1, used by the
-// `leasehold` command and by tests and benchmarks.
-//
-// What it guarantees: a Hold from HoldConnection lasts at most as long as its
-// connection; closing it (or the process dying) ends the hold at the agent at once.
-// What it does NOT guarantee: retries; every call is one request.
 package client
 
 import (
