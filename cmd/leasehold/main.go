@@ -184,6 +184,14 @@ func run(ctx context.Context, c *client.Client, name string, wait time.Duration,
 		return exitCode(err)
 	}
 	defer h.Close()
+	// When the command is done, release by token before closing the connection: the
+	// close alone also ends the hold, but the agent sees it a moment later, and a
+	// script's next line must find the lock released.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = c.Release(rctx, name, h.State.Token)
+	}()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "LEASEHOLD_LOCK="+name, "LEASEHOLD_TOKEN="+strconv.FormatInt(h.State.Token, 10))
