@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
+	"github.com/leasehold/leasehold/internal/contract"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -59,19 +60,12 @@ const (
 
 // Defaults for the timing annotations: client-go's leader election defaults.
 const (
-	DefaultLeaseDuration = 15 * time.Second
-	DefaultRenewDeadline = 10 * time.Second
-	DefaultRetryPeriod   = 2 * time.Second
+	DefaultLeaseDuration = contract.DefaultLeaseDuration
+	DefaultRenewDeadline = contract.DefaultRenewDeadline
+	DefaultRetryPeriod   = contract.DefaultRetryPeriod
 
-	// MaxLeaseDuration bounds every timing annotation. It is the cap on
-	// spec.leaseDurationSeconds of the admission policy in
-	// manifests/base/admission-policy.yaml (3600): a longer lease-duration would have
-	// every write of the agent refused.
-	MaxLeaseDuration = time.Hour
-
-	// jitterFactor is client-go's leaderelection.JitterFactor: renew-deadline must
-	// exceed jitterFactor * retry-period.
-	jitterFactor = 1.2
+	// MaxLeaseDuration bounds every timing annotation (contract.MaxLeaseDuration).
+	MaxLeaseDuration = contract.MaxLeaseDuration
 )
 
 // knownAnnotations are all the keys under AnnotationPrefix that the webhook accepts.
@@ -396,23 +390,21 @@ func checkTimings(annotations map[string]string, cfg *Config, errs field.ErrorLi
 		}
 		return b, db.String()
 	}
-	if cfg.LeaseDuration <= cfg.RenewDeadline {
-		k, v := blame(AnnotationLeaseDuration, AnnotationRenewDeadline, cfg.LeaseDuration, cfg.RenewDeadline)
-		errs = append(errs, invalid(k, v, fmt.Sprintf(
-			"%s must be greater than %s, so that a hold is given up before other Pods may take the lock; "+
-				"fix: raise %s or lower %s",
-			describe(annotations, AnnotationLeaseDuration, cfg.LeaseDuration),
-			describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline),
-			AnnotationLeaseDuration, AnnotationRenewDeadline)))
-	}
-	if float64(cfg.RenewDeadline) <= jitterFactor*float64(cfg.RetryPeriod) {
-		k, v := blame(AnnotationRenewDeadline, AnnotationRetryPeriod, cfg.RenewDeadline, cfg.RetryPeriod)
-		errs = append(errs, invalid(k, v, fmt.Sprintf(
-			"%s must be greater than 1.2 x %s, so that a renewal can be retried before the deadline; "+
-				"fix: raise %s or lower %s",
-			describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline),
-			describe(annotations, AnnotationRetryPeriod, cfg.RetryPeriod),
-			AnnotationRenewDeadline, AnnotationRetryPeriod)))
+	for _, rule := range contract.BrokenTimingRules(cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod) {
+		switch rule {
+		case contract.LeaseAboveRenew:
+			k, v := blame(AnnotationLeaseDuration, AnnotationRenewDeadline, cfg.LeaseDuration, cfg.RenewDeadline)
+			errs = append(errs, invalid(k, v, fmt.Sprintf("%s must be greater than %s, %s; fix: raise %s or lower %s",
+				describe(annotations, AnnotationLeaseDuration, cfg.LeaseDuration),
+				describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline),
+				rule.Why(), AnnotationLeaseDuration, AnnotationRenewDeadline)))
+		case contract.RenewAboveRetry:
+			k, v := blame(AnnotationRenewDeadline, AnnotationRetryPeriod, cfg.RenewDeadline, cfg.RetryPeriod)
+			errs = append(errs, invalid(k, v, fmt.Sprintf("%s must be greater than %v x %s, %s; fix: raise %s or lower %s",
+				describe(annotations, AnnotationRenewDeadline, cfg.RenewDeadline), contract.JitterFactor,
+				describe(annotations, AnnotationRetryPeriod, cfg.RetryPeriod),
+				rule.Why(), AnnotationRenewDeadline, AnnotationRetryPeriod)))
+		}
 	}
 	return errs
 }

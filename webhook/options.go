@@ -4,11 +4,13 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/leasehold/leasehold/internal/contract"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 )
 
-// Names shared with the agent (see the project's interface contract).
+// Names shared with the agent: internal/contract holds them for both sides.
 const (
 	// AgentContainerName is the name of the injected container.
 	AgentContainerName = "leasehold-agent"
@@ -17,27 +19,26 @@ const (
 	// SocketVolumeName is the emptyDir that carries the agent's Unix socket.
 	SocketVolumeName = "leasehold-socket"
 	// SocketDir is where SocketVolumeName is mounted in every container.
-	SocketDir = "/run/leasehold"
+	SocketDir = contract.SocketDir
 	// SocketPath is the agent's socket.
-	SocketPath = SocketDir + "/agent.sock"
-	// ProbeSocketPath is the agent's socket for the kubelet's exec probes alone
-	// (/healthz and /readyz, outside the agent's --max-connections).
-	ProbeSocketPath = SocketDir + "/probe.sock"
+	SocketPath = contract.SocketPath
+	// ProbeSocketPath is the agent's socket for the kubelet's exec probes alone.
+	ProbeSocketPath = contract.ProbeSocketPath
 	// CLIPath is where the agent puts its leasehold client, in the socket volume, so
 	// that every container of the Pod can run it whatever its image: the agent's
 	// default, bin/leasehold beside its --socket. It is not passed as --cli-path, so
 	// that this webhook's Pods still start with an agent image older than the flag
 	// (sidecar/agent's TestInjectedAgentInstallsTheClient runs the injected agent and
 	// the client at LEASEHOLD_CLI).
-	CLIPath = SocketDir + "/bin/leasehold"
-	// EnvSocket and EnvURL tell app containers where the agent is.
-	EnvSocket = "LEASEHOLD_SOCKET"
-	EnvURL    = "LEASEHOLD_URL"
-	// EnvCLI tells app containers where the leasehold client is: "$LEASEHOLD_CLI" run
-	// LOCK -- COMMAND works in any image that has a shell.
-	EnvCLI = "LEASEHOLD_CLI"
+	CLIPath = contract.CLIPath
+	// EnvSocket and EnvURL tell app containers where the agent is; EnvCLI where the
+	// leasehold client is: "$LEASEHOLD_CLI" run LOCK -- COMMAND works in any image
+	// that has a shell.
+	EnvSocket = contract.EnvSocket
+	EnvURL    = contract.EnvURL
+	EnvCLI    = contract.EnvCLI
 	// AgentUID is the user and group the agent runs as.
-	AgentUID int64 = 65532
+	AgentUID = contract.AgentUID
 
 	// DefaultAgentImage is the one project image.
 	DefaultAgentImage = "leasehold.local/leasehold:dev"

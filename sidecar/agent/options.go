@@ -12,11 +12,12 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/leasehold/leasehold/internal/contract"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
-const DefaultSocket = "/run/leasehold/agent.sock"
+const DefaultSocket = contract.SocketPath
 
 // Options are the agent's command line; the webhook writes it (webhook.AgentArgs).
 type Options struct {
@@ -47,9 +48,9 @@ type Options struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		LeaseDuration:      15 * time.Second,
-		RenewDeadline:      10 * time.Second,
-		RetryPeriod:        2 * time.Second,
+		LeaseDuration:      contract.DefaultLeaseDuration,
+		RenewDeadline:      contract.DefaultRenewDeadline,
+		RetryPeriod:        contract.DefaultRetryPeriod,
 		Socket:             DefaultSocket,
 		MetricsBindAddress: "127.0.0.1:9090",
 		Events:             true,
@@ -187,11 +188,15 @@ func (o *Options) Validate() error {
 	if len(o.Locks)+len(o.Leader)+len(o.Semaphores) == 0 {
 		errs = append(errs, errors.New("declare at least one lock with --locks, --leader or --semaphores"))
 	}
-	if o.LeaseDuration <= o.RenewDeadline {
-		errs = append(errs, fmt.Errorf("--lease-duration=%s must be greater than --renew-deadline=%s", o.LeaseDuration, o.RenewDeadline))
-	}
-	if o.RenewDeadline <= o.RetryPeriod {
-		errs = append(errs, fmt.Errorf("--renew-deadline=%s must be greater than --retry-period=%s", o.RenewDeadline, o.RetryPeriod))
+	for _, rule := range contract.BrokenTimingRules(o.LeaseDuration, o.RenewDeadline, o.RetryPeriod) {
+		switch rule {
+		case contract.LeaseAboveRenew:
+			errs = append(errs, fmt.Errorf("--lease-duration=%s must be greater than --renew-deadline=%s, %s",
+				o.LeaseDuration, o.RenewDeadline, rule.Why()))
+		case contract.RenewAboveRetry:
+			errs = append(errs, fmt.Errorf("--renew-deadline=%s must be greater than %v x --retry-period=%s, %s",
+				o.RenewDeadline, contract.JitterFactor, o.RetryPeriod, rule.Why()))
+		}
 	}
 	if o.TCPPort < 0 || o.TCPPort > 65535 {
 		errs = append(errs, fmt.Errorf("--tcp-port=%d is not a port (0 = off)", o.TCPPort))

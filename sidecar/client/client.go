@@ -14,11 +14,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/contract"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // DefaultSocket is the agent's default socket.
-const DefaultSocket = "/run/leasehold/agent.sock"
+const DefaultSocket = contract.SocketPath
 
 // Client talks to one agent.
 type Client struct {
@@ -47,10 +48,10 @@ func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // FromEnv uses $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else the default socket.
 func FromEnv() *Client {
-	if u := os.Getenv("LEASEHOLD_URL"); u != "" {
+	if u := os.Getenv(contract.EnvURL); u != "" {
 		return New("", u)
 	}
-	s := os.Getenv("LEASEHOLD_SOCKET")
+	s := os.Getenv(contract.EnvSocket)
 	if s == "" {
 		s = DefaultSocket
 	}
