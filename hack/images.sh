@@ -2,12 +2,14 @@
 # images.sh: build the local container images without Docker or any registry, and import
 # them into the local cluster's containerd (hack/cluster.sh) when it is running.
 #
-#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app (default: all three)
+#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app fencing-app
+#                                  (default: all four)
 #
 # Images (docker-archives written by hack/mkimage, kept in ~/.cache/leasehold/images/):
 #   leasehold.local/pause:3.10          hack/pause, containerd's sandbox image
 #   leasehold.local/leasehold:dev       the project's binaries at /usr/local/bin (UID 65532)
 #   leasehold.local/example-app:dev     busybox-static + applet symlinks, /usr/local/bin/leasehold
+#   leasehold.local/fencing-app:dev     examples/fencing/writer at /usr/local/bin/fencing-writer (entrypoint)
 #
 # The leasehold image holds every command under ./cmd/ that builds (CGO_ENABLED=0). Set
 # LEASEHOLD_BINARIES="path/to/bin1 path/to/bin2" to use prebuilt binaries instead.
@@ -25,7 +27,7 @@ log() { printf '[images] %s\n' "$*" >&2; }
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--buildvcs=false}
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(pause leasehold example-app)
+[ ${#want[@]} -gt 0 ] || want=(pause leasehold example-app fencing-app)
 
 mkimage() { go run ./hack/mkimage "$@" >&2; }
 
@@ -91,12 +93,19 @@ build_example_app() {
   mkimage -tag leasehold.local/example-app:dev -o "$OUT/example-app.tar" "${args[@]}"
 }
 
+build_fencing_app() {
+  go build -trimpath -ldflags "-s -w" -o "$OUT/bin/fencing-writer" ./examples/fencing/writer
+  mkimage -tag leasehold.local/fencing-app:dev -o "$OUT/fencing-app.tar" \
+    -file "$OUT/bin/fencing-writer=/usr/local/bin/fencing-writer" -entrypoint /usr/local/bin/fencing-writer
+}
+
 for img in "${want[@]}"; do
   case "$img" in
     pause) build_pause ;;
     leasehold) build_leasehold ;;
     example-app) build_example_app ;;
-    *) log "unknown image '$img' (want pause, leasehold or example-app)"; exit 2 ;;
+    fencing-app) build_fencing_app ;;
+    *) log "unknown image '$img' (want pause, leasehold, example-app or fencing-app)"; exit 2 ;;
   esac
 done
 
