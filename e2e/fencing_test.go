@@ -74,6 +74,15 @@ func TestFencingRefusesAFrozenHoldersLateWrite(t *testing.T) {
 		}
 	})
 
+	// 0. The replicas take turns: wait for a handover, so that the history has one.
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		var writers int
+		err := db.QueryRow(ctx, `SELECT count(DISTINCT writer) FROM writes`).Scan(&writers)
+		return err == nil && writers >= 2, nil
+	}); err != nil {
+		t.Fatalf("the two replicas did not both write within 90s: %v", err)
+	}
+
 	// 1. A holder in the middle of a unit of work, frozen with its agent.
 	var stale unitLine
 	var pod string
@@ -126,9 +135,17 @@ func TestFencingRefusesAFrozenHoldersLateWrite(t *testing.T) {
 		pod, stale.seq, stale.token, successor.id).Scan(&n); err != nil || n != 0 {
 		t.Errorf("the stale unit (or another write of token %d after token %d's first) is in the writes table: %d rows, %v", stale.token, successor.token, n, err)
 	}
+	// 5. The stale writer keeps going: it takes the lock again later, with a new token.
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		var n int
+		err := db.QueryRow(ctx, `SELECT count(*) FROM writes WHERE writer = $1 AND token > $2`, pod, successor.token).Scan(&n)
+		return err == nil && n > 0, nil
+	}); err != nil {
+		t.Errorf("%s did not write again with a token above %d within 60s: %v", pod, successor.token, err)
+	}
 	history := fencedHistory(t, db)
 	checkFencedHistory(t, history)
-	t.Logf("stale write of token %d refused at fence token %d; %d accepted writes, tokens %d..%d, in order, no overlap",
+	t.Logf("stale write of token %d refused at fence token %d; %d accepted writes, tokens %d..%d, in fence order, none overlapping another holder's",
 		stale.token, fenceToken, len(history), history[0].token, history[len(history)-1].token)
 }
 
