@@ -70,9 +70,11 @@ func run(log *slog.Logger, lock, dsn, name string, units int, work, wait, rest t
 	agent := client.FromEnv()
 	w := &writer{log: log.With("writer", name, "lock", lock), store: store, agent: agent, lock: lock, name: name, work: work}
 	for ctx.Err() == nil {
-		hold, err := agent.HoldConnection(ctx, lock, wait, 0)
+		hold, err := acquire(ctx, agent, lock, wait)
 		var agentErr *client.Error
 		switch {
+		case ctx.Err() != nil:
+			return nil
 		case errors.As(err, &agentErr) && agentErr.Status == http.StatusRequestTimeout:
 			continue // another replica holds it; ask again
 		case err != nil:
@@ -87,6 +89,27 @@ func run(log *slog.Logger, lock, dsn, name string, units int, work, wait, rest t
 		sleep(ctx, rest)
 	}
 	return nil
+}
+
+// acquire takes the lock with a hold tied to the connection, waiting up to wait, and
+// gives up at once when ctx ends (SIGTERM): the client's call waits out its wait whatever
+// its context, and a hold the agent grants after that ends with this process.
+func acquire(ctx context.Context, agent *client.Client, lock string, wait time.Duration) (*client.Hold, error) {
+	type answer struct {
+		hold *client.Hold
+		err  error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		h, err := agent.HoldConnection(ctx, lock, wait, 0)
+		ch <- answer{h, err}
+	}()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case a := <-ch:
+		return a.hold, a.err
+	}
 }
 
 type writer struct {
