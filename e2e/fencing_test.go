@@ -144,6 +144,9 @@ func TestFencingRefusesAFrozenHoldersLateWrite(t *testing.T) {
 	}
 	history := fencedHistory(t, db)
 	checkFencedHistory(t, history)
+	if t.Failed() {
+		return
+	}
 	t.Logf("stale write of token %d refused at fence token %d; %d accepted writes, tokens %d..%d, in fence order, none overlapping another holder's",
 		stale.token, fenceToken, len(history), history[0].token, history[len(history)-1].token)
 }
