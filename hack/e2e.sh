@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "e2e: run as root (the local node runs containerd and the kubelet)" >&2; exit 1; }
 
 if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
-  trap 'hack/cluster.sh down >/dev/null 2>&1 || hack/cluster.sh down' EXIT
+  # The fencing test's PostgreSQL too, should the test binary have been killed before
+  # its own cleanup ran.
+  trap 'hack/postgres.sh stop >/dev/null 2>&1 || true; hack/cluster.sh down >/dev/null 2>&1 || hack/cluster.sh down' EXIT
 fi
 hack/cluster.sh up
 eval "$(hack/cluster.sh env)"

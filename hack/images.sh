@@ -2,7 +2,7 @@
 # images.sh: build the local container images without Docker or any registry, and import
 # them into the local cluster's containerd (hack/cluster.sh) when it is running.
 #
-#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app busybox
+#   hack/images.sh [IMAGE...]      IMAGE: pause leasehold example-app busybox fencing-app
 #                                  (default: pause leasehold example-app)
 #
 # Images (docker-archives written by hack/mkimage, kept in ~/.cache/leasehold/images/):
@@ -11,6 +11,7 @@
 #   leasehold.local/example-app:dev     busybox-static + applet symlinks, /usr/local/bin/leasehold
 #   leasehold.local/busybox:dev         busybox-static + applet symlinks and nothing else: an image
 #                                       that never had the leasehold client ($LEASEHOLD_CLI)
+#   leasehold.local/fencing-app:dev     examples/fencing/writer at /usr/local/bin/fencing-writer (entrypoint)
 #
 # The leasehold image holds every command under ./cmd/ that builds (CGO_ENABLED=0). Set
 # LEASEHOLD_BINARIES="path/to/bin1 path/to/bin2" to use prebuilt binaries instead.
@@ -106,13 +107,20 @@ build_example_app() {
   mkimage -tag leasehold.local/example-app:dev -o "$OUT/example-app.tar" "${args[@]}"
 }
 
+build_fencing_app() {
+  go build -trimpath -ldflags "-s -w" -o "$OUT/bin/fencing-writer" ./examples/fencing/writer
+  mkimage -tag leasehold.local/fencing-app:dev -o "$OUT/fencing-app.tar" \
+    -file "$OUT/bin/fencing-writer=/usr/local/bin/fencing-writer" -entrypoint /usr/local/bin/fencing-writer
+}
+
 for img in "${want[@]}"; do
   case "$img" in
     pause) build_pause ;;
     leasehold) build_leasehold ;;
     example-app) build_example_app ;;
     busybox) build_busybox ;;
-    *) log "unknown image '$img' (want pause, leasehold, example-app or busybox)"; exit 2 ;;
+    fencing-app) build_fencing_app ;;
+    *) log "unknown image '$img' (want pause, leasehold, example-app, busybox or fencing-app)"; exit 2 ;;
   esac
 done
 
