@@ -1,0 +1,275 @@
+// Package charts holds the tests of the Helm chart in charts/leasehold: it renders the
+// same objects as the kustomize base (and the cert-manager overlay), and helm lint
+// passes. It renders with the Helm SDK (helm.sh/helm/v3), no cluster and no helm binary.
+package charts
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+const chartDir = "leasehold"
+
+// object is one rendered manifest, normalized through JSON (numbers are float64).
+type object = map[string]any
+
+func key(o object) string {
+	md, _ := o["metadata"].(map[string]any)
+	ns, _ := md["namespace"].(string)
+	return fmt.Sprintf("%v/%s/%v", o["kind"], ns, md["name"])
+}
+
+func normalize(t *testing.T, v any) object {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o object
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// kustomize builds manifests/<dir> with kustomize's library (what `kubectl kustomize` runs).
+func kustomize(t *testing.T, dir string) map[string]object {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	rm, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("..", "manifests", dir))
+	if err != nil {
+		t.Fatalf("kustomize build manifests/%s: %v", dir, err)
+	}
+	out := map[string]object{}
+	for _, r := range rm.Resources() {
+		m, err := r.Map()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := normalize(t, m)
+		out[key(o)] = o
+	}
+	return out
+}
+
+// renderChart renders the chart as `helm template` does, with values (YAML) over the
+// chart's own, and returns its objects by kind/namespace/name.
+func renderChart(t *testing.T, values string) (map[string]object, error) {
+	t.Helper()
+	ch, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	vals, err := chartutil.ReadValues([]byte(values))
+	if err != nil {
+		t.Fatalf("values %q: %v", values, err)
+	}
+	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{Name: "leasehold", Namespace: "default", IsInstall: true},
+		chartutil.DefaultCapabilities)
+	if err != nil {
+		return nil, err
+	}
+	files, err := engine.Render(ch, rv)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := map[string]object{}
+	for _, n := range names {
+		if !strings.HasSuffix(n, ".yaml") {
+			continue
+		}
+		d := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(files[n]), 4096)
+		for {
+			var m map[string]any
+			if err := d.Decode(&m); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s does not parse: %v\n%s", n, err, files[n])
+			}
+			if m == nil {
+				continue
+			}
+			o := normalize(t, m)
+			if _, dup := out[key(o)]; dup {
+				t.Errorf("%s renders %s twice", n, key(o))
+			}
+			out[key(o)] = o
+		}
+	}
+	return out, nil
+}
+
+func mustRender(t *testing.T, values string) map[string]object {
+	t.Helper()
+	out, err := renderChart(t, values)
+	if err != nil {
+		t.Fatalf("render chart with %q: %v", values, err)
+	}
+	return out
+}
+
+// same reports every object that differs between the chart and kustomize.
+func same(t *testing.T, what string, chart, kust map[string]object) {
+	t.Helper()
+	var keys []string
+	for k := range kust {
+		keys = append(keys, k)
+	}
+	for k := range chart {
+		if _, ok := kust[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		c, inChart := chart[k]
+		m, inKust := kust[k]
+		switch {
+		case !inChart:
+			t.Errorf("%s: the chart lacks %s", what, k)
+		case !inKust:
+			t.Errorf("%s: the chart has %s, kustomize does not", what, k)
+		default:
+			if d := cmp.Diff(m, c); d != "" {
+				t.Errorf("%s: %s differs (-kustomize +chart):\n%s", what, k, d)
+			}
+		}
+	}
+}
+
+// The chart's defaults install what manifests/base installs, and certificates.mode
+// cert-manager what manifests/overlays/cert-manager installs: object for object.
+func TestChartMatchesKustomize(t *testing.T) {
+	same(t, "defaults vs manifests/base", mustRender(t, ""), kustomize(t, "base"))
+	same(t, "cert-manager vs manifests/overlays/cert-manager", mustRender(t, "certificates: {mode: cert-manager}"),
+		kustomize(t, "overlays/cert-manager"))
+}
+
+func deploymentArgs(t *testing.T, objs map[string]object) []string {
+	t.Helper()
+	d := objs["Deployment/leasehold-system/leasehold-webhook"]
+	if d == nil {
+		t.Fatal("no Deployment leasehold-webhook")
+	}
+	var dep struct {
+		Spec struct {
+			Replicas float64
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Image string
+						Args  []string
+					}
+				}
+			}
+		}
+	}
+	b, _ := json.Marshal(d)
+	if err := json.Unmarshal(b, &dep); err != nil {
+		t.Fatal(err)
+	}
+	c := dep.Spec.Template.Spec.Containers[0]
+	return append([]string{"image=" + c.Image, fmt.Sprintf("replicas=%v", dep.Spec.Replicas)}, c.Args...)
+}
+
+// Values reach the objects they name.
+func TestChartValues(t *testing.T) {
+	objs := mustRender(t, `
+namespace: locks
+image: {repository: registry.example/leasehold, tag: v1.2.3}
+replicas: 3
+agent:
+  pullPolicy: Always
+  resources: {requests: {cpu: 20m, memory: 32Mi}, limits: {cpu: 200m, memory: 128Mi}}
+  socketGroup: 4242
+  plainContainer: true
+  metricsBindAddress: "0"
+webhook:
+  namespaceSelector: {matchLabels: {team: a}}
+  extraArgs: [--debug]
+policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}}
+`)
+	d := objs["Deployment/locks/leasehold-webhook"]
+	if d == nil {
+		t.Fatalf("no Deployment in namespace locks: %v", slices.Sorted(func(yield func(string) bool) {
+			for k := range objs {
+				if !yield(k) {
+					return
+				}
+			}
+		}))
+	}
+	objs["Deployment/leasehold-system/leasehold-webhook"] = d
+	got := strings.Join(deploymentArgs(t, objs), " ")
+	for _, want := range []string{"image=registry.example/leasehold:v1.2.3", "replicas=3", "--agent-image=registry.example/leasehold:v1.2.3",
+		"--agent-image-pull-policy=Always", "--agent-cpu-request=20m", "--agent-memory-request=32Mi", "--agent-cpu-limit=200m",
+		"--agent-memory-limit=128Mi", "--socket-group=4242", "--plain-container", "--agent-metrics-bind-address=0", "--debug"} {
+		if !strings.Contains(got+" ", want+" ") {
+			t.Errorf("Deployment lacks %q: %s", want, got)
+		}
+	}
+	mwc, _ := sigsyaml.Marshal(objs["MutatingWebhookConfiguration//leasehold-webhook"])
+	for _, want := range []string{"team: a", "- locks", "namespace: locks"} {
+		if !bytes.Contains(mwc, []byte(want)) {
+			t.Errorf("webhook configuration lacks %q:\n%s", want, mwc)
+		}
+	}
+	for k := range objs {
+		if strings.HasPrefix(k, "ValidatingAdmissionPolicy") {
+			t.Errorf("policies are off, yet the chart renders %s", k)
+		}
+	}
+	if objs["ClusterRole//leasehold-operator"] == nil {
+		t.Error("the operator ClusterRole (force-release) must stay without the policies")
+	}
+}
+
+// A certificate mode the chart does not know is refused, naming the value and the choices.
+func TestChartRefusesUnknownCertificateMode(t *testing.T) {
+	_, err := renderChart(t, "certificates: {mode: vault}")
+	if err == nil || !strings.Contains(err.Error(), `certificates.mode is "vault": want self-managed`) {
+		t.Fatalf("want an error naming certificates.mode, got %v", err)
+	}
+}
+
+// helm lint (the SDK's linter, as `helm lint --strict` runs it) finds nothing.
+func TestHelmLint(t *testing.T) {
+	for _, values := range []string{"", "certificates: {mode: cert-manager}"} {
+		vals, err := chartutil.ReadValues([]byte(values))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := lint.All(chartDir, vals, "default", true)
+		for _, m := range l.Messages {
+			// INFO messages are advice (an icon); warnings and errors fail, as with --strict.
+			if m.Severity > support.InfoSev {
+				t.Errorf("helm lint (values %q): %s", values, m)
+			} else {
+				t.Logf("helm lint (values %q): %s", values, m)
+			}
+		}
+	}
+}
