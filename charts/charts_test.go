@@ -28,6 +28,10 @@ import (
 
 const chartDir = "leasehold"
 
+// kubeVersion is the Kubernetes the tests render for: the local cluster's (Makefile's
+// K8S_VERSION); the chart requires 1.30 or later.
+var kubeVersion = chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+
 // object is one rendered manifest, normalized through JSON (numbers are float64).
 type object = map[string]any
 
@@ -82,8 +86,12 @@ func renderChart(t *testing.T, values string) (map[string]object, error) {
 	if err != nil {
 		t.Fatalf("values %q: %v", values, err)
 	}
-	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{Name: "leasehold", Namespace: "default", IsInstall: true},
-		chartutil.DefaultCapabilities)
+	caps := chartutil.DefaultCapabilities.Copy()
+	caps.KubeVersion = kubeVersion
+	if err := chartutil.IsCompatibleRange(ch.Metadata.KubeVersion, kubeVersion.Version); !err {
+		t.Fatalf("the chart's kubeVersion %q refuses Kubernetes %s", ch.Metadata.KubeVersion, kubeVersion.Version)
+	}
+	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{Name: "leasehold", Namespace: "default", IsInstall: true}, caps)
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +270,7 @@ func TestHelmLint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := lint.All(chartDir, vals, "default", true)
+		l := lint.AllWithKubeVersion(chartDir, vals, "default", &kubeVersion)
 		for _, m := range l.Messages {
 			// INFO messages are advice (an icon); warnings and errors fail, as with --strict.
 			if m.Severity > support.InfoSev {
