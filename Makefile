@@ -20,9 +20,14 @@ help: ## List the targets.
 envtest: ## Build kube-apiserver and etcd for the envtest suites (cached in ~/.cache/leasehold).
 	hack/build-k8s.sh kube-apiserver etcd >/dev/null
 
+# The version every binary reports (--version) and logs at start: git describe, or dev.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+export VERSION
+LDFLAGS := -X github.com/leasehold/leasehold/internal/version.version=$(VERSION)
+
 .PHONY: build
-build: ## Build the binaries into bin/.
-	CGO_ENABLED=0 go build -o bin/ ./cmd/...
+build: ## Build the binaries into bin/ (VERSION=... overrides git describe).
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
 .PHONY: unit
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.

@@ -30,6 +30,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/webhook"
 )
 
@@ -58,6 +59,7 @@ func run(ctx context.Context, args []string) error {
 		certs  = webhook.CertOptions{}
 		limits = webhook.DefaultReviewLimits()
 		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
+		showV  = fs.Bool("version", false, "Print the version and exit.")
 	)
 	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
 	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
@@ -71,6 +73,10 @@ func run(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showV {
+		fmt.Println(version.String("leasehold-webhook"))
+		return nil
 	}
 	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate()); err != nil {
 		return err
@@ -183,7 +189,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 
-	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
+	log.Info("Starting webhook", "version", version.Version(), "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
 		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
 	return mgr.Start(ctx)
 }
