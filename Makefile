@@ -74,7 +74,9 @@ IMAGE ?= leasehold.local/leasehold:dev
 
 .PHONY: deploy
 deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=your/registry/leasehold:tag (built from the Dockerfile).
-	kubectl kustomize manifests/base | sed 's|leasehold.local/leasehold:dev|$(IMAGE)|g' | kubectl apply -f -
+	@mkdir -p bin/deploy
+	hack/deploy-kustomization.sh '$(IMAGE)' > bin/deploy/kustomization.yaml
+	kubectl apply -k bin/deploy
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
 .PHONY: vet lint
