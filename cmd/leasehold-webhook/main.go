@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
@@ -17,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -101,7 +103,6 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	tlsOpts := []func(*tls.Config){webhook.SecureTLS}
-	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: tlsOpts})
 	metricsOpts := metricsserver.Options{BindAddress: *metricsAddr, SecureServing: *metricsSec, TLSOpts: tlsOpts}
 	if *metricsSec {
 		// As kubebuilder's scaffold: TokenReview and SubjectAccessReview, as the
@@ -144,20 +145,44 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	certsReady := make(<-chan struct{})
+	serverTLS := tlsOpts
+	certsReady := make(chan struct{})
 	if *selfSigned {
-		if certsReady, err = webhook.AddCertRotator(mgr, certs); err != nil {
+		if _, err = webhook.AddCertRotator(mgr, certs); err != nil {
+			return err
+		}
+		// Serve the Secret's certificate as soon as the rotator has written it, read
+		// through the API rather than from the volume, which the kubelet updates only
+		// on its next sync (about a minute); ready once the caBundle verifies it.
+		cs, err := kubernetes.NewForConfig(restConfig)
+		if err != nil {
+			return err
+		}
+		secretCert := webhook.NewSecretCertificate(cs, certs.Namespace, certs.SecretName, log.WithName("certs"))
+		if err := mgr.Add(secretCert); err != nil {
+			return err
+		}
+		serverTLS = append(slices.Clone(tlsOpts), func(c *tls.Config) { c.GetCertificate = secretCert.GetCertificate })
+		dns := fmt.Sprintf("%s.%s.svc", certs.ServiceName, certs.Namespace)
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			if err := secretCert.WaitTrusted(ctx, certs.WebhookConfigName, dns); err != nil {
+				return nil // ctx ended
+			}
+			log.Info("Serving certificate trusted by the webhook configuration's caBundle", "secret", certs.SecretName)
+			close(certsReady)
+			return nil
+		})); err != nil {
 			return err
 		}
 	} else {
-		closed := make(chan struct{})
-		close(closed)
-		certsReady = closed
+		close(certsReady)
 	}
+	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: serverTLS})
 
-	// Serve once the certificate is mounted and the caBundle written: the server
-	// cannot start without tls.crt, and must not report ready before the API server
-	// trusts it. It reloads the certificate when the mounted Secret changes.
+	// Serve once the certificate is there and the caBundle written: the server cannot
+	// start without a certificate, and must not report ready before the API server
+	// trusts it. With --self-signed-certs it serves the Secret's certificate, renewed
+	// as the Secret changes; without, it reloads tls.crt when the mounted Secret changes.
 	// Reviews over --max-review-bytes are refused unread; those in flight are bounded
 	// by --max-in-flight-review-bytes (the memory limit in manifests/ is sized for it).
 	server.Register(webhook.Path, webhook.Instrument(webhook.Guard(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}, limits)))
