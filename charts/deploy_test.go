@@ -19,7 +19,7 @@ func TestDeployKustomizationSetsTheImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for image, want := range map[string]string{
-		"registry.example:5000/team/leasehold:v1.2.3": "registry.example:5000/team/leasehold:v1.2.3",
+		"registry.example:5000/team/leasehold:v1.2.3":                   "registry.example:5000/team/leasehold:v1.2.3",
 		"registry.example/leasehold@sha256:" + strings.Repeat("ab", 32): "registry.example/leasehold@sha256:" + strings.Repeat("ab", 32),
 		"registry.example:5000/leasehold":                               "registry.example:5000/leasehold:latest",
 		"leasehold.local/leasehold:dev":                                 "leasehold.local/leasehold:dev",
