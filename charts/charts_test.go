@@ -255,11 +255,19 @@ policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webh
 	}
 }
 
-// A certificate mode the chart does not know is refused, naming the value and the choices.
-func TestChartRefusesUnknownCertificateMode(t *testing.T) {
-	_, err := renderChart(t, "certificates: {mode: vault}")
-	if err == nil || !strings.Contains(err.Error(), `certificates.mode is "vault": want self-managed`) {
-		t.Fatalf("want an error naming certificates.mode, got %v", err)
+// Bad values are refused by values.schema.json, naming the value and what it should be.
+func TestChartRefusesBadValues(t *testing.T) {
+	for values, want := range map[string]string{
+		"certificates: {mode: vault}":                   "at '/certificates/mode': value must be one of 'self-managed', 'cert-manager'",
+		"replica: 3":                                    "additional properties 'replica' not allowed",
+		"replicas: 0":                                   "at '/replicas': minimum: got 0, want 1",
+		"agent: {pullPolicy: Sometimes}":                "at '/agent/pullPolicy': value must be one of",
+		"policies: {leaseHolder: {enabled: no-thanks}}": "at '/policies/leaseHolder/enabled'",
+	} {
+		_, err := renderChart(t, values)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("values %q: want an error saying %q, got %v", values, want, err)
+		}
 	}
 }
 

@@ -181,6 +181,28 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 		t.Errorf("agent memory limit %s after install, want the default 64Mi", got)
 	}
 	holdLock(t, ns, "before-upgrade", "helm-lock-1")
+	// Each replica served the Secret's certificate read through the API (not waiting for
+	// the kubelet to mount it) and logged its version at start.
+	webhookPods, err := cs.CoreV1().Pods(systemNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=leasehold-webhook"})
+	if err != nil || len(webhookPods.Items) == 0 {
+		t.Fatalf("no webhook Pods (%v)", err)
+	}
+	for _, p := range webhookPods.Items {
+		log := logs(t, systemNamespace, p.Name, "webhook")
+		for _, want := range []string{`"msg":"Serving the certificate of the Secret"`, `"msg":"Starting webhook","version":"`} {
+			if !strings.Contains(log, want) {
+				t.Errorf("webhook Pod %s did not log %s:\n%s", p.Name, want, log)
+			}
+		}
+	}
+	tlsSecret := func() []byte {
+		s, err := cs.CoreV1().Secrets(systemNamespace).Get(context.Background(), "leasehold-webhook-tls", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Data["tls.crt"]
+	}
+	certBefore := tlsSecret()
 
 	// Upgrade with changed values: one replica, a larger agent memory limit.
 	if out, err := helm("upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
@@ -195,6 +217,11 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	}
 	if r := dep.Spec.Replicas; r == nil || *r != 1 {
 		t.Errorf("replicas %v after the upgrade, want 1", r)
+	}
+	// The chart's Secret is empty and the webhook fills it: the upgrade must keep what
+	// the webhook wrote (Helm's three-way merge leaves fields no manifest names).
+	if certAfter := tlsSecret(); len(certBefore) == 0 || !bytes.Equal(certAfter, certBefore) {
+		t.Errorf("the upgrade changed the webhook's certificate in its Secret (%d bytes before, %d after)", len(certBefore), len(certAfter))
 	}
 	// Replicas of the old revision may still answer for a moment: wait for the new value.
 	dryRunInjected(t, ns, func(c corev1.Container) bool { return memoryLimit(c) == "96Mi" })

@@ -88,9 +88,11 @@ func (s *SecretCertificate) update(o any) {
 		return
 	}
 	s.cert.Store(&servedCert{tls: pair, certPEM: crt})
-	if leaf := pair.Leaf; leaf != nil {
-		s.log.Info("Serving the certificate of the Secret", "secret", s.namespace+"/"+s.name, "notAfter", leaf.NotAfter)
+	kv := []any{"secret", s.namespace + "/" + s.name}
+	if pair.Leaf != nil { // filled by X509KeyPair since Go 1.23
+		kv = append(kv, "notAfter", pair.Leaf.NotAfter)
 	}
+	s.log.Info("Serving the certificate of the Secret", kv...)
 	s.once.Do(func() { close(s.loaded) })
 }
 
