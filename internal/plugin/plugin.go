@@ -118,7 +118,7 @@ stuck, not to take a lock from a healthy holder.`,
 		Short: "Print the version of kubectl-leasehold",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), version.String("kubectl-leasehold"))
+			fmt.Fprintln(o.Out, version.String("kubectl-leasehold"))
 		},
 	})
 
