@@ -194,6 +194,16 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 				t.Errorf("webhook Pod %s did not log %s:\n%s", p.Name, want, log)
 			}
 		}
+		// For the record (not a pass/fail: this node's kubelet syncs every 10s): when the
+		// replica was trusted, and when the kubelet's mount of the Secret appeared.
+		stamp := func(msg string) string {
+			if m := regexp.MustCompile(`(?m)^(\S+) .*"msg":"` + regexp.QuoteMeta(msg)).FindStringSubmatch(log); m != nil {
+				return m[1]
+			}
+			return "never"
+		}
+		t.Logf("webhook Pod %s: started %s, trusted %s, Secret mounted %s", p.Name, stamp("Starting webhook"),
+			stamp("Serving certificate trusted by the webhook configuration's caBundle"), stamp("certs are ready in /certs"))
 	}
 	tlsSecret := func() []byte {
 		s, err := cs.CoreV1().Secrets(systemNamespace).Get(context.Background(), "leasehold-webhook-tls", metav1.GetOptions{})
