@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/leasehold/leasehold/webhook"
 )
 
 const chartDir = "leasehold"
@@ -77,6 +80,11 @@ func kustomize(t *testing.T, dir string) map[string]object {
 // renderChart renders the chart as `helm template` does, with values (YAML) over the
 // chart's own, and returns its objects by kind/namespace/name.
 func renderChart(t *testing.T, values string) (map[string]object, error) {
+	t.Helper()
+	return renderChartFor(t, values, kubeVersion)
+}
+
+func renderChartFor(t *testing.T, values string, kubeVersion chartutil.KubeVersion) (map[string]object, error) {
 	t.Helper()
 	ch, err := loader.Load(chartDir)
 	if err != nil {
@@ -239,6 +247,29 @@ policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webh
 			t.Errorf("Deployment lacks %q: %s", want, got)
 		}
 	}
+	// The agent flags the chart writes are the webhook's own, and parse to the values.
+	fs := flag.NewFlagSet("leasehold-webhook", flag.ContinueOnError)
+	opts := webhook.DefaultOptions()
+	opts.BindFlags(fs)
+	var agentArgs []string
+	for _, a := range deploymentArgs(t, objs)[2:] {
+		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if fs.Lookup(name) != nil && name != "namespace" {
+			agentArgs = append(agentArgs, a)
+		}
+	}
+	if err := fs.Parse(agentArgs); err != nil {
+		t.Fatalf("the webhook refuses the chart's agent flags %v: %v", agentArgs, err)
+	}
+	if err := opts.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if opts.AgentImage != "registry.example/leasehold:v1.2.3" || opts.AgentImagePullPolicy != "Always" || opts.CPURequest.String() != "20m" ||
+		opts.MemoryRequest.String() != "32Mi" || opts.CPULimit.String() != "200m" || opts.MemoryLimit.String() != "128Mi" ||
+		opts.SocketGroup != 4242 || !opts.PlainContainer || opts.AgentMetricsBindAddress != "0" {
+		t.Errorf("the webhook parses the chart's agent flags %v to %+v", agentArgs, opts)
+	}
+
 	mwc, _ := sigsyaml.Marshal(objs["MutatingWebhookConfiguration//leasehold-webhook"])
 	for _, want := range []string{"team: a", "- locks", "namespace: locks"} {
 		if !bytes.Contains(mwc, []byte(want)) {
@@ -267,6 +298,32 @@ func TestChartRefusesBadValues(t *testing.T) {
 		_, err := renderChart(t, values)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("values %q: want an error saying %q, got %v", values, want, err)
+		}
+	}
+}
+
+// On a cluster older than the policies (1.30) or native sidecars (1.29) the chart
+// refuses to render unless they are turned off, saying which values to set.
+func TestChartRefusesWhatTheClusterCannotRun(t *testing.T) {
+	v129 := chartutil.KubeVersion{Version: "v1.29.9", Major: "1", Minor: "29"}
+	v128 := chartutil.KubeVersion{Version: "v1.28.15", Major: "1", Minor: "28"}
+	off := "policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}}\n"
+	for _, tc := range []struct {
+		v      chartutil.KubeVersion
+		values string
+		want   string // "" = renders
+	}{
+		{v129, "", "Kubernetes v1.29.9 has no ValidatingAdmissionPolicy v1 (1.30 or later): set policies.leaseHolder.enabled"},
+		{v129, off, ""},
+		{v128, off, "Kubernetes v1.28.15 has no native sidecars (1.29 or later): set agent.plainContainer=true"},
+		{v128, off + "agent: {plainContainer: true}", ""},
+	} {
+		_, err := renderChartFor(t, tc.values, tc.v)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("Kubernetes %s, values %q: %v", tc.v.Version, tc.values, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("Kubernetes %s, values %q: want an error saying %q, got %v", tc.v.Version, tc.values, tc.want, err)
 		}
 	}
 }
