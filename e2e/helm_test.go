@@ -202,7 +202,11 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 			}
 			return "never"
 		}
-		t.Logf("webhook Pod %s: started %s, trusted %s, Secret mounted %s", p.Name, stamp("Starting webhook"),
+		version := "?"
+		if m := regexp.MustCompile(`"msg":"Starting webhook","version":"([^"]*)"`).FindStringSubmatch(log); m != nil {
+			version = m[1]
+		}
+		t.Logf("webhook Pod %s (version %s): started %s, trusted %s, Secret mounted %s", p.Name, version, stamp("Starting webhook"),
 			stamp("Serving certificate trusted by the webhook configuration's caBundle"), stamp("certs are ready in /certs"))
 	}
 	tlsSecret := func() []byte {
