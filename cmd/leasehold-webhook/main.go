@@ -58,6 +58,10 @@ func run(ctx context.Context, args []string) error {
 		selfSigned = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
+		fromSecret = fs.Bool("cert-from-secret", false,
+			"Serve the certificate of --secret-name read through the API (a watch on that Secret; get, list and watch on it) instead of from --cert-dir, "+
+				"and report ready once the webhook configuration's caBundle verifies it: no wait for the kubelet to update the mounted Secret (about a minute). "+
+				"Always on with --self-signed-certs; set it with cert-manager.")
 		certs  = webhook.CertOptions{}
 		limits = webhook.DefaultReviewLimits()
 		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
@@ -151,9 +155,12 @@ func run(ctx context.Context, args []string) error {
 		if _, err = webhook.AddCertRotator(mgr, certs); err != nil {
 			return err
 		}
-		// Serve the Secret's certificate as soon as the rotator has written it, read
-		// through the API rather than from the volume, which the kubelet updates only
-		// on its next sync (about a minute); ready once the caBundle verifies it.
+	}
+	if *selfSigned || *fromSecret {
+		// Serve the Secret's certificate as soon as the rotator (or cert-manager) has
+		// written it, read through the API rather than from the volume, which the
+		// kubelet updates only on its next sync (about a minute); ready once the
+		// caBundle verifies it.
 		cs, err := kubernetes.NewForConfig(restConfig)
 		if err != nil {
 			return err
@@ -215,6 +222,6 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	log.Info("Starting webhook", "version", version.Version(), "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
-		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
+		"selfSignedCerts", *selfSigned, "certFromSecret", *selfSigned || *fromSecret, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
 	return mgr.Start(ctx)
 }
