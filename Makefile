@@ -20,9 +20,14 @@ help: ## List the targets.
 envtest: ## Build kube-apiserver and etcd for the envtest suites (cached in ~/.cache/leasehold).
 	hack/build-k8s.sh kube-apiserver etcd >/dev/null
 
+# The version every binary reports (--version) and logs at start: git describe, or dev.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+export VERSION
+LDFLAGS := -X github.com/leasehold/leasehold/internal/version.version=$(VERSION)
+
 .PHONY: build
-build: ## Build the binaries into bin/.
-	CGO_ENABLED=0 go build -o bin/ ./cmd/...
+build: ## Build the binaries into bin/ (VERSION=... overrides git describe).
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
 .PHONY: unit
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
@@ -72,7 +77,9 @@ IMAGE ?= leasehold.local/leasehold:dev
 
 .PHONY: deploy
 deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=your/registry/leasehold:tag (built from the Dockerfile).
-	kubectl kustomize manifests/base | sed 's|leasehold.local/leasehold:dev|$(IMAGE)|g' | kubectl apply -f -
+	@mkdir -p bin/deploy
+	hack/deploy-kustomization.sh '$(IMAGE)' > bin/deploy/kustomization.yaml
+	kubectl apply -k bin/deploy
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
 SHELL_SCRIPTS = $(shell git ls-files 'hack/*.sh' .ci/run)

@@ -15,7 +15,8 @@
 #
 # The leasehold image holds every command under ./cmd/ that builds (CGO_ENABLED=0). Set
 # LEASEHOLD_BINARIES="path/to/bin1 path/to/bin2" to use prebuilt binaries instead.
-# Set IMPORT=0 to only build the archives.
+# Set IMPORT=0 to only build the archives. The binaries report VERSION (default: git
+# describe, else dev); the image tag stays dev.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ mkdir -p "$OUT/bin"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--buildvcs=false}
+VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+LDFLAGS="-X github.com/leasehold/leasehold/internal/version.version=$VERSION"
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(pause leasehold example-app)
@@ -44,7 +47,7 @@ project_binaries() {
   for d in cmd/*/; do
     [ -d "$d" ] || continue
     d=${d%/}
-    if go build -o "$OUT/bin/${d#cmd/}" "./$d" 2>"$OUT/bin/${d#cmd/}.err"; then
+    if go build -ldflags "$LDFLAGS" -o "$OUT/bin/${d#cmd/}" "./$d" 2>"$OUT/bin/${d#cmd/}.err"; then
       echo "$OUT/bin/${d#cmd/}"
     else
       cat "$OUT/bin/${d#cmd/}.err" >&2
@@ -98,7 +101,7 @@ build_example_app() {
   local args=("${BUSYBOX_ARGS[@]}")
   if [ -f cmd/leasehold/main.go ] || [ -n "${LEASEHOLD_CLIENT:-}" ]; then
     local client=${LEASEHOLD_CLIENT:-$OUT/bin/leasehold}
-    if [ -z "${LEASEHOLD_CLIENT:-}" ] && ! go build -o "$client" ./cmd/leasehold 2>"$client.err"; then
+    if [ -z "${LEASEHOLD_CLIENT:-}" ] && ! go build -ldflags "$LDFLAGS" -o "$client" ./cmd/leasehold 2>"$client.err"; then
       log "WARNING: ./cmd/leasehold does not build, example-app has no /usr/local/bin/leasehold"
     else
       args+=(-file "$client=/usr/local/bin/leasehold")

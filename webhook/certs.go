@@ -75,8 +75,8 @@ func (o CertOptions) Validate() error {
 // AddCertRotator adds open-policy-agent/cert-controller's rotator to mgr: it creates a
 // CA and a serving certificate in the Secret, renews them before they expire, and
 // writes the CA into the webhook configuration's caBundle. The returned channel is
-// closed once the certificate is mounted and the CA injected; serve (and report ready)
-// only after that.
+// closed once the certificate is mounted at CertDir and the CA injected; the webhook
+// does not wait for the mount (SecretCertificate.WaitTrusted).
 func AddCertRotator(mgr manager.Manager, o CertOptions) (<-chan struct{}, error) {
 	ready := make(chan struct{})
 	dns := fmt.Sprintf("%s.%s.svc", o.ServiceName, o.Namespace)
@@ -90,8 +90,11 @@ func AddCertRotator(mgr manager.Manager, o CertOptions) (<-chan struct{}, error)
 		IsReady:        ready,
 		Webhooks:       []rotator.WebhookInfo{{Name: o.WebhookConfigName, Type: rotator.Mutating}},
 		// Every replica rotates; the Secret's resourceVersion settles conflicts.
-		RequireLeaderElection:  false,
-		EnableReadinessCheck:   true,
+		RequireLeaderElection: false,
+		// Write the caBundle as soon as the Secret is filled, without waiting for the
+		// kubelet to mount it: the webhook serves the Secret's certificate through the
+		// API (SecretCertificate) and reports ready once the caBundle verifies it.
+		EnableReadinessCheck:   false,
 		FieldOwner:             "leasehold-webhook",
 		ServerCertDuration:     o.ServerCertValidity,
 		CaCertDuration:         o.CAValidity,

@@ -59,10 +59,14 @@ func TestKustomizeBuilds(t *testing.T) {
 	}
 
 	cm := render(t, "overlays/cert-manager")
-	for _, gone := range []string{"Secret/leasehold-webhook-tls", "Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
-		"ClusterRole/leasehold-webhook", "ClusterRoleBinding/leasehold-webhook"} {
-		if _, ok := cm[gone]; ok {
-			t.Errorf("cert-manager overlay still has %s", gone)
+	if _, ok := cm["Secret/leasehold-webhook-tls"]; ok {
+		t.Error("cert-manager overlay still has the Secret cert-manager fills")
+	}
+	// With cert-manager the webhook writes nothing: it reads its one Secret and its one
+	// webhook configuration (--cert-from-secret), no more.
+	for _, k := range []string{"Role/leasehold-webhook", "ClusterRole/leasehold-webhook"} {
+		if r := cm[k]; !strings.Contains(r, "resourceNames:") || strings.Contains(r, "update") || strings.Contains(r, "patch") {
+			t.Errorf("cert-manager overlay: %s is not read-only and narrowed by name:\n%s", k, r)
 		}
 	}
 	for _, kept := range []string{"ClusterRole/leasehold-agent", "Certificate/leasehold-webhook", "Issuer/leasehold-selfsigned",
@@ -71,7 +75,7 @@ func TestKustomizeBuilds(t *testing.T) {
 			t.Errorf("cert-manager overlay lacks %s", kept)
 		}
 	}
-	if !strings.Contains(cm["Deployment/leasehold-webhook"], "--self-signed-certs=false") {
+	if !strings.Contains(cm["Deployment/leasehold-webhook"], "--self-signed-certs=false") || !strings.Contains(cm["Deployment/leasehold-webhook"], "--cert-from-secret") {
 		t.Errorf("cert-manager overlay does not turn the self-managed certificates off:\n%s", cm["Deployment/leasehold-webhook"])
 	}
 	if !strings.Contains(cm["Certificate/leasehold-webhook"], "secretName: leasehold-webhook-tls") {

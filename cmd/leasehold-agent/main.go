@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/sidecar/agent"
 )
 
@@ -23,7 +24,12 @@ func main() {
 	fs := flag.NewFlagSet("leasehold-agent", flag.ExitOnError)
 	o.BindFlags(fs)
 	verbosity := fs.Int("v", 0, "Log verbosity: 0 info, 1 lock state changes, 5 every renew.")
+	printVersion := fs.Bool("version", false, "Print the version and exit.")
 	_ = fs.Parse(os.Args[1:])
+	if *printVersion {
+		fmt.Println(version.String("leasehold-agent"))
+		return
+	}
 
 	if o.Probe != "" {
 		os.Exit(agent.Probe(o.Socket, o.Probe, os.Stdout))
@@ -40,6 +46,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := zapr.NewLogger(zl)
+	log.Info("Starting leasehold-agent", "version", version.Version())
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
@@ -17,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -30,6 +32,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/webhook"
 )
 
@@ -55,9 +58,14 @@ func run(ctx context.Context, args []string) error {
 		selfSigned = fs.Bool("self-signed-certs", true,
 			"Create and rotate the webhook's own CA and serving certificate in --secret-name and keep the webhook configuration's caBundle current. "+
 				"Set to false when cert-manager (or anything else) fills --cert-dir and the caBundle.")
+		fromSecret = fs.Bool("cert-from-secret", false,
+			"Serve the certificate of --secret-name read through the API (a watch on that Secret; get, list and watch on it) instead of from --cert-dir, "+
+				"and report ready once the webhook configuration's caBundle verifies it: no wait for the kubelet to update the mounted Secret (about a minute). "+
+				"Always on with --self-signed-certs; set it with cert-manager.")
 		certs  = webhook.CertOptions{}
 		limits = webhook.DefaultReviewLimits()
 		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
+		showV  = fs.Bool("version", false, "Print the version and exit.")
 	)
 	fs.StringVar(&certs.CertDir, "cert-dir", "/certs", "Directory holding tls.crt and tls.key (the mounted Secret).")
 	fs.StringVar(&certs.SecretName, "secret-name", "leasehold-webhook-tls", "Secret holding the webhook's CA and serving certificate.")
@@ -71,6 +79,10 @@ func run(ctx context.Context, args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showV {
+		fmt.Println(version.String("leasehold-webhook"))
+		return nil
 	}
 	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate()); err != nil {
 		return err
@@ -95,7 +107,6 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	tlsOpts := []func(*tls.Config){webhook.SecureTLS}
-	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: tlsOpts})
 	metricsOpts := metricsserver.Options{BindAddress: *metricsAddr, SecureServing: *metricsSec, TLSOpts: tlsOpts}
 	if *metricsSec {
 		// As kubebuilder's scaffold: TokenReview and SubjectAccessReview, as the
@@ -138,20 +149,47 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("create manager: %w", err)
 	}
 
-	certsReady := make(<-chan struct{})
+	serverTLS := tlsOpts
+	certsReady := make(chan struct{})
 	if *selfSigned {
-		if certsReady, err = webhook.AddCertRotator(mgr, certs); err != nil {
+		if _, err = webhook.AddCertRotator(mgr, certs); err != nil {
+			return err
+		}
+	}
+	if *selfSigned || *fromSecret {
+		// Serve the Secret's certificate as soon as the rotator (or cert-manager) has
+		// written it, read through the API rather than from the volume, which the
+		// kubelet updates only on its next sync (about a minute); ready once the
+		// caBundle verifies it.
+		cs, err := kubernetes.NewForConfig(restConfig)
+		if err != nil {
+			return err
+		}
+		secretCert := webhook.NewSecretCertificate(cs, certs.Namespace, certs.SecretName, log.WithName("certs"))
+		if err := mgr.Add(secretCert); err != nil {
+			return err
+		}
+		serverTLS = append(slices.Clone(tlsOpts), func(c *tls.Config) { c.GetCertificate = secretCert.GetCertificate })
+		dns := fmt.Sprintf("%s.%s.svc", certs.ServiceName, certs.Namespace)
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			if err := secretCert.WaitTrusted(ctx, certs.WebhookConfigName, dns); err != nil {
+				return nil // ctx ended
+			}
+			log.Info("Serving certificate trusted by the webhook configuration's caBundle", "secret", certs.SecretName)
+			close(certsReady)
+			return nil
+		})); err != nil {
 			return err
 		}
 	} else {
-		closed := make(chan struct{})
-		close(closed)
-		certsReady = closed
+		close(certsReady)
 	}
+	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: serverTLS})
 
-	// Serve once the certificate is mounted and the caBundle written: the server
-	// cannot start without tls.crt, and must not report ready before the API server
-	// trusts it. It reloads the certificate when the mounted Secret changes.
+	// Serve once the certificate is there and the caBundle written: the server cannot
+	// start without a certificate, and must not report ready before the API server
+	// trusts it. With --self-signed-certs it serves the Secret's certificate, renewed
+	// as the Secret changes; without, it reloads tls.crt when the mounted Secret changes.
 	// Reviews over --max-review-bytes are refused unread; those in flight are bounded
 	// by --max-in-flight-review-bytes (the memory limit in manifests/ is sized for it).
 	server.Register(webhook.Path, webhook.Instrument(webhook.Guard(&admission.Webhook{Handler: webhook.NewPodInjector(opts)}, limits)))
@@ -183,7 +221,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 
-	log.Info("Starting webhook", "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
-		"selfSignedCerts", *selfSigned, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
+	log.Info("Starting webhook", "version", version.Version(), "port", *port, "agentImage", opts.AgentImage, "plainContainer", opts.PlainContainer,
+		"selfSignedCerts", *selfSigned, "certFromSecret", *selfSigned || *fromSecret, "namespace", opts.Namespace, "kubernetes", serverVersion.GitVersion)
 	return mgr.Start(ctx)
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,11 +55,13 @@ func applyManifest(t *testing.T, c client.Client, name string, objs ...client.Ob
 
 // TestRunSelfSignedTLS runs the webhook's main wiring (run) against a real API server
 // holding manifests/base's namespace, Secret, RBAC and webhook configuration, with the
-// webhook's ServiceAccount identity (impersonated). A goroutine plays the kubelet and
-// projects the Secret into --cert-dir. It checks that /readyz stays unready until the
-// certificate is there, that the webhook then serves TLS with a certificate that the
-// caBundle in the webhook configuration verifies for the Service's DNS name, that a
-// review gets its patch, and that /metrics shows the injection counter.
+// webhook's ServiceAccount identity (impersonated). No kubelet projects the Secret into
+// --cert-dir, which stays empty: the webhook serves the Secret's certificate, read
+// through the API, and reports ready as soon as the caBundle verifies it (instant
+// readiness: a default kubelet updates the mount only about a minute later). It checks
+// that the webhook serves TLS with exactly the Secret's certificate, which the caBundle
+// in the webhook configuration verifies for the Service's DNS name, that a review gets
+// its patch, and that /metrics shows the injection counter.
 func TestRunSelfSignedTLS(t *testing.T) {
 	env, err := testenv.New()
 	if err != nil {
@@ -128,42 +131,28 @@ func TestRunSelfSignedTLS(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	// Before the kubelet projects the Secret: up, but not ready.
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+	// Ready with nothing in --cert-dir: no kubelet mounts the Secret here.
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 40*time.Second, true, func(context.Context) (bool, error) {
 		select {
 		case err := <-done:
 			return false, fmt.Errorf("run returned: %w", err)
 		default:
 		}
-		return readyz() != 0, nil
-	}); err != nil {
-		t.Fatalf("probe endpoint not up: %v", err)
-	}
-	time.Sleep(2 * time.Second)
-	if code := readyz(); code != http.StatusInternalServerError {
-		t.Fatalf("/readyz = %d before the certificate is mounted, want 500", code)
-	}
-
-	// The kubelet's part.
-	secret := &corev1.Secret{}
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 20*time.Second, true, func(ctx context.Context) (bool, error) {
-		if err := admin.Get(ctx, client.ObjectKey{Namespace: "leasehold-system", Name: "leasehold-webhook-tls"}, secret); err != nil {
-			return false, nil
-		}
-		return len(secret.Data["tls.crt"]) > 0, nil
-	}); err != nil {
-		t.Fatalf("the webhook did not fill its Secret: %v", err)
-	}
-	// Only what the Deployment mounts: the serving key pair, not the CA's key.
-	for _, k := range mountedCertKeys(t) {
-		if err := os.WriteFile(filepath.Join(certDir, k), secret.Data[k], 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 40*time.Second, true, func(context.Context) (bool, error) {
 		return readyz() == http.StatusOK, nil
 	}); err != nil {
-		t.Fatalf("/readyz not 200 after the certificate was mounted: %v", err)
+		t.Fatalf("/readyz not 200 with an empty --cert-dir: %v", err)
+	}
+	if files, err := os.ReadDir(certDir); err != nil || len(files) != 0 {
+		t.Fatalf("--cert-dir holds %v (%v): the test must not mount anything", files, err)
+	}
+	secret := &corev1.Secret{}
+	if err := admin.Get(ctx, client.ObjectKey{Namespace: "leasehold-system", Name: "leasehold-webhook-tls"}, secret); err != nil {
+		t.Fatal(err)
+	}
+	// The Deployment still mounts the serving key pair (for the rotator's own check,
+	// and as --self-signed-certs=false serves it), never the CA's key.
+	if keys := mountedCertKeys(t); strings.Join(keys, ",") != "tls.crt,tls.key" {
+		t.Errorf("the Deployment mounts %v of the TLS Secret, want tls.crt and tls.key only", keys)
 	}
 
 	// Trust exactly what the API server is told to trust.
@@ -189,6 +178,11 @@ func TestRunSelfSignedTLS(t *testing.T) {
 	resp, err := hc.Post(fmt.Sprintf("https://127.0.0.1:%d%s", port, webhook.Path), "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("review over TLS, verified with the caBundle: %v", err)
+	}
+	// The certificate served is the Secret's, byte for byte.
+	served := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: resp.TLS.PeerCertificates[0].Raw})
+	if first, _ := pem.Decode(secret.Data["tls.crt"]); first == nil || !bytes.Equal(served, pem.EncodeToMemory(first)) {
+		t.Errorf("served certificate is not the Secret's tls.crt:\nserved %s\nsecret %s", served, secret.Data["tls.crt"])
 	}
 	out := admissionv1.AdmissionReview{}
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {

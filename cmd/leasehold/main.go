@@ -6,6 +6,7 @@
 //	leasehold release --token=N LOCK                       end the hold with token N
 //	leasehold status [--held] [LOCK]                       print the state as JSON
 //	                                                       (--held: exit 1 unless this Pod holds LOCK)
+//	leasehold version                                      print the version
 //
 // It talks to $LEASEHOLD_URL, else $LEASEHOLD_SOCKET, else /run/leasehold/agent.sock.
 //
@@ -35,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/sidecar/client"
 )
 
@@ -52,6 +54,7 @@ func usage() {
   leasehold renew --token=N [--ttl=DUR] LOCK
   leasehold release --token=N LOCK
   leasehold status [--held] [LOCK]
+  leasehold version
 flags (before the subcommand or after it): --socket PATH, --url http://127.0.0.1:PORT`)
 	os.Exit(exitUsage)
 }
@@ -61,6 +64,10 @@ func main() {
 		usage()
 	}
 	sub := os.Args[1]
+	if sub == "version" || sub == "--version" {
+		fmt.Println(version.String("leasehold"))
+		return
+	}
 	fs := flag.NewFlagSet("leasehold "+sub, flag.ExitOnError)
 	socket := fs.String("socket", "", "agent socket (default $LEASEHOLD_SOCKET or "+client.DefaultSocket+")")
 	rawURL := fs.String("url", "", "agent URL (default $LEASEHOLD_URL)")

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
+	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/sidecar/lock"
 	"github.com/leasehold/leasehold/webhook"
 )
@@ -112,6 +113,15 @@ stuck, not to take a lock from a healthy holder.`,
 	}
 	release.Flags().BoolVarP(&o.Yes, "yes", "y", false, "Do not ask for confirmation.")
 	root.AddCommand(release)
+
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version of kubectl-leasehold",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(o.Out, version.String("kubectl-leasehold"))
+		},
+	})
 
 	rbac := &cobra.Command{
 		Use:   "rbac (-f FILE | --name NAME --locks A,B --leader C)",
