@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/sidecar/lock"
@@ -51,6 +52,7 @@ const (
 // exposition with prometheus/common's text parser.
 type metrics struct {
 	reg           *registry
+	eng           atomic.Pointer[engine] // set by watch, before the metrics are served
 	events        *counterVec
 	holderChanges *counterVec
 	losses        *counterVec
@@ -92,14 +94,29 @@ func newMetrics() *metrics {
 	version, revision := buildVersion()
 	r.gauge(MetricBuildInfo, "1, labelled with the agent's version (the main module's), VCS revision and Go version.",
 		[]string{"version", "revision", "goversion"}, func(emit func(float64, ...string)) { emit(1, version, revision, goVersion()) })
+	m.stateGauges()
 	return m
 }
 
-// watch adds the gauges read from eng at each scrape, from memory (no API call).
+// watch makes the state gauges read eng, and creates the counters of its locks.
 func (m *metrics) watch(eng *engine) {
+	m.eng.Store(eng)
+	m.declare(eng.States())
+}
+
+// states are the locks' states for the gauges, from memory (no API call).
+func (m *metrics) states() []lock.State {
+	if eng := m.eng.Load(); eng != nil {
+		return eng.States()
+	}
+	return nil
+}
+
+// stateGauges adds the gauges read from the engine at each scrape.
+func (m *metrics) stateGauges() {
 	m.reg.gauge(MetricLockHeld, "1 while this Pod holds the lock (within renew-deadline of its last successful write), else 0.",
 		[]string{"lock", "mode"}, func(emit func(float64, ...string)) {
-			for _, s := range eng.States() {
+			for _, s := range m.states() {
 				held := 0.0
 				if s.Held {
 					held = 1
@@ -109,26 +126,29 @@ func (m *metrics) watch(eng *engine) {
 		})
 	m.reg.gauge(MetricLockToken, "Fencing token (the Lease's leaseTransitions) of this Pod's hold, or the last one seen when not held.",
 		[]string{"lock", "mode"}, func(emit func(float64, ...string)) {
-			for _, s := range eng.States() {
+			for _, s := range m.states() {
 				emit(float64(s.Token), s.Name, string(s.Mode))
 			}
 		})
 	m.reg.gauge(MetricLockHoldAge, "How long this Pod's current hold of the lock has lasted; 0 when not held.",
 		[]string{"lock", "mode"}, func(emit func(float64, ...string)) {
-			for _, s := range eng.States() {
+			for _, s := range m.states() {
 				emit(s.HeldFor.Seconds(), s.Name, string(s.Mode))
 			}
 		})
 	m.reg.gauge(MetricAgentReady, "1 when the agent is ready (every Lease synced with the API server, Lease writes allowed), else 0; as /readyz.",
 		nil, func(emit func(float64, ...string)) {
 			ready := 0.0
-			if eng.Ready() == nil {
+			if eng := m.eng.Load(); eng != nil && eng.Ready() == nil {
 				ready = 1
 			}
 			emit(ready)
 		})
-	m.declare(eng.States())
 }
+
+// MetricNames are the names and types of the metric families the agent serves (for the
+// tests of the alert rules and the dashboard).
+func MetricNames() map[string]string { return newMetrics().reg.names() }
 
 func goVersion() string {
 	if bi, ok := debug.ReadBuildInfo(); ok {

@@ -202,6 +202,17 @@ func (r *registry) expose() string {
 	return b.String()
 }
 
+// names are the families' names and types, with the process metrics expose adds.
+func (r *registry) names() map[string]string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]string{"go_goroutines": "gauge", "process_resident_memory_bytes": "gauge"}
+	for _, f := range r.families {
+		out[f.name] = f.typ
+	}
+	return out
+}
+
 func (r *registry) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
