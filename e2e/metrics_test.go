@@ -191,6 +191,17 @@ done`)
 		t.Logf("%s: %s = %v %v", c.what, c.query, labels, values)
 	}
 
+	// What an operator would read (logged, not judged: timings are for benchmarks).
+	for _, q := range []string{
+		fmt.Sprintf(`histogram_quantile(0.5, sum by (le) (rate(leasehold_lock_handover_seconds_bucket{%s}[5m])))`, sel),
+		fmt.Sprintf(`histogram_quantile(0.99, sum by (le) (rate(leasehold_lock_handover_seconds_bucket{%s}[5m])))`, sel),
+		fmt.Sprintf(`histogram_quantile(0.99, sum by (le) (rate(leasehold_lock_acquire_wait_seconds_bucket{%s,outcome="acquired"}[5m])))`, sel),
+		fmt.Sprintf(`histogram_quantile(0.99, sum by (verb, le) (rate(leasehold_kube_api_request_duration_seconds_bucket{namespace=%q,resource="leases",verb="update"}[5m])))`, ns),
+	} {
+		labels, values, err := promQuery(base, q)
+		t.Logf("%s = %v %v %v", q, labels, values, err)
+	}
+
 	// The shipped rules are loaded and evaluate without error.
 	resp, err := http.Get(base + "/api/v1/rules")
 	if err != nil {
