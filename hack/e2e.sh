@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
   trap 'hack/cluster.sh down >/dev/null 2>&1 || hack/cluster.sh down' EXIT
 fi
+# The Prometheus of TestMetricsScrapedByPrometheus, built before the suite's timeout
+# starts (minutes the first time, cached after).
+hack/prometheus.sh install >/dev/null
 hack/cluster.sh up
 eval "$(hack/cluster.sh env)"
 if ! LEASEHOLD_E2E_KUBECONFIG=$KUBECONFIG go test -tags e2e -count=1 -timeout 25m -v "$@" ./e2e/; then

@@ -5,10 +5,11 @@
 # every injected Pod. It also loads the shipped alert rules.
 #
 # Prometheus and promtool are built from the Go module proxy
-# (github.com/prometheus/prometheus $PROMETHEUS_VERSION, about 5 minutes the first time,
-# cached in ~/.cache/leasehold/prometheus/): Debian's `prometheus` package (2.42) is built
-# without Kubernetes service discovery ("Kubernetes support has been completely
-# removed", its NEWS.Debian), so it cannot discover Pods.
+# (github.com/prometheus/prometheus $PROMETHEUS_VERSION with Kubernetes discovery only:
+# build tags remove_all_sd,enable_kubernetes_sd; minutes the first time, cached in
+# ~/.cache/leasehold/prometheus/): Debian's `prometheus` package (2.42) is built without
+# Kubernetes service discovery ("Kubernetes support has been completely removed", its
+# NEWS.Debian), so it cannot discover Pods.
 #
 #   hack/prometheus.sh install     build prometheus and promtool when missing; print their directory
 #   hack/prometheus.sh config      print the configuration start uses
@@ -39,7 +40,7 @@ RUN_DIR=/run/leasehold-prometheus
 DATA_DIR=/var/lib/leasehold-prometheus
 RULES=$REPO/manifests/monitoring/leasehold-rules.yaml
 VERSION=${PROMETHEUS_VERSION:-v0.316.0}
-BIN=${LEASEHOLD_CACHE:-${HOME:-/root}/.cache/leasehold}/prometheus/$VERSION
+BIN=${LEASEHOLD_CACHE:-${HOME:-/root}/.cache/leasehold}/prometheus/$VERSION-k8s-sd
 
 die() { echo "prometheus.sh: $*" >&2; exit 1; }
 
@@ -48,7 +49,7 @@ install() {
     command -v go >/dev/null || die "go is needed to build Prometheus from the Go module proxy"
     echo "prometheus.sh: building prometheus and promtool $VERSION into $BIN (first time only)" >&2
     mkdir -p "$BIN.tmp"
-    GOBIN="$BIN.tmp" CGO_ENABLED=0 go install \
+    GOBIN="$BIN.tmp" CGO_ENABLED=0 go install -tags remove_all_sd,enable_kubernetes_sd \
       "github.com/prometheus/prometheus/cmd/prometheus@$VERSION" \
       "github.com/prometheus/prometheus/cmd/promtool@$VERSION" >&2
     rm -rf "$BIN" && mv "$BIN.tmp" "$BIN"
