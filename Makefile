@@ -142,10 +142,11 @@ fuzz: ## Long fuzz run of every fuzz target ($(FUZZTIME_LONG) each).
 	done
 
 .PHONY: manifests
-manifests: ## Render the kustomize base and overlays (checks they build) into bin/manifests/.
+manifests: ## Render the kustomize base, overlays and monitoring (checks they build) into bin/manifests/.
 	@mkdir -p bin/manifests
 	$(K8S_BIN)/kubectl kustomize manifests/base > bin/manifests/leasehold.yaml
 	$(K8S_BIN)/kubectl kustomize manifests/overlays/cert-manager > bin/manifests/leasehold-cert-manager.yaml
+	$(K8S_BIN)/kubectl kustomize manifests/monitoring > bin/manifests/leasehold-monitoring.yaml
 
 .PHONY: bench-webhook
 bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and TLS load runs of the real binary; raw results into BENCHMARKS.md.

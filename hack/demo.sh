@@ -60,6 +60,9 @@ The cluster is still running. Look around:
   kubectl -n leasehold-demo logs -f deploy/workers -c worker   # critical sections and tokens
   kubectl -n leasehold-demo get pod -o yaml          # the injected agent sidecar
   kubectl leasehold -n leasehold-demo release shared-counter   # force-release (asks first)
+  # an agent's Prometheus metrics, on its Pod's IP (the host reaches Pods on lh0):
+  curl -s "http://\$(kubectl -n leasehold-demo get pod -l app=workers -o jsonpath='{.items[0].status.podIP}'):9090/metrics" | grep '^leasehold_lock'
+  hack/prometheus.sh start   # a Prometheus scraping them all (http://127.0.0.1:19090; stop: hack/prometheus.sh stop)
 Tear it down:
   make demo-down        (hack/cluster.sh down)
 MSG

@@ -14,11 +14,14 @@ cd "$(dirname "$0")/.."
 if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
   # The fencing test's PostgreSQL too, should the test binary have been killed before
   # its own cleanup ran.
-  trap 'hack/postgres.sh stop >/dev/null 2>&1 || true; hack/cluster.sh down >/dev/null 2>&1 || hack/cluster.sh down' EXIT
+  trap 'hack/postgres.sh stop >/dev/null 2>&1 || true; hack/prometheus.sh stop >/dev/null 2>&1 || true; hack/cluster.sh down >/dev/null 2>&1 || hack/cluster.sh down' EXIT
 fi
 # The helm CLI that e2e/helm_test.go runs: built once from the Go module proxy (about
 # 5 min on 2 cores, then cached), before the node is up rather than inside the test.
 hack/helm.sh >/dev/null
+# The Prometheus of TestMetricsScrapedByPrometheus, built before the suite's timeout
+# starts (minutes the first time, cached after).
+hack/prometheus.sh install >/dev/null
 hack/cluster.sh up
 eval "$(hack/cluster.sh env)"
 if ! LEASEHOLD_E2E_KUBECONFIG=$KUBECONFIG go test -tags e2e -count=1 -timeout 25m -v "$@" ./e2e/; then

@@ -47,6 +47,11 @@ const (
 	// (1024-65535). Off when absent: the Unix socket is the default transport.
 	AnnotationTCPPort = AnnotationPrefix + "tcp-port"
 
+	// AnnotationMetrics set to "false" turns the agent's metrics listener off for this
+	// Pod (no port, no scrape annotations). "true" (the default) serves them on the
+	// Pod's IP, on the port the webhook's --agent-metrics-bind-address names.
+	AnnotationMetrics = AnnotationPrefix + "metrics"
+
 	// AnnotationInject set to "false" opts a Pod out of injection even when it names
 	// locks. "true" is accepted and means the same as absent.
 	AnnotationInject = AnnotationPrefix + "inject"
@@ -71,7 +76,7 @@ const (
 // knownAnnotations are all the keys under AnnotationPrefix that the webhook accepts.
 var knownAnnotations = []string{
 	AnnotationLocks, AnnotationLeader, AnnotationSemaphores, AnnotationLeaseDuration, AnnotationRenewDeadline,
-	AnnotationRetryPeriod, AnnotationTCPPort, AnnotationInject, AnnotationStatus,
+	AnnotationRetryPeriod, AnnotationTCPPort, AnnotationMetrics, AnnotationInject, AnnotationStatus,
 }
 
 // Config is what a Pod's annotations ask of the agent.
@@ -89,6 +94,9 @@ type Config struct {
 
 	// TCPPort is the loopback HTTP port, 0 when off.
 	TCPPort int32
+
+	// MetricsOff is true when leasehold.io/metrics is "false".
+	MetricsOff bool
 }
 
 // Semaphore is one name=N of leasehold.io/semaphores.
@@ -166,6 +174,16 @@ func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) 
 	if v, ok := annotations[AnnotationInject]; ok && v != "true" && v != "false" {
 		errs = append(errs, invalid(AnnotationInject, v, `fix: use "false" to opt out or remove the annotation`))
 	}
+	if v, ok := annotations[AnnotationMetrics]; ok {
+		switch v {
+		case "true":
+		case "false":
+			cfg.MetricsOff = true
+		default:
+			errs = append(errs, invalid(AnnotationMetrics, v,
+				`fix: use "false" to turn the agent's metrics endpoint off, or "true" (the default) to serve them on the Pod's IP`))
+		}
+	}
 	if v, ok := annotations[AnnotationStatus]; ok && v != StatusInjected {
 		errs = append(errs, invalid(AnnotationStatus, v,
 			"this annotation is written by the webhook; fix: remove it"))
@@ -180,7 +198,7 @@ func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) 
 	_, hasLeader := annotations[AnnotationLeader]
 	_, hasSems := annotations[AnnotationSemaphores]
 	if !hasLocks && !hasLeader && !hasSems {
-		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationTCPPort} {
+		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationTCPPort, AnnotationMetrics} {
 			if v, ok := annotations[k]; ok {
 				errs = append(errs, invalid(k, v, fmt.Sprintf("the Pod names no lock; fix: add %s, %s or %s, or remove %s",
 					AnnotationLocks, AnnotationLeader, AnnotationSemaphores, k)))

@@ -120,6 +120,14 @@ func TestParseAnnotationsErrors(t *testing.T) {
 			in:   map[string]string{AnnotationLocks: "a", AnnotationTCPPort: "80"},
 			want: []string{`[leasehold.io/tcp-port]: Invalid value: "80"`, "port out of range"},
 		},
+		"metrics neither true nor false": {
+			in:   map[string]string{AnnotationLocks: "a", AnnotationMetrics: "off"},
+			want: []string{`[leasehold.io/metrics]: Invalid value: "off"`, `fix: use "false" to turn the agent's metrics endpoint off`},
+		},
+		"metrics without a lock": {
+			in:   map[string]string{AnnotationMetrics: "false"},
+			want: []string{`[leasehold.io/metrics]: Invalid value: "false"`, "the Pod names no lock"},
+		},
 		"unknown key (typo)": {
 			in:   map[string]string{AnnotationLocks: "a", "leasehold.io/lease-duraton": "20s"},
 			want: []string{`[leasehold.io/lease-duraton]: Invalid value: "20s"`, `unknown Leasehold annotation key; fix: did you mean "leasehold.io/lease-duration"?`},

@@ -28,8 +28,9 @@
 //   - The handler makes no API call and has no side effects.
 //   - The agent gets its own projected ServiceAccount token (leasehold-agent-token),
 //     so it reaches the API even when the Pod turns automountServiceAccountToken off.
-//   - In a hostNetwork Pod the agent's metrics are off (the node's loopback is shared)
-//     and leasehold.io/tcp-port is refused.
+//   - The agent's metrics are on the Pod's IP (containerPort "metrics", prometheus.io/*
+//     annotations unless the Pod sets its own: scrape.go); in a hostNetwork Pod they are
+//     off (the node's network is shared) and leasehold.io/tcp-port is refused.
 //
 // Plain-container mode (Options.PlainContainer, for clusters older than 1.29) is weaker:
 // init containers run before the agent exists, so they cannot take locks, and app

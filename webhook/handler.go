@@ -137,6 +137,9 @@ func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admissi
 		Injections.WithLabelValues(OutcomeUnchanged).Inc()
 		return admission.Allowed("already injected")
 	}
+	if w := ScrapeAnnotationsWarning(pod, injected); w != "" {
+		resp.Warnings = append(resp.Warnings, w)
+	}
 	Injections.WithLabelValues(OutcomeInjected).Inc()
 	log.V(1).Info("Injected agent", "pod", podName(pod, req), "locks", cfg.Locks, "leader", cfg.Leader)
 	return resp

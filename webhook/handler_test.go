@@ -131,12 +131,15 @@ func TestHandlerPatchOperations(t *testing.T) {
 		got[o.Path] = o.Op
 	}
 	want := map[string]string{
-		"/metadata/annotations/leasehold.io~1status": "add",
-		"/spec/initContainers":                       "add",
-		"/spec/volumes":                              "add",
-		"/spec/containers/0/env":                     "add",
-		"/spec/containers/0/volumeMounts":            "add",
-		"/spec/securityContext":                      "add",
+		"/metadata/annotations/leasehold.io~1status":  "add",
+		"/spec/initContainers":                        "add",
+		"/spec/volumes":                               "add",
+		"/spec/containers/0/env":                      "add",
+		"/spec/containers/0/volumeMounts":             "add",
+		"/spec/securityContext":                       "add",
+		"/metadata/annotations/prometheus.io~1scrape": "add",
+		"/metadata/annotations/prometheus.io~1port":   "add",
+		"/metadata/annotations/prometheus.io~1path":   "add",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("patch operations (-want +got):\n%s\n%s", diff, resp.Patch)
@@ -211,5 +214,22 @@ func TestHandlerKeepsUnknownFields(t *testing.T) {
 		if !strings.Contains(string(out), w) {
 			t.Errorf("patched pod lacks %s: %s", w, out)
 		}
+	}
+}
+
+// A Pod that sets its own scrape annotations keeps them, and the admission answer
+// warns (kubectl prints it) that the agent's metrics are not announced by them.
+func TestHandlerWarnsOfOwnScrapeAnnotations(t *testing.T) {
+	in := readPod(t, "testdata/golden/scrape-annotations.in.yaml")
+	resp := review(t, NewPodInjector(DefaultOptions()), admissionv1.Create, "team-a", podJSON(t, in))
+	if !resp.Allowed || len(resp.Patch) == 0 {
+		t.Fatalf("want an allowed patch, got %+v", resp)
+	}
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], `port "metrics" = 9090`) {
+		t.Errorf("warnings %q, want one naming the agent's metrics port", resp.Warnings)
+	}
+	bare := review(t, NewPodInjector(DefaultOptions()), admissionv1.Create, "team-a", podJSON(t, readPod(t, "testdata/golden/bare.in.yaml")))
+	if len(bare.Warnings) != 0 {
+		t.Errorf("a Pod without scrape annotations: warnings %q", bare.Warnings)
 	}
 }

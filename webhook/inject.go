@@ -34,6 +34,7 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 	spec := &pod.Spec
 	opts.AgentMetricsBindAddress = agentMetricsAddress(spec, cfg, opts.AgentMetricsBindAddress)
 	want := agentContainer(cfg, opts, spec.ServiceAccountName != "")
+	exposeMetrics(pod, &want, opts.AgentMetricsBindAddress)
 	if guaranteed(spec) {
 		// Requests below limits would make the Pod Burstable: a Guaranteed Pod's agent
 		// requests what it is limited to.
@@ -225,13 +226,14 @@ func conflicts(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 
 // agentMetricsAddress is the agent's --metrics-bind-address in this Pod: addr, unless
 // a container of the Pod declares its port (TCP) or leasehold.io/tcp-port names it;
-// then the next port that nothing in the Pod declares. Containers share the Pod's
+// then the next port that nothing in the Pod declares. leasehold.io/metrics: "false"
+// turns the metrics off. Containers share the Pod's
 // network namespace, so an app listening on the agent's port would fail to start (the
 // agent, a native sidecar, binds first). In a hostNetwork Pod the metrics are off: the
 // node's loopback is shared by every host-network Pod, and two agents would fight over
 // the port.
 func agentMetricsAddress(spec *corev1.PodSpec, cfg *Config, addr string) string {
-	if spec.HostNetwork {
+	if spec.HostNetwork || cfg.MetricsOff {
 		return "0"
 	}
 	host, portStr, err := net.SplitHostPort(addr)

@@ -177,10 +177,14 @@ func TestInjectGoldenShape(t *testing.T) {
 				}
 				for _, c := range append(append([]corev1.Container{}, out.Spec.InitContainers...), out.Spec.Containers...) {
 					for _, p := range c.Ports {
-						if strconv.Itoa(int(p.ContainerPort)) == port {
+						if strconv.Itoa(int(p.ContainerPort)) == port && c.Name != AgentContainerName {
 							t.Errorf("agent metrics on %s, a port container %q declares", addr, c.Name)
 						}
 					}
+				}
+				// Declared on the agent as "metrics", so that a PodMonitor finds it.
+				if len(agent.Ports) != 1 || agent.Ports[0].Name != MetricsPortName || strconv.Itoa(int(agent.Ports[0].ContainerPort)) != port {
+					t.Errorf("agent ports %+v, want one named %q on %s", agent.Ports, MetricsPortName, port)
 				}
 			}
 			// The agent keeps a Guaranteed Pod Guaranteed (Kubernetes' own QoS rules).
@@ -307,15 +311,16 @@ func TestInjectMovesAgentMetricsPort(t *testing.T) {
 		mutate func(*corev1.Pod)
 		want   string
 	}{
-		"default":        {mutate: func(*corev1.Pod) {}, want: "127.0.0.1:9090"},
-		"tcp-port on it": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" }, want: "127.0.0.1:9091"},
+		"default":        {mutate: func(*corev1.Pod) {}, want: ":9090"},
+		"tcp-port on it": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationTCPPort] = "9090" }, want: ":9091"},
 		"app port on it": {mutate: func(p *corev1.Pod) {
 			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolTCP}}
-		}, want: "127.0.0.1:9091"},
+		}, want: ":9091"},
 		"UDP port does not clash": {mutate: func(p *corev1.Pod) {
 			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolUDP}}
-		}, want: "127.0.0.1:9090"},
-		"hostNetwork: metrics off": {mutate: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, want: "0"},
+		}, want: ":9090"},
+		"hostNetwork: metrics off":    {mutate: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, want: "0"},
+		"leasehold.io/metrics: false": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationMetrics] = "false" }, want: "0"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -611,6 +616,87 @@ func TestGuaranteedFollowsKubernetesQoS(t *testing.T) {
 			}
 			if k8s := qos.ComputePodQOS(defaulted) == corev1.PodQOSGuaranteed && tc.podLevel == nil; k8s != tc.want {
 				t.Errorf("the case is wrong: Kubernetes says Guaranteed=%v (pod-level resources: %v)", k8s, tc.podLevel != nil)
+			}
+		})
+	}
+}
+
+// TestInjectExposesMetrics: the agent's metrics port is declared on its container and
+// announced with the scrape annotations of plain Prometheus, unless the Pod sets any of
+// them (then they stay as they are, and the admission warns), or the metrics are off
+// or on loopback.
+func TestInjectExposesMetrics(t *testing.T) {
+	scrape := func(p *corev1.Pod) map[string]string {
+		out := map[string]string{}
+		for _, k := range []string{AnnotationPrometheusScrape, AnnotationPrometheusPort, AnnotationPrometheusPath} {
+			if v, ok := p.Annotations[k]; ok {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	ours := map[string]string{AnnotationPrometheusScrape: "true", AnnotationPrometheusPort: "9090", AnnotationPrometheusPath: "/metrics"}
+	tests := map[string]struct {
+		mutate     func(*corev1.Pod)
+		opts       func(*Options)
+		wantPort   int32 // 0: no containerPort
+		wantScrape map[string]string
+		warn       bool
+	}{
+		"default": {wantPort: 9090, wantScrape: ours},
+		"app port 9090: next port": {mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090, Protocol: corev1.ProtocolTCP}}
+		}, wantPort: 9091, wantScrape: map[string]string{AnnotationPrometheusScrape: "true", AnnotationPrometheusPort: "9091", AnnotationPrometheusPath: "/metrics"}},
+		"the Pod's own scrape annotations stay": {mutate: func(p *corev1.Pod) {
+			p.Annotations[AnnotationPrometheusScrape] = "true"
+			p.Annotations[AnnotationPrometheusPort] = "8080"
+		}, wantPort: 9090, wantScrape: map[string]string{AnnotationPrometheusScrape: "true", AnnotationPrometheusPort: "8080"}, warn: true},
+		"scrape false stays": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationPrometheusScrape] = "false" },
+			wantPort: 9090, wantScrape: map[string]string{AnnotationPrometheusScrape: "false"}, warn: true},
+		"leasehold.io/metrics false": {mutate: func(p *corev1.Pod) { p.Annotations[AnnotationMetrics] = "false" }, wantScrape: map[string]string{}},
+		"leasehold.io/metrics false, own annotations: no warning": {mutate: func(p *corev1.Pod) {
+			p.Annotations[AnnotationMetrics] = "false"
+			p.Annotations[AnnotationPrometheusScrape] = "true"
+		}, wantScrape: map[string]string{AnnotationPrometheusScrape: "true"}},
+		"webhook flag 0":   {opts: func(o *Options) { o.AgentMetricsBindAddress = "0" }, wantScrape: map[string]string{}},
+		"webhook loopback": {opts: func(o *Options) { o.AgentMetricsBindAddress = "127.0.0.1:9090" }, wantScrape: map[string]string{}},
+		"hostNetwork":      {mutate: func(p *corev1.Pod) { p.Spec.HostNetwork = true }, wantScrape: map[string]string{}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			pod := readPod(t, "testdata/golden/bare.in.yaml")
+			if tc.mutate != nil {
+				tc.mutate(pod)
+			}
+			opts := DefaultOptions()
+			if tc.opts != nil {
+				tc.opts(&opts)
+			}
+			original := pod.DeepCopy()
+			got := mustInject(t, pod, opts)
+			var ports []corev1.ContainerPort
+			ports = got.Spec.InitContainers[0].Ports
+			var want []corev1.ContainerPort
+			if tc.wantPort != 0 {
+				want = []corev1.ContainerPort{{Name: "metrics", ContainerPort: tc.wantPort, Protocol: corev1.ProtocolTCP}}
+			}
+			if diff := cmp.Diff(want, ports); diff != "" {
+				t.Errorf("agent ports (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantScrape, scrape(got)); diff != "" {
+				t.Errorf("scrape annotations (-want +got):\n%s", diff)
+			}
+			w := ScrapeAnnotationsWarning(original, got)
+			if (w != "") != tc.warn || (tc.warn && !strings.Contains(w, "PodMonitor")) {
+				t.Errorf("warning %q, want one: %v", w, tc.warn)
+			}
+			// Re-injecting the result changes nothing and warns of nothing.
+			again := mustInject(t, got, opts)
+			if diff := cmp.Diff(got, again); diff != "" {
+				t.Errorf("re-injection changed the Pod:\n%s", diff)
+			}
+			if w := ScrapeAnnotationsWarning(got, again); w != "" && !tc.warn {
+				t.Errorf("re-injection warns: %s", w)
 			}
 		})
 	}

@@ -3,6 +3,8 @@ package webhook
 import (
 	"flag"
 	"fmt"
+	"net"
+	"strconv"
 
 	"github.com/leasehold/leasehold/internal/contract"
 
@@ -74,7 +76,7 @@ func DefaultOptions() Options {
 		CPULimit:                resource.MustParse("100m"),
 		MemoryLimit:             resource.MustParse("64Mi"),
 		SocketGroup:             AgentUID,
-		AgentMetricsBindAddress: "127.0.0.1:9090",
+		AgentMetricsBindAddress: ":9090",
 		Namespace:               "leasehold-system",
 	}
 }
@@ -100,7 +102,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.PlainContainer, "plain-container", o.PlainContainer,
 		"Inject the agent as a plain container instead of a native sidecar (clusters older than 1.29).")
 	fs.StringVar(&o.AgentMetricsBindAddress, "agent-metrics-bind-address", o.AgentMetricsBindAddress,
-		`The agent's --metrics-bind-address ("0" turns the agent's metrics off).`)
+		`The agent's --metrics-bind-address: ":<port>" serves GET /metrics on the Pod's IP, with a containerPort named "metrics" and the prometheus.io/* scrape annotations; `+
+			`"127.0.0.1:<port>" on the Pod's loopback only (no port, no annotations); "0" turns the agent's metrics off in every Pod (leasehold.io/metrics: "false" does it for one Pod).`)
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "The webhook's own namespace; Pods there are never injected.")
 }
 
@@ -119,6 +122,18 @@ func quantity(fs *flag.FlagSet, q *resource.Quantity, name, usage string) {
 func (o *Options) Validate() error {
 	if o.AgentImage == "" {
 		return fmt.Errorf("--agent-image must not be empty")
+	}
+	if a := o.AgentMetricsBindAddress; a != "0" {
+		host, port, err := net.SplitHostPort(a)
+		n, perr := strconv.Atoi(port)
+		switch {
+		case err != nil:
+			return fmt.Errorf("--agent-metrics-bind-address=%q is not host:port: use \":9090\" (the Pod's IP), \"127.0.0.1:9090\" (loopback) or \"0\" (off)", a)
+		case perr != nil || n < 1024 || n > 65535:
+			return fmt.Errorf("--agent-metrics-bind-address=%q: the port must be a number from 1024 to 65535 (the agent runs without privileges)", a)
+		case host != "" && net.ParseIP(host) == nil:
+			return fmt.Errorf("--agent-metrics-bind-address=%q: %q is not an IP address: use \":%s\" for the Pod's IP or \"127.0.0.1:%s\" for loopback", a, host, port, port)
+		}
 	}
 	if o.SocketGroup <= 0 {
 		return fmt.Errorf("--socket-group must be a positive GID, got %d", o.SocketGroup)

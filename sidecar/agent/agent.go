@@ -57,12 +57,20 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		recorder = kc.NewEventRecorder(o.PodName, o.PodUID, "leasehold-agent", log)
 	}
 
+	modes := map[string]lock.Mode{}
+	for _, n := range o.Locks {
+		modes[n] = lock.ModeMutex
+	}
+	for _, n := range o.Leader {
+		modes[n] = lock.ModeLeader
+	}
 	mgr, err := lock.NewManager(lock.ManagerConfig{
 		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader, Semaphores: o.Semaphores,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
 		Client: kc, Log: log,
+		OnHolderChange: func(name string) { m.holderChanges.inc(name) },
 		OnEvent: func(ev lock.Event) {
-			m.event(ev.Lock, string(ev.Type))
+			m.event(ev, modes[ev.Lock])
 			if recorder == nil || ev.Type == lock.EventShutdown {
 				return
 			}
@@ -81,7 +89,6 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	if err != nil {
 		return err
 	}
-	m.mgr = mgr
 
 	sa := o.ServiceAccount
 	if sa == "" {
@@ -91,7 +98,8 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		"(kubectl create rolebinding leasehold-agent -n %s --clusterrole=%s --serviceaccount=%s:%s), "+
 		"or apply the Role narrowed to this Pod's locks that `kubectl leasehold rbac -f <workload manifest>` prints",
 		ClusterRole, sa, o.Namespace, o.Namespace, ClusterRole, o.Namespace, strings.TrimPrefix(sa, o.Namespace+"/"))
-	eng := &engine{Manager: mgr}
+	eng := &engine{Manager: mgr, m: m}
+	m.watch(eng)
 
 	// The client for the Pod's containers, before the startup probe can pass: the
 	// containers that start after the agent find it in place.
@@ -176,8 +184,10 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		})
 	}
 	var metricsSrv *http.Server
-	if o.MetricsBindAddress != "" && o.MetricsBindAddress != "0" {
-		ml, err := listen.Loopback(o.MetricsBindAddress)
+	if o.MetricsOn() {
+		// On every address of the Pod (the webhook passes ":<port>"): read-only
+		// metrics, never the lock API.
+		ml, err := listen.TCP(o.MetricsBindAddress)
 		if err != nil {
 			_ = srv.Close()
 			if probeSrv != nil {
@@ -187,10 +197,17 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 			wg.Wait()
 			return fmt.Errorf("--metrics-bind-address: %w", err)
 		}
-		metricsSrv = &http.Server{Handler: m, ReadHeaderTimeout: 2 * time.Second}
+		metricsSrv = &http.Server{
+			Handler:           m.handler(),
+			ReadHeaderTimeout: 2 * time.Second,
+			ReadTimeout:       5 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			MaxHeaderBytes:    8 << 10,
+		}
 		wg.Go(func() { _ = metricsSrv.Serve(ml) })
 	}
-	log.Info("Serving", "socket", o.Socket, "tcpPort", o.TCPPort, "metrics", o.MetricsBindAddress,
+	log.Info("Serving", "socket", o.Socket, "tcpPort", o.TCPPort, "metricsBindAddress", o.MetricsBindAddress,
 		"identity", o.Identity(), "mutexes", o.Locks, "leaders", o.Leader)
 
 	<-ctx.Done()
@@ -226,13 +243,22 @@ func inClusterServiceAccount() string {
 	return string(ns) + "/<the Pod's ServiceAccount>"
 }
 
-// engine adds the RBAC check to the lock manager's readiness.
+// engine adds the RBAC check to the lock manager's readiness, and times acquire calls.
 type engine struct {
 	*lock.Manager
+	m      *metrics
 	denied atomic.Pointer[string]
 	// allowed is set once the API server said every request of leaseAccess is allowed:
 	// until then the agent is not ready, even when its Leases are synced.
 	allowed atomic.Bool
+}
+
+// Acquire is the manager's, timed for leasehold_lock_acquire_wait_seconds.
+func (e *engine) Acquire(ctx context.Context, name string, opts lock.AcquireOptions) (*lock.Hold, lock.State, error) {
+	start := time.Now()
+	h, s, err := e.Manager.Acquire(ctx, name, opts)
+	e.m.acquired(name, err, time.Since(start))
+	return h, s, err
 }
 
 func (e *engine) Ready() error {
@@ -320,25 +346,44 @@ type countingTransport struct {
 }
 
 func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	method := r.Method
-	if r.URL.Query().Get("watch") == "true" {
-		method = "WATCH"
+	method, verb := r.Method, ""
+	resource, named := resourceOf(r.URL.Path)
+	switch {
+	case r.URL.Query().Get("watch") == "true":
+		method, verb = "WATCH", "watch"
+	case r.Method == http.MethodGet && named:
+		verb = "get"
+	case r.Method == http.MethodGet:
+		verb = "list"
+	case r.Method == http.MethodPost:
+		verb = "create"
+	case r.Method == http.MethodPut:
+		verb = "update"
+	default:
+		verb = strings.ToLower(r.Method)
 	}
-	c.m.request(method, resourceOf(r.URL.Path))
-	return c.rt.RoundTrip(r)
+	start := time.Now()
+	resp, err := c.rt.RoundTrip(r)
+	code := 0
+	if resp != nil {
+		code = resp.StatusCode
+	}
+	c.m.request(method, verb, resource, code, err, time.Since(start))
+	return resp, err
 }
 
-// resourceOf names the resource of an API path: /apis/g/v/namespaces/ns/leases/x ->
-// leases, /apis/g/v/selfsubjectaccessreviews -> selfsubjectaccessreviews.
-func resourceOf(path string) string {
+// resourceOf names the resource of an API path, and whether the path names one object:
+// /apis/g/v/namespaces/ns/leases/x -> leases, true;
+// /apis/g/v/selfsubjectaccessreviews -> selfsubjectaccessreviews, false.
+func resourceOf(path string) (string, bool) {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	for i, p := range parts {
 		if p == "namespaces" && i+2 < len(parts) {
-			return parts[i+2]
+			return parts[i+2], i+3 < len(parts)
 		}
 	}
 	if len(parts) > 0 {
-		return parts[len(parts)-1]
+		return parts[len(parts)-1], false
 	}
-	return ""
+	return "", false
 }

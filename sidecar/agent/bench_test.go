@@ -472,6 +472,41 @@ func BenchmarkAgent(b *testing.B) {
 
 var benchLogs []string
 
+// agentBin, when set, is the agent binary startAgent runs instead of the one built from
+// this tree (LEASEHOLD_BENCH_AGENT_BIN, to measure another build the same way).
+var agentBin = os.Getenv("LEASEHOLD_BENCH_AGENT_BIN")
+
+// BenchmarkAgentMetricsRSS measures the idle agent as injected: 2 locks (1 mutex, 1
+// leader held), metrics served on a TCP port, RSS and PSS after 10 s idle and again
+// after 3 scrapes of /metrics. With LEASEHOLD_BENCH_AGENT_BIN it measures that binary.
+func BenchmarkAgentMetricsRSS(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		port := testenv.FreePort(b)
+		a := startAgentB(b, fmt.Sprintf("bench-m%d", i), "--locks=bench-mrss-mutex", "--leader=bench-mrss-leader-"+strconv.Itoa(i),
+			fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port))
+		time.Sleep(10 * time.Second)
+		idle, idleSplit := vmRSS(b, a.cmd.Process.Pid)
+		var n int
+		for j := 0; j < 3; j++ {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+			if err != nil {
+				b.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			n = len(body)
+			time.Sleep(time.Second)
+		}
+		scraped, scrapedSplit := vmRSS(b, a.cmd.Process.Pid)
+		b.Logf("agent %s: idle 10 s: RSS %.1f MiB (%s); after 3 scrapes (%d bytes each): RSS %.1f MiB (%s)",
+			a.cmd.Path, float64(idle)/1024, idleSplit, n, float64(scraped)/1024, scrapedSplit)
+		b.ReportMetric(float64(idle)/1024, "idle-RSS-MiB")
+		b.ReportMetric(float64(scraped)/1024, "scraped-RSS-MiB")
+		a.signal(15)
+		<-a.exited
+	}
+}
+
 // vmRSS returns VmRSS in KiB and the anonymous / file-backed split.
 func vmRSS(b *testing.B, pid int) (int, string) {
 	f, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -485,7 +520,17 @@ func vmRSS(b *testing.B, pid int) (int, string) {
 			vals[k], _ = strconv.Atoi(strings.Fields(v)[0])
 		}
 	}
-	return vals["VmRSS"], fmt.Sprintf("anonymous %.1f MiB, file-backed %.1f MiB", float64(vals["RssAnon"])/1024, float64(vals["RssFile"])/1024)
+	// PSS counts pages shared with other processes (the binary's pages, when several
+	// agents of the same image run on a node) in proportion.
+	pss := 0
+	if r, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid)); err == nil {
+		for _, l := range strings.Split(string(r), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && k == "Pss" {
+				pss, _ = strconv.Atoi(strings.Fields(v)[0])
+			}
+		}
+	}
+	return vals["VmRSS"], fmt.Sprintf("anonymous %.1f MiB, file-backed %.1f MiB; PSS %.1f MiB", float64(vals["RssAnon"])/1024, float64(vals["RssFile"])/1024, float64(pss)/1024)
 }
 
 func startToReadyFromLogs(b *testing.B) []time.Duration {

@@ -1,5 +1,6 @@
 // Package agent assembles the lock agent: Kubernetes clients, the lock engine, the
-// local API on the Unix socket (and loopback TCP), Prometheus metrics on loopback,
+// local API on the Unix socket (and loopback TCP), Prometheus metrics (GET /metrics only,
+// on the Pod's IP as injected),
 // Kubernetes Events on the Pod, readiness (synced, and allowed by RBAC to list, watch
 // and update each lock's Lease by name and to create Leases, so that a Role narrowed
 // with resourceNames to the Pod's locks passes), SIGTERM handling, and, at start,

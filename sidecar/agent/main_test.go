@@ -122,7 +122,11 @@ func startAgent(t testing.TB, pod string, args ...string) *agentProc {
 		"--retry-period=" + retryPeriod.String(), "--socket=" + a.socket, "--kubeconfig=" + kubeconfig,
 		"--metrics-bind-address=0", "-v=1",
 	}, args...)
-	a.cmd = exec.Command(filepath.Join(binDir, "leasehold-agent"), full...)
+	bin := filepath.Join(binDir, "leasehold-agent")
+	if agentBin != "" {
+		bin = agentBin
+	}
+	a.cmd = exec.Command(bin, full...)
 	f, err := os.Create(a.log)
 	if err != nil {
 		t.Fatal(err)

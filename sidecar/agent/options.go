@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -52,7 +53,7 @@ func NewOptions() *Options {
 		RenewDeadline:      contract.DefaultRenewDeadline,
 		RetryPeriod:        contract.DefaultRetryPeriod,
 		Socket:             DefaultSocket,
-		MetricsBindAddress: "127.0.0.1:9090",
+		MetricsBindAddress: ":9090",
 		Events:             true,
 		QPS:                50,
 		Burst:              100,
@@ -142,7 +143,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between retries after a failed write.")
 	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket to serve the API on (mode 0660).")
 	fs.IntVar(&o.TCPPort, "tcp-port", o.TCPPort, "Also serve the API on 127.0.0.1:<port>; 0 = off.")
-	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Loopback address for Prometheus metrics; \"0\" = off.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress,
+		"Address of the Prometheus metrics endpoint, GET /metrics only (\":9090\": every address of the Pod; \"127.0.0.1:9090\": loopback only); \"0\" or empty = off.")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Kubeconfig file; empty = in-cluster configuration.")
 	fs.StringVar(&o.ServiceAccount, "service-account", o.ServiceAccount, "ServiceAccount named in RBAC error messages (default: read from the in-cluster token).")
 	fs.BoolVar(&o.Events, "events", o.Events, "Record Kubernetes Events on the Pod for acquired / lost / released.")
@@ -167,6 +169,9 @@ func (o *Options) cliPath() string {
 	}
 	return filepath.Join(filepath.Dir(o.Socket), "bin", CLIName)
 }
+
+// MetricsOn says whether the metrics endpoint is on.
+func (o *Options) MetricsOn() bool { return o.MetricsBindAddress != "" && o.MetricsBindAddress != "0" }
 
 // Identity is the holder identity: unique per Pod incarnation.
 func (o *Options) Identity() string { return lock.Identity(o.PodName, o.PodUID) }
@@ -206,6 +211,20 @@ func (o *Options) Validate() error {
 	}
 	if o.ProbeSocket != "" && o.ProbeSocket == o.Socket {
 		errs = append(errs, fmt.Errorf("--probe-socket=%s must differ from --socket", o.ProbeSocket))
+	}
+	if o.MetricsOn() {
+		host, port, err := net.SplitHostPort(o.MetricsBindAddress)
+		n, perr := strconv.Atoi(port)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--metrics-bind-address=%q is not host:port: use \":9090\" (every address), \"127.0.0.1:9090\" (loopback) or \"0\" (off)", o.MetricsBindAddress))
+		case perr != nil || n < 1 || n > 65535:
+			errs = append(errs, fmt.Errorf("--metrics-bind-address=%q: port %q is not a number from 1 to 65535", o.MetricsBindAddress, port))
+		case host != "" && net.ParseIP(host) == nil && host != "localhost":
+			errs = append(errs, fmt.Errorf("--metrics-bind-address=%q: host %q is not an IP address: use \":%s\" for every address of the Pod", o.MetricsBindAddress, host, port))
+		case o.TCPPort != 0 && n == o.TCPPort:
+			errs = append(errs, fmt.Errorf("--metrics-bind-address=%q uses the port of --tcp-port=%d: choose another port", o.MetricsBindAddress, o.TCPPort))
+		}
 	}
 	if o.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("--max-connections=%d must be at least 1", o.MaxConnections))

@@ -24,3 +24,29 @@ func TestValidateNamesEachBadFlag(t *testing.T) {
 		}
 	}
 }
+
+// --metrics-bind-address: ":port" (every address), "host:port", or "0"/"" (off); a bad
+// one is refused naming what to write instead.
+func TestValidateMetricsBindAddress(t *testing.T) {
+	for addr, want := range map[string]string{
+		":9090": "", "127.0.0.1:9090": "", "[::1]:9090": "", "0": "", "": "", "localhost:9090": "",
+		"9090":            `is not host:port: use ":9090"`,
+		":0":              "is not a number from 1 to 65535",
+		":http":           "is not a number from 1 to 65535",
+		"pod.local:9090":  `is not an IP address: use ":9090"`,
+		"127.0.0.1:8970":  "uses the port of --tcp-port=8970",
+		"0.0.0.0:70000":   "is not a number from 1 to 65535",
+		"10.244.0.7:9091": "",
+	} {
+		o := NewOptions()
+		o.Namespace, o.PodName, o.PodUID, o.Locks, o.TCPPort = "default", "p", "u", []string{"a"}, 8970
+		o.MetricsBindAddress = addr
+		err := o.Validate()
+		switch {
+		case want == "" && err != nil:
+			t.Errorf("--metrics-bind-address=%q refused: %v", addr, err)
+		case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+			t.Errorf("--metrics-bind-address=%q: got %v, want an error with %q", addr, err, want)
+		}
+	}
+}

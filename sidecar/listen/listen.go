@@ -56,3 +56,20 @@ func Loopback(addr string) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+// TCP listens on addr (":port" for every address of the host or Pod, or "host:port"),
+// for servers that may be reached from outside the Pod (the agent's metrics only).
+func TCP(addr string) (net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q is not host:port (\":9090\" for every address): %w", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return nil, fmt.Errorf("address %q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return l, nil
+}

@@ -69,6 +69,9 @@ type Config struct {
 	// OnEvent is called for acquired, lost, released and shutdown. It is called with
 	// the lock's state mutex held: it must not block and must not call into the Lock.
 	OnEvent func(Event)
+	// OnHolderChange is called when this agent sees the Lease name a holder other than
+	// the last one it saw (for metrics), with the same constraints as OnEvent.
+	OnHolderChange func(lock string)
 }
 
 func (c *Config) validate() error {
@@ -96,6 +99,9 @@ func (c *Config) validate() error {
 	if c.OnEvent == nil {
 		c.OnEvent = func(Event) {}
 	}
+	if c.OnHolderChange == nil {
+		c.OnHolderChange = func(string) {}
+	}
 	return nil
 }
 
@@ -120,7 +126,38 @@ type Event struct {
 	Token  int64     `json:"token"`
 	Reason string    `json:"reason,omitempty"`
 	Time   time.Time `json:"time"`
+
+	// For metrics, not sent to event streams:
+	// Cause is the kind of loss of a lost event (one of the Loss* constants).
+	Cause string `json:"-"`
+	// HeldFor is how long the hold lasted, on a lost or released event that ended one.
+	HeldFor time.Duration `json:"-"`
+	// Handover, on an acquired event that had to wait for another holder, is the time
+	// from the moment the Lease says the lock became free (the previous holder's
+	// release: its last renewTime with holder ""; or its expiry: renewTime +
+	// leaseDurationSeconds) to the moment this agent's write was answered. It compares
+	// the previous holder's wall clock with this agent's. HandoverFrom says which:
+	// "released" or "expired"; empty when the acquisition did not wait.
+	Handover     time.Duration `json:"-"`
+	HandoverFrom string        `json:"-"`
 }
+
+// Kinds of loss (Event.Cause of a lost event), a bounded set for metrics labels.
+const (
+	// LossRenewDeadline: renew-deadline passed without a successful write.
+	LossRenewDeadline = "renew_deadline"
+	// LossTakenOver: the Lease names another holder.
+	LossTakenOver = "taken_over"
+	// LossRewritten: the Lease was rewritten by someone else (another token).
+	LossRewritten = "rewritten"
+	// LossDeleted: the Lease was deleted.
+	LossDeleted = "deleted"
+	// LossConflict: a renew was refused as a conflict (the Lease changed since read).
+	LossConflict = "conflict"
+)
+
+// LossCauses are every Cause of a lost event.
+var LossCauses = []string{LossRenewDeadline, LossTakenOver, LossRewritten, LossDeleted, LossConflict}
 
 // State is what the agent knows of a lock. Held means held by this Pod, now.
 type State struct {
@@ -137,6 +174,8 @@ type State struct {
 	// slot's state.
 	Size  int     `json:"size,omitempty"`
 	Slots []State `json:"slots,omitempty"`
+	// HeldFor is how long the current hold has lasted (0 when not held), for metrics.
+	HeldFor time.Duration `json:"-"`
 }
 
 // Errors the engine returns; the API maps them to status codes.
@@ -255,6 +294,8 @@ type Lock struct {
 	observedAt   time.Time // when this agent saw the record change
 	held         bool
 	token        int64
+	heldSince    time.Time // when the current hold was acquired, on the agent's clock
+	lastHolder   string    // the last non-empty holder seen, for OnHolderChange
 	lastWrite    time.Time // send time of the last successful write while held
 	renewFailing bool
 	lastAttempt  time.Time
@@ -344,6 +385,7 @@ func (l *Lock) stateLocked(now time.Time) State {
 		s.Token = l.token
 		s.ValidFor = left.Round(time.Millisecond).String()
 		s.ValidForMillis = left.Milliseconds()
+		s.HeldFor = now.Sub(l.heldSince)
 	}
 	return s
 }
@@ -367,7 +409,12 @@ func (l *Lock) broadcastLocked() {
 }
 
 func (l *Lock) emitLocked(t EventType, reason string) {
-	ev := Event{Type: t, Lock: l.cfg.Name, Token: l.token, Reason: reason, Time: time.Now()}
+	l.emitEventLocked(Event{Type: t, Reason: reason})
+}
+
+// emitEventLocked fills in the lock, token, holder and time of ev and emits it.
+func (l *Lock) emitEventLocked(ev Event) {
+	ev.Lock, ev.Token, ev.Time = l.cfg.Name, l.token, time.Now()
 	if l.lease != nil {
 		ev.Holder = holderOf(l.lease)
 	}
@@ -446,7 +493,7 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 	if l.hold == h && l.validForLocked(now) <= 0 {
 		// The agent was paused between the write and the answer for longer than
 		// renew-deadline: the hold can no longer be relied on.
-		l.loseLocked("renew-deadline passed before the acquire could be answered")
+		l.loseLocked(LossRenewDeadline, "renew-deadline passed before the acquire could be answered")
 	}
 	if l.hold != h {
 		// Lost (deleted, taken over, shut down) before we could answer: never
@@ -529,11 +576,13 @@ func (l *Lock) leaseDurationLocked() time.Duration {
 // acquireRemote takes the Lease, waiting (if !try) for the watch to show it free or
 // for the current holder's lease to expire.
 func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
+	waited := false
 	for {
-		changed, wait, err := l.tryAcquire(ctx, h)
+		changed, wait, err := l.tryAcquire(ctx, h, waited)
 		if err == nil {
 			return nil
 		}
+		waited = waited || errors.Is(err, ErrNotAcquired)
 		if try && errors.Is(err, errConflict) {
 			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
 		}
@@ -576,7 +625,8 @@ func (l *Lock) writeTimeout() time.Duration {
 
 // tryAcquire makes at most one write. It returns the change channel to wait on. On
 // success h (nil in leader mode) becomes the lock's hold, and owns the local slot.
-func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.Duration, error) {
+// waited says that this acquisition found the lock held before (for Event.Handover).
+func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited bool) (<-chan struct{}, time.Duration, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
@@ -663,15 +713,40 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold) (<-chan struct{}, time.D
 	l.token = int64(*out.Spec.LeaseTransitions)
 	l.lastWrite = send
 	l.unanswered = nil
+	l.heldSince = send
 	l.renewFailing = false
 	if h != nil {
 		h.token = l.token
 		l.hold = h
 	}
 	l.broadcastLocked()
-	l.emitLocked(EventAcquired, "")
+	ev := Event{Type: EventAcquired}
+	if waited {
+		ev.HandoverFrom, ev.Handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
+	}
+	l.emitEventLocked(ev)
 	l.cfg.Log.V(1).Info("Acquired lock", "lock", l.cfg.Name, "token", l.token)
 	return changed, 0, nil
+}
+
+// handover says when the record prev, which this agent replaced, let the lock go (its
+// holder's release, or its expiry) and how long before now that was (never negative:
+// the two wall clocks may differ). It is ("", 0) when prev tells nothing.
+func handover(prev *coordinationv1.Lease, self string, now time.Time) (string, time.Duration) {
+	if prev == nil || prev.Spec.RenewTime == nil {
+		return "", 0
+	}
+	from, free := "released", prev.Spec.RenewTime.Time
+	switch h := holderOf(prev); {
+	case h == self:
+		return "", 0
+	case h != "":
+		if prev.Spec.LeaseDurationSeconds == nil {
+			return "", 0
+		}
+		from, free = "expired", free.Add(time.Duration(*prev.Spec.LeaseDurationSeconds)*time.Second)
+	}
+	return from, max(0, now.Sub(free))
 }
 
 // cachedIsLocked is true when the cached record is the one written as out.
@@ -775,12 +850,18 @@ func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 		l.observedAt = now
 	}
 	l.lease = lease
+	if h := holderOf(lease); h != "" && h != l.lastHolder {
+		if l.lastHolder != "" {
+			l.cfg.OnHolderChange(l.cfg.Name)
+		}
+		l.lastHolder = h
+	}
 	switch {
 	case !l.held:
 	case holderOf(lease) != l.cfg.Identity:
-		l.loseLocked("the Lease was taken over: holder is now " + fmt.Sprintf("%q", holderOf(lease)))
+		l.loseLocked(LossTakenOver, "the Lease was taken over: holder is now "+fmt.Sprintf("%q", holderOf(lease)))
 	case lease.Spec.LeaseTransitions == nil || int64(*lease.Spec.LeaseTransitions) != l.token:
-		l.loseLocked("the Lease was rewritten by someone else: its leaseTransitions no longer matches token " +
+		l.loseLocked(LossRewritten, "the Lease was rewritten by someone else: its leaseTransitions no longer matches token "+
 			strconv.FormatInt(l.token, 10))
 	}
 }
@@ -810,8 +891,8 @@ func eqTime(a, b *metav1.MicroTime) bool {
 	return a.Equal(b)
 }
 
-// loseLocked ends the hold that is no longer safe.
-func (l *Lock) loseLocked(reason string) {
+// loseLocked ends the hold that is no longer safe; cause is one of LossCauses.
+func (l *Lock) loseLocked(cause, reason string) {
 	if !l.held {
 		return
 	}
@@ -825,7 +906,7 @@ func (l *Lock) loseLocked(reason string) {
 	l.renewFailing = false
 	l.endHoldLocked(reason)
 	l.broadcastLocked()
-	l.emitLocked(EventLost, reason)
+	l.emitEventLocked(Event{Type: EventLost, Reason: reason, Cause: cause, HeldFor: now.Sub(l.heldSince)})
 	l.cfg.Log.Info("Lost lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
 }
 
@@ -909,6 +990,10 @@ func (l *Lock) releaseExpired(h *Hold) {
 // whether or not the write succeeds: the hold has ended either way.
 func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	hadHold := l.held || l.hold != nil
+	var heldFor time.Duration
+	if hadHold {
+		heldFor = l.cfg.Clock.Now().Sub(l.heldSince)
+	}
 	l.held = false
 	l.renewFailing = false
 	l.endHoldLocked(reason)
@@ -916,7 +1001,7 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	cur := l.lease
 	if cur == nil || holderOf(cur) != l.cfg.Identity {
 		if hadHold {
-			l.emitLocked(EventReleased, reason)
+			l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
 		}
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
@@ -948,7 +1033,7 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	}
 	l.broadcastLocked()
 	if hadHold {
-		l.emitLocked(EventReleased, reason)
+		l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
 		l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
 	}
 	return l.stateLocked(l.cfg.Clock.Now()), err

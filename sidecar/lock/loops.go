@@ -66,12 +66,12 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	// The cache must show our own record: held with no Lease, or with someone else's
 	// record, is lost (observeLocked ends the hold on those; this guards the loop).
 	if l.lease == nil {
-		l.loseLocked("the Lease was deleted")
+		l.loseLocked(LossDeleted, "the Lease was deleted")
 		l.mu.Unlock()
 		return
 	}
 	if holderOf(l.lease) != l.cfg.Identity || l.lease.Spec.LeaseTransitions == nil || int64(*l.lease.Spec.LeaseTransitions) != l.token {
-		l.loseLocked("the Lease no longer holds this agent's record")
+		l.loseLocked(LossRewritten, "the Lease no longer holds this agent's record")
 		l.mu.Unlock()
 		return
 	}
@@ -79,7 +79,7 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
 	left := deadline.Sub(send)
 	if left <= 0 {
-		l.loseLocked("renew-deadline passed without a successful renew")
+		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
 		l.mu.Unlock()
 		return
 	}
@@ -117,13 +117,13 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	err = l.writeFailedLocked("renew", err)
 	if errors.Is(err, errConflict) {
 		// Changed or deleted: another Pod may take (or create) the Lease at once.
-		l.loseLocked("renew failed: " + err.Error())
+		l.loseLocked(LossConflict, "renew failed: "+err.Error())
 		return
 	}
 	l.renewFailing = true
 	l.cfg.Log.Info("Failed to renew lease", "lock", l.cfg.Name, "err", err.Error())
 	if !l.cfg.Clock.Now().Before(deadline) {
-		l.loseLocked("renew-deadline passed without a successful renew")
+		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
 	}
 	l.broadcastLocked()
 }
@@ -252,6 +252,6 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 	}
 	l.lease = nil
 	if l.held {
-		l.loseLocked("the Lease was deleted")
+		l.loseLocked(LossDeleted, "the Lease was deleted")
 	}
 }

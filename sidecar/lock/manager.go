@@ -31,6 +31,8 @@ type ManagerConfig struct {
 	// OnEvent sees every event of every lock (metrics, Kubernetes Events, logs).
 	// It must not block.
 	OnEvent func(Event)
+	// OnHolderChange sees every change of holder a lock's Lease shows (metrics).
+	OnHolderChange func(lock string)
 }
 
 // Manager owns the declared locks of one Pod.
@@ -70,7 +72,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		l, err := New(Config{
 			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode, Semaphore: semaphore,
 			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod,
-			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch,
+			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: cfg.OnHolderChange,
 		})
 		if err != nil {
 			return nil, err
