@@ -117,6 +117,47 @@ func dryRunInjected(t *testing.T, ns string, accept func(agent corev1.Container)
 	return agent
 }
 
+// admitAll sends an annotated Pod (dry run) every 100 ms until the returned function is
+// called, which says how many were sent, how many were not admitted with their agent,
+// and the first of those.
+func admitAll(t *testing.T, ns string) func() (int, int, error) {
+	t.Helper()
+	probe := appPod("helm-rollout", map[string]string{"leasehold.io/locks": "probe"}, "true")
+	stop, done := make(chan struct{}), make(chan struct{})
+	var tried, refused int
+	var first error
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			got, err := cs.CoreV1().Pods(ns).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			cancel()
+			tried++
+			if err == nil && (len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != agentContainer) {
+				err = fmt.Errorf("admitted without its agent: %v", got.Annotations)
+			}
+			if err != nil {
+				refused++
+				if first == nil {
+					first = fmt.Errorf("at %s: %w", time.Now().Format(time.StampMilli), err)
+				}
+			}
+		}
+	}()
+	return func() (int, int, error) {
+		close(stop)
+		<-done
+		return tried, refused, first
+	}
+}
+
 // holdLock starts a Pod in ns that takes lock through its agent and keeps it, and
 // returns the Pod once it holds the lock.
 func holdLock(t *testing.T, ns, name, lock string) *corev1.Pod {
@@ -194,8 +235,8 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 				t.Errorf("webhook Pod %s did not log %s:\n%s", p.Name, want, log)
 			}
 		}
-		// For the record (not a pass/fail: this node's kubelet syncs every 10s): when the
-		// replica was trusted, and when the kubelet's mount of the Secret appeared.
+		// For the record (not a pass/fail; this node's kubelet syncs Secrets at its default,
+		// every minute): when the replica was trusted, and when the mount appeared.
 		stamp := func(msg string) string {
 			if m := regexp.MustCompile(`(?m)^(\S+) .*"msg":"` + regexp.QuoteMeta(msg)).FindStringSubmatch(log); m != nil {
 				return m[1]
@@ -218,12 +259,29 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	}
 	certBefore := tlsSecret()
 
-	// Upgrade with changed values: one replica, a larger agent memory limit.
+	// Upgrade with changed values: one replica, a larger agent memory limit. The new
+	// flag rolls the webhook's Pods; annotated Pods are admitted all along.
+	rollout := admitAll(t, ns)
 	if out, err := helm("upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
 		"--set", "replicas=1", "--set", "agent.resources.limits.memory=96Mi"); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm upgrade:\n%s", out)
+	}
+	// The replaced replicas stop after the rollout is reported done: admit until they
+	// are gone.
+	if err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, 120*time.Second, true, func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=leasehold-webhook"})
+		return err == nil && len(pods.Items) == 1 && pods.Items[0].DeletionTimestamp == nil, nil
+	}); err != nil {
+		t.Errorf("the old webhook replicas did not go: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	if tried, refused, first := rollout(); refused > 0 {
+		t.Errorf("%d of %d annotated Pods sent during the webhook's rolling update were not admitted with their agent; first: %v",
+			refused, tried, first)
+	} else {
+		t.Logf("%d annotated Pods (dry run) sent during the webhook's rolling update: all admitted with their agent", tried)
 	}
 	dep, err := cs.AppsV1().Deployments(systemNamespace).Get(context.Background(), "leasehold-webhook", metav1.GetOptions{})
 	if err != nil {
