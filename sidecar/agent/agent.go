@@ -64,6 +64,9 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 	for _, n := range o.Leader {
 		modes[n] = lock.ModeLeader
 	}
+	for n := range o.Semaphores {
+		modes[n] = lock.ModeSemaphore
+	}
 	mgr, err := lock.NewManager(lock.ManagerConfig{
 		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader, Semaphores: o.Semaphores,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
@@ -208,7 +211,7 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 		wg.Go(func() { _ = metricsSrv.Serve(ml) })
 	}
 	log.Info("Serving", "socket", o.Socket, "tcpPort", o.TCPPort, "metricsBindAddress", o.MetricsBindAddress,
-		"identity", o.Identity(), "mutexes", o.Locks, "leaders", o.Leader)
+		"identity", o.Identity(), "mutexes", o.Locks, "leaders", o.Leader, "semaphores", o.Semaphores)
 
 	<-ctx.Done()
 	log.Info("Shutting down: releasing every hold", "pod", o.PodName)
@@ -290,7 +293,7 @@ func leaseAccess(locks []string) []kubeapi.LeaseAccess {
 // checkAccess asks the API server whether the agent may do what it does with the
 // Leases of its locks, until it may.
 func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
-	access := leaseAccess(e.Names())
+	access := leaseAccess(e.LeaseNames())
 	for ctx.Err() == nil {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		denied, err := kc.DeniedLeaseAccess(actx, access...)

@@ -224,3 +224,34 @@ func TestInteropWithClientGoUnderAdmissionPolicy(t *testing.T) {
 		t.Fatal("client-go stopped leading: a renew was refused under the policy")
 	}
 }
+
+// A semaphore's agents under the Role that `kubectl leasehold rbac` prints for them
+// (rights on the slot Leases by name, none on a Lease named like the semaphore) and the
+// admission policy: they become ready and share the slots.
+func TestSemaphoreUnderNarrowedRoleAndPolicy(t *testing.T) {
+	ctx := context.Background()
+	testenv.InstallAdmissionPolicy(t, restCfg)
+	ns, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "policy-sem-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := plugin.WorkloadFromLocks("reports", ns.Name, nil, nil, []string{"report=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := applyAgentRBAC(t, w)
+	a := startPodAgent(t, ns.Name, r.ServiceAccountName, "reports-a", "--semaphores=report=2")
+	b := startPodAgent(t, ns.Name, r.ServiceAccountName, "reports-b", "--semaphores=report=2")
+	sa, err := a.c.Acquire(ctx, "report", 0, 0)
+	if err != nil || !sa.Held {
+		t.Fatalf("A acquires report: %+v %v", sa, err)
+	}
+	sb, err := b.c.Acquire(ctx, "report", 0, 0)
+	if err != nil || !sb.Held || sb.Slot == sa.Slot {
+		t.Fatalf("B acquires the other slot of report: %+v %v", sb, err)
+	}
+	l, err := kube.CoordinationV1().Leases(ns.Name).Get(ctx, sb.Slot, metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != b.identity() {
+		t.Fatalf("slot Lease %s: want holder %s, got %v %v", sb.Slot, b.identity(), l, err)
+	}
+}

@@ -197,6 +197,17 @@ func (m *Manager) Semaphore(name string) (*Semaphore, error) {
 	return s, nil
 }
 
+// LeaseNames are the Leases of the declared locks: each mutex's and leader lock's, and
+// each semaphore slot's (not the semaphore's own name, which names no Lease).
+func (m *Manager) LeaseNames() []string {
+	out := make([]string, 0, len(m.all))
+	for _, l := range m.all {
+		out = append(out, l.Name())
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Names are the declared lock names (semaphores included), sorted.
 func (m *Manager) Names() []string { return m.names }
 
