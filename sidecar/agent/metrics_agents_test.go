@@ -140,3 +140,43 @@ func TestMetricsOfSharedLock(t *testing.T) {
 		t.Errorf("after the loss B holds nothing and the hold is measured: %v", gb)
 	}
 }
+
+// A semaphore's series carry its declared name and mode semaphore, never a slot's.
+func TestMetricsOfSemaphore(t *testing.T) {
+	ctx := context.Background()
+	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
+	a := startAgent(t, "pod-msa", "--semaphores=msem=1", fmt.Sprintf("--metrics-bind-address=:%d", pa))
+	b := startAgent(t, "pod-msb", "--semaphores=msem=1", fmt.Sprintf("--metrics-bind-address=:%d", pb))
+	sa, err := a.c.Acquire(ctx, "msem", 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acquired := make(chan error, 1)
+	go func() {
+		_, err := b.c.Acquire(ctx, "msem", 20*time.Second, 0)
+		acquired <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := a.c.Release(ctx, "msem", sa.Token); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-acquired; err != nil {
+		t.Fatal(err)
+	}
+	gb := scrape(t, fmt.Sprintf("127.0.0.1:%d", pb))
+	for key, want := range map[string]float64{
+		`leasehold_lock_held{lock=msem,mode=semaphore}`:                   1,
+		`leasehold_lock_events_total{lock=msem,type=acquired}`:            1,
+		`leasehold_lock_holder_changes_total{lock=msem}`:                  1,
+		`leasehold_lock_acquire_wait_seconds{lock=msem,outcome=acquired}`: 1,
+	} {
+		if gb[key] != want {
+			t.Errorf("waiter B: %s = %v, want %v", key, gb[key], want)
+		}
+	}
+	for key := range gb {
+		if strings.Contains(key, "lock=msem.") {
+			t.Errorf("a series names a slot: %s", key)
+		}
+	}
+}

@@ -45,6 +45,8 @@ type Manager struct {
 	all     []*Lock
 	names   []string
 	onEvent func(Event)
+	// onHolderChange is ManagerConfig.OnHolderChange (never nil).
+	onHolderChange func(string)
 
 	subMu sync.Mutex
 	subs  map[string]map[chan Event]struct{}
@@ -56,6 +58,10 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		onEvent: cfg.OnEvent, subs: map[string]map[chan Event]struct{}{}}
 	if m.onEvent == nil {
 		m.onEvent = func(Event) {}
+	}
+	m.onHolderChange = cfg.OnHolderChange
+	if m.onHolderChange == nil {
+		m.onHolderChange = func(string) {}
 	}
 	declared := map[string]bool{}
 	newLock := func(name string, mode Mode, semaphore string) (*Lock, error) {
@@ -72,7 +78,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		l, err := New(Config{
 			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode, Semaphore: semaphore,
 			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod,
-			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: cfg.OnHolderChange,
+			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: m.holderChange,
 		})
 		if err != nil {
 			return nil, err
@@ -132,6 +138,15 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	sort.Strings(m.names)
 	return m, nil
+}
+
+// holderChange reports a change of holder under the declared name: a semaphore's,
+// not its slot's.
+func (m *Manager) holderChange(lock string) {
+	if sem, ok := m.slotOf[lock]; ok {
+		lock = sem
+	}
+	m.onHolderChange(lock)
 }
 
 func (m *Manager) dispatch(ev Event) {
