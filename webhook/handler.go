@@ -65,6 +65,12 @@ func NewPodInjector(opts Options) *PodInjector {
 // Handle follows controller-runtime's defaulter: allow what is not ours, deny bad
 // annotations with a message naming annotation, value and fix, inject purely, and
 // answer with a JSON patch computed against the request's raw bytes.
+//
+// It is not admission.WithCustomDefaulter itself, which has the same shape (its
+// lossless default, keeping unknown fields, is what dropSchemeRemovals does), because
+// a CustomDefaulter answers only "patched" or an error: it cannot add an admission
+// warning (the scrape annotations a Pod already sets, ScrapeAnnotationsWarning), nor
+// tell skipped, unchanged and injected apart for leasehold_webhook_injections_total.
 func (h *PodInjector) Handle(ctx context.Context, req admission.Request) admission.Response {
 	log := logf.FromContext(ctx)
 
