@@ -50,7 +50,7 @@ func Summary(info RunInfo, res *Result) string {
 			res.SemaphoreAcquisitions, res.SemaphoreSlots)
 	}
 	fmt.Fprintf(&b, "| leader terms seen (holder, token) | %d |\n", res.LeaderTerms)
-	fmt.Fprintf(&b, "| samples checked: answers that promised a hold (mutex + leader) | %d |\n", sumMap(res.Promises))
+	fmt.Fprintf(&b, "| samples checked: answers that promised a hold (mutex, leader, semaphore slots) | %d |\n", sumMap(res.Promises))
 	fmt.Fprintf(&b, "| overlapping holds found | %d |\n", res.Overlaps)
 	fmt.Fprintf(&b, "| store writes (of them accepted) | %d (%d) |\n", res.Writes, res.WritesAccepted)
 	fmt.Fprintf(&b, "| stale writes rejected by the fence | %d |\n", res.StaleRejected)
