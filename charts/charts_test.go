@@ -182,6 +182,12 @@ func TestChartMatchesKustomize(t *testing.T) {
 	same(t, "defaults vs manifests/base", mustRender(t, ""), kustomize(t, "base"))
 	same(t, "cert-manager vs manifests/overlays/cert-manager", mustRender(t, "certificates: {mode: cert-manager}"),
 		kustomize(t, "overlays/cert-manager"))
+	// monitoring.enabled adds the objects of manifests/monitoring, no more, no less.
+	withMonitoring := mustRender(t, "monitoring: {enabled: true}")
+	for k := range kustomize(t, "base") {
+		delete(withMonitoring, k)
+	}
+	same(t, "monitoring.enabled vs manifests/monitoring", withMonitoring, kustomize(t, "monitoring"))
 }
 
 func deploymentArgs(t *testing.T, objs map[string]object) []string {
