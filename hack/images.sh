@@ -29,7 +29,9 @@ mkdir -p "$OUT/bin"
 log() { printf '[images] %s\n' "$*" >&2; }
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--buildvcs=false}
 VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-LDFLAGS="-X github.com/leasehold/leasehold/internal/version.version=$VERSION"
+# Stripped (-s -w) as the Dockerfile builds them: the agent copies the leasehold client
+# into every Pod's socket volume (8.5 MB stripped, 12.3 MB not).
+LDFLAGS="-s -w -X github.com/leasehold/leasehold/internal/version.version=$VERSION"
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(pause leasehold example-app)
