@@ -13,13 +13,15 @@
 //     that window is left. Another participant that follows client-go's rules only takes
 //     the Lease LeaseDuration after it observed our last write, and LeaseDuration >
 //     RenewDeadline.
-//   - Held is set only when the cached record is this agent's own write: an acquire
-//     whose answer was overtaken by a watch event (the Lease deleted, or written by
-//     someone else) never holds, and a cache that shows no Lease or another record while
-//     held ends the hold.
-//   - Every write is conditional on the resourceVersion it was based on. A conflict, or
-//     a Lease found deleted, ends the hold at once; a 403, a timeout or any other failure
-//     counts as "not written".
+//   - Held is set only when the cached record is this agent's own write (a waiter's
+//     entry in the queue may have been added to it): an acquire whose answer was
+//     overtaken by a watch event (the Lease deleted, or written by someone else) never
+//     holds, and a cache that shows no Lease or another record while held ends the hold.
+//   - Every write is conditional on the resourceVersion it was based on. A Lease found
+//     deleted ends the hold at once. A conflict (409) makes the agent read the Lease
+//     again: a renew or release goes on on the current copy only when the record is
+//     still this hold's (a waiter queued on it), and the hold ends otherwise. A 403, a
+//     timeout or any other failure counts as "not written".
 //   - Release and Renew act only on the hold their fencing token names: a late call of a
 //     client whose hold already ended changes nothing (StaleTokenError). Every end of a
 //     hold (release, ttl, loss, shutdown) is an event, even when the clearing write fails.
@@ -34,6 +36,9 @@
 //     leaseDurationSeconds of the record after this agent observed the record change, on
 //     this agent's clock, never from the remote renewTime.
 //   - Waiters are woken by the watch (and by a timer for expiry), never by polling.
+//   - Waiters of a mutex from different Pods are served in the order their entries
+//     landed in the Lease's queue, and clients of one Pod in arrival order (queue.go).
+//     One writer per handover: the head of the queue.
 //
 // What it does NOT guarantee:
 //   - Safety across clocks that run at very different rates: like client-go, it assumes
@@ -42,8 +47,10 @@
 //     waits out the hold it named and creates the Lease with the next token, but an
 //     agent that never saw it starts again at 1. Downstream stores that fence on the
 //     token must not have the Lease deleted.
-//   - Fairness between Pods: whoever's conditional update lands first after a release
-//     wins. Clients of one Pod are served in arrival order.
+//   - Fairness for semaphore slots and leader locks: whoever's conditional update lands
+//     first wins. Nor is the queue kept by client-go electors sharing a mutex's Lease:
+//     they take a free Lease without looking at it. A waiter that cannot take its turn
+//     (stopped, partitioned) costs the waiters behind it one retry-period.
 //   - Resource versions are compared as integers to drop stale watch events; this holds
 //     for etcd-backed API servers.
 package lock

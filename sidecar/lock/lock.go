@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -233,6 +235,9 @@ type HeldError struct {
 	// Lost is true when a hold of this Pod was lost (the Lease deleted or rewritten by
 	// someone else) while its client may still rely on it for ValidFor.
 	Lost bool
+	// Queued is how many waiters of other Pods are queued ahead (queue.go): the lock
+	// is free but theirs for up to ValidFor; Holder is the first of them.
+	Queued int
 }
 
 func (e *HeldError) Error() string {
@@ -242,6 +247,9 @@ func (e *HeldError) Error() string {
 	case e.Lost:
 		return fmt.Sprintf("still promised for up to %s more to a client of this Pod whose hold was lost "+
 			"(the Lease was deleted or rewritten by someone else)", e.ValidFor.Round(time.Millisecond))
+	case e.Queued > 0:
+		return fmt.Sprintf("free, but its turn goes first to the %d waiter(s) of other Pods queued ahead (next: %s) "+
+			"for up to %s more", e.Queued, e.Holder, e.ValidFor.Round(time.Millisecond))
 	}
 	return fmt.Sprintf("held by %s for up to %s more", e.Holder, e.ValidFor.Round(time.Millisecond))
 }
@@ -283,6 +291,9 @@ type Lock struct {
 	// slot serializes the clients of this Pod: whoever holds a token in the channel
 	// is the one local client acquiring or holding. Blocked senders queue in order.
 	slot chan struct{}
+	// wanting counts the clients of this Pod waiting for the lock (for the local slot
+	// or for the Lease).
+	wanting atomic.Int32
 	// writeMu serializes this agent's writes of the Lease.
 	writeMu sync.Mutex
 
@@ -468,6 +479,8 @@ var errLostAtOnce = fmt.Errorf("%w: the hold was lost right after it was taken",
 func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, State, error) {
 	// Our turn among the clients of this Pod.
 	if opts.Wait > 0 {
+		l.wanting.Add(1)
+		defer l.wanting.Add(-1)
 		select {
 		case l.slot <- struct{}{}:
 		case <-l.closing:
@@ -484,6 +497,12 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 	}
 	h := &Hold{lock: l, done: make(chan struct{})}
 	if err := l.acquireRemote(ctx, opts.Wait == 0, h); err != nil {
+		if opts.Wait > 0 && l.wanting.Load() == 1 {
+			// Nobody of this Pod waits on: give the queue's place up.
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.writeTimeout())
+			l.leaveQueue(lctx)
+			cancel()
+		}
 		<-l.slot
 		return nil, l.State(), err
 	}
@@ -578,7 +597,7 @@ func (l *Lock) leaseDurationLocked() time.Duration {
 func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 	waited := false
 	for {
-		changed, wait, err := l.tryAcquire(ctx, h, waited)
+		changed, wait, err := l.tryAcquire(ctx, h, waited, try)
 		if err == nil {
 			return nil
 		}
@@ -625,8 +644,9 @@ func (l *Lock) writeTimeout() time.Duration {
 
 // tryAcquire makes at most one write. It returns the change channel to wait on. On
 // success h (nil in leader mode) becomes the lock's hold, and owns the local slot.
-// waited says that this acquisition found the lock held before (for Event.Handover).
-func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited bool) (<-chan struct{}, time.Duration, error) {
+// waited says that this acquisition found the lock held before (for Event.Handover);
+// try that it does not wait (so it does not queue).
+func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-chan struct{}, time.Duration, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
@@ -645,12 +665,27 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited bool) (<-chan str
 		return changed, left, &HeldError{Holder: l.cfg.Identity, ValidFor: left, Lost: true}
 	}
 	cur := l.lease
+	fair := l.fair() && h != nil && cur != nil
+	var rest []string // the queue the acquiring write leaves
 	if cur != nil {
-		if h := holderOf(cur); h != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
+		var wait *HeldError
+		if holder := holderOf(cur); holder != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
 			if left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); left > 0 {
-				l.mu.Unlock()
-				return changed, left, &HeldError{Holder: h, ValidFor: left}
+				wait = &HeldError{Holder: holder, ValidFor: left}
 			}
+		}
+		enqueue := fair && !try && wait != nil
+		if fair && wait == nil {
+			rest, wait = l.queueTurnLocked(cur, now)
+		}
+		if wait != nil {
+			l.mu.Unlock()
+			if enqueue && !slices.Contains(queueOf(cur), l.cfg.Identity) {
+				if err := l.enqueue(ctx, cur); err != nil {
+					return changed, 0, err
+				}
+			}
+			return changed, wait.ValidFor, wait
 		}
 	} else if left := l.gone.heldUntil.Sub(now); left > 0 {
 		// Deleted while another Pod held it: that Pod may still say held until its
@@ -679,6 +714,9 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited bool) (<-chan str
 	} else {
 		next := cur.DeepCopy()
 		l.stamp(next)
+		if fair {
+			setQueue(next, rest)
+		}
 		transitions := int32(1)
 		if cur.Spec.LeaseTransitions != nil {
 			transitions = *cur.Spec.LeaseTransitions + 1
@@ -749,21 +787,22 @@ func handover(prev *coordinationv1.Lease, self string, now time.Time) (string, t
 	return from, max(0, now.Sub(free))
 }
 
-// cachedIsLocked is true when the cached record is the one written as out.
+// cachedIsLocked is true when the cached record is the one written as out: the same
+// object, or a later one whose record is unchanged (a waiter queued on it, queue.go).
 func (l *Lock) cachedIsLocked(out *coordinationv1.Lease) bool {
-	return l.lease != nil && l.lease.ResourceVersion == out.ResourceVersion
+	return l.lease != nil && (l.lease.ResourceVersion == out.ResourceVersion || sameRecord(l.lease, out))
 }
 
 func (l *Lock) writeFailedLocked(what string, err error) error {
 	l.apiErr = err
 	switch {
 	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
-		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, errConflict, err)
+		return fmt.Errorf("%s lease %s/%s: %w: %w", what, l.cfg.Namespace, l.cfg.Name, errConflict, err)
 	case apierrors.IsForbidden(err):
 		l.forbidden = true
-		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, ErrForbidden, err)
+		return fmt.Errorf("%s lease %s/%s: %w: %w", what, l.cfg.Namespace, l.cfg.Name, ErrForbidden, err)
 	default:
-		return fmt.Errorf("%s lease %s/%s: %w: %v", what, l.cfg.Namespace, l.cfg.Name, ErrUnavailable, err)
+		return fmt.Errorf("%s lease %s/%s: %w: %w", what, l.cfg.Namespace, l.cfg.Name, ErrUnavailable, err)
 	}
 }
 
@@ -1012,9 +1051,19 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	now := l.cfg.Clock.Now()
-	next := cur.DeepCopy()
-	next.Spec = RecordOf(cur).Released(now).Spec()
-	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	out, err := l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+	if l.refreshAfterConflict(wctx, err) {
+		// Someone wrote since our copy. When it was only the queue (a waiter queued),
+		// the record still names this hold: clear it on the current copy.
+		l.mu.Lock()
+		cur = l.lease
+		ours := cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		l.mu.Unlock()
+		if ours {
+			now = l.cfg.Clock.Now()
+			out, err = l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+		}
+	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1037,6 +1086,19 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 		l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
 	}
 	return l.stateLocked(l.cfg.Clock.Now()), err
+}
+
+// released is cur cleared by this agent's release. The queue stays for the waiters;
+// when clients of this Pod wait for the lock too, this Pod queues behind the others in
+// the same write.
+func (l *Lock) released(cur *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
+	next := cur.DeepCopy()
+	next.Spec = RecordOf(cur).Released(now).Spec()
+	if q := queueOf(cur); l.fair() && len(q) > 0 && len(q) < MaxQueue && l.wanting.Load() > 0 && !l.isClosing() &&
+		!slices.Contains(q, l.cfg.Identity) {
+		setQueue(next, append(q, l.cfg.Identity))
+	}
+	return next
 }
 
 // Renew restarts the ttl of the hold named by its fencing token: with ttl > 0 as the
@@ -1070,9 +1132,16 @@ func (l *Lock) Renew(token int64, ttl time.Duration) (State, error) {
 }
 
 // Shutdown stops new acquisitions, ends any hold and clears the Lease if this agent
-// holds it. It is called before the Run context is cancelled.
+// holds it, and takes this agent out of the lock's queue. It is called before the Run
+// context is cancelled.
 func (l *Lock) Shutdown(ctx context.Context) error {
 	l.closingOnce.Do(func() { close(l.closing) }) // waiters give up at once
+	err := l.shutdown(ctx)
+	l.leaveQueue(ctx)
+	return err
+}
+
+func (l *Lock) shutdown(ctx context.Context) error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()

@@ -255,8 +255,8 @@ func TestPreviousIncarnationsLeaseIsNotInherited(t *testing.T) {
 	}
 }
 
-// Acquire from a free Lease is one write and release is one write; a conflict on
-// renew ends the hold at once.
+// Acquire from a free Lease is one write and release is one write; a renew that
+// conflicts goes on when only the queue changed and ends the hold when the record did.
 func TestWritesAndConflict(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
 	c := &memClient{}
@@ -280,10 +280,34 @@ func TestWritesAndConflict(t *testing.T) {
 	if err != nil || s.Token != 2 || c.updates != 2 {
 		t.Fatalf("acquire released Lease: want token 2 after 2 updates, got %+v %v (%d updates)", s, err, c.updates)
 	}
-	// Someone else writes the Lease behind our back: our next renew conflicts.
+	// A waiter of another Pod queues behind our back (the record is unchanged, the
+	// resourceVersion is new): the renew conflicts, reads the Lease again and renews
+	// on the current copy, keeping the queue. The hold goes on.
 	c.mu.Lock()
 	c.rv++
 	c.lease.ResourceVersion = strconv.Itoa(c.rv)
+	c.lease.Annotations = map[string]string{AnnotationQueue: "other_uid"}
+	c.mu.Unlock()
+	before := c.updates
+	l.renewOnce(context.Background())
+	select {
+	case <-h.Done():
+		t.Fatalf("hold ended by a renew that met a queued waiter: %s", h.Reason())
+	default:
+	}
+	c.mu.Lock()
+	q := c.lease.Annotations[AnnotationQueue]
+	c.mu.Unlock()
+	if c.updates != before+1 || q != "other_uid" {
+		t.Fatalf("renew on the current copy: want 1 update keeping the queue, got %d, queue %q", c.updates-before, q)
+	}
+	// Someone else rewrites the record behind our back (the next token, same holder
+	// name): the renew conflicts, the Lease read again is no longer our hold.
+	c.mu.Lock()
+	c.rv++
+	c.lease.ResourceVersion = strconv.Itoa(c.rv)
+	tr := *c.lease.Spec.LeaseTransitions + 1
+	c.lease.Spec.LeaseTransitions = &tr
 	c.mu.Unlock()
 	l.renewOnce(context.Background())
 	select {

@@ -95,6 +95,23 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	wctx, cancel := context.WithTimeout(ctx, min(left, l.writeTimeout()))
 	defer cancel()
 	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	if l.refreshAfterConflict(wctx, err) {
+		// Someone wrote since our copy. When it was only the queue (a waiter of
+		// another Pod queued), the current record still names this hold: renew on it.
+		// Anything else has ended the hold (observeLocked).
+		l.mu.Lock()
+		cur := l.lease
+		ours := l.held && cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		if ours {
+			next = cur.DeepCopy()
+			l.stamp(next)
+			next.Spec = l.spec(acquired, send, int32(l.token))
+		}
+		l.mu.Unlock()
+		if ours {
+			out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+		}
+	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()

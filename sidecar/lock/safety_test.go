@@ -405,3 +405,30 @@ func TestOwnIdentityFromAnotherProcessIsWaitedOut(t *testing.T) {
 		t.Fatalf("want the previous incarnation's hold waited out (ErrNotAcquired), got %v", err)
 	}
 }
+
+// A waiter of another Pod queues (an annotation only) on the record of our acquisition
+// before its answer reaches us: the watch brings the queued copy first. The record is
+// still our write, so the acquisition holds; it must not take its own record for a
+// foreign hold and leave the lock unusable for lease-duration.
+func TestAcquireOvertakenByAQueuedWaiter(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	c.afterWrite = func() {
+		c.afterWrite = nil
+		c.mu.Lock()
+		next := c.lease.DeepCopy()
+		next.Annotations = map[string]string{AnnotationQueue: "other_pod"}
+		c.store(next)
+		c.mu.Unlock()
+		eventually(t, "the watch delivers the queued copy", func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.rv == uint64(c.rv)
+		})
+	}
+	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
+	if err != nil || !s.Held || s.Token != 1 {
+		t.Fatalf("acquire whose record a waiter queued on: want held with token 1, got %+v %v", s, err)
+	}
+}
