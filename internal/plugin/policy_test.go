@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/sidecar/lock"
 	"github.com/leasehold/leasehold/webhook"
 )
 
@@ -161,6 +162,27 @@ func TestAdmissionPolicy(t *testing.T) {
 		l.Spec.LeaseDurationSeconds = ptr.To(int32(1))
 		_, err = b.leases.Update(ctx, l, metav1.UpdateOptions{})
 		allowed(t, "Pod B releases its own hold", err)
+	})
+
+	t.Run("a waiter queues on a held Lease only leaving the record as it is", func(t *testing.T) {
+		l := bHolds(t, "queue")
+		queued := l.DeepCopy()
+		queued.Annotations = map[string]string{lock.AnnotationQueue: a.id}
+		l, err := a.leases.Update(ctx, queued, metav1.UpdateOptions{})
+		allowed(t, "Pod A adds its entry to the queue of Pod B's Lease", err)
+		left := l.DeepCopy()
+		delete(left.Annotations, lock.AnnotationQueue)
+		l, err = a.leases.Update(ctx, left, metav1.UpdateOptions{})
+		allowed(t, "Pod A takes its entry out again", err)
+		sneak := l.DeepCopy()
+		sneak.Annotations = map[string]string{lock.AnnotationQueue: a.id}
+		sneak.Spec.RenewTime = &metav1.MicroTime{Time: time.Now().Add(time.Minute)}
+		_, err = a.leases.Update(ctx, sneak, metav1.UpdateOptions{})
+		refused(t, "Pod A queues and renews Pod B's hold in one write", err, "is not the writing Pod")
+		byUnbound := l.DeepCopy()
+		byUnbound.Annotations = map[string]string{lock.AnnotationQueue: "someone"}
+		_, err = unbound.leases.Update(ctx, byUnbound, metav1.UpdateOptions{})
+		refused(t, "a token bound to no Pod queues", err, "bound to no Pod")
 	})
 
 	t.Run("a takeover names the writer and the next token", func(t *testing.T) {

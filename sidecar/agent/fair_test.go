@@ -14,10 +14,15 @@ import (
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
-// queueOn is the queue annotation of the Lease name, as identities.
-func queueOn(t *testing.T, name string) []string {
+// queueOn is the queue annotation of the Lease name (in ns, "default" when empty), as
+// identities.
+func queueOn(t *testing.T, name string, ns ...string) []string {
 	t.Helper()
-	lease, err := kube.CoordinationV1().Leases("default").Get(context.Background(), name, metav1.GetOptions{})
+	namespace := "default"
+	if len(ns) > 0 {
+		namespace = ns[0]
+	}
+	lease, err := kube.CoordinationV1().Leases(namespace).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,9 +35,14 @@ func queueOn(t *testing.T, name string) []string {
 // waitQueue waits until the Lease's queue is want (identities).
 func waitQueue(t *testing.T, name string, want ...string) {
 	t.Helper()
+	waitQueueIn(t, "default", name, want...)
+}
+
+func waitQueueIn(t *testing.T, ns, name string, want ...string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := queueOn(t, name)
+		got := queueOn(t, name, ns)
 		if strings.Join(got, ",") == strings.Join(want, ",") {
 			return
 		}

@@ -125,7 +125,13 @@ func TestAgentsUnderAdmissionPolicy(t *testing.T) {
 		}
 		got <- s
 	}()
+	// B's entry in the queue is a write on a Lease that A holds: the policy admits it
+	// (the record stays as it is), and B stays ready.
+	waitQueueIn(t, ns.Name, "jobs", b.identity())
 	time.Sleep(3 * retryPeriod) // the renew loop writes under the policy meanwhile
+	if code, _, err := b.c.Get(ctx, "/readyz"); err != nil || code != 200 {
+		t.Fatalf("B while queued under the policy: /readyz %d %v, want 200", code, err)
+	}
 	if _, err := a.c.Renew(ctx, "jobs", s.Token, 30*time.Second); err != nil {
 		t.Fatalf("A renews jobs: %v", err)
 	}

@@ -294,6 +294,9 @@ type Lock struct {
 	// wanting counts the clients of this Pod waiting for the lock (for the local slot
 	// or for the Lease).
 	wanting atomic.Int32
+	// queueRefused: the API server refused a queue write (403), so this agent waits
+	// without queueing (queue.go).
+	queueRefused bool
 	// writeMu serializes this agent's writes of the Lease.
 	writeMu sync.Mutex
 
@@ -674,7 +677,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 				wait = &HeldError{Holder: holder, ValidFor: left}
 			}
 		}
-		enqueue := fair && !try && wait != nil
+		enqueue := fair && !try && wait != nil && !l.queueRefused
 		if fair && wait == nil {
 			rest, wait = l.queueTurnLocked(cur, now)
 		}

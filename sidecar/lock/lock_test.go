@@ -35,6 +35,8 @@ type memClient struct {
 	landThenFail error
 	// listDeadline records whether List was called with a deadline.
 	listDeadline []bool
+	// refuse, when set, answers an update with the error it returns (nil: apply it).
+	refuse func(old, next *coordinationv1.Lease) error
 }
 
 func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinationv1.LeaseList, error) {
@@ -112,6 +114,11 @@ func (m *memClient) update(l *coordinationv1.Lease) (*coordinationv1.Lease, erro
 	}
 	if l.ResourceVersion != m.lease.ResourceVersion {
 		return nil, apierrors.NewConflict(schema.GroupResource{Resource: "leases"}, l.Name, errors.New("stale resourceVersion"))
+	}
+	if m.refuse != nil {
+		if err := m.refuse(m.lease, l); err != nil {
+			return nil, err
+		}
 	}
 	m.updates++
 	return m.store(l), nil

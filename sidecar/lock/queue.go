@@ -156,6 +156,17 @@ func (l *Lock) writeQueue(ctx context.Context, what string, next *coordinationv1
 	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if apierrors.IsForbidden(err) {
+		// An admission policy older than the queue (or a stricter one) refuses a Pod's
+		// write on a Lease it does not hold. The lock still works without the queue:
+		// this agent stops queueing and waits as before, and stays ready.
+		if !l.queueRefused {
+			l.queueRefused = true
+			l.cfg.Log.Info("Waiting without a place in the queue: the API server refused the queue write",
+				"lock", l.cfg.Name, "err", err.Error())
+		}
+		return nil
+	}
 	if err != nil {
 		return l.writeFailedLocked(what, err)
 	}

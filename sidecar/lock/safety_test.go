@@ -9,6 +9,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -430,5 +431,37 @@ func TestAcquireOvertakenByAQueuedWaiter(t *testing.T) {
 	_, s, err := l.Acquire(context.Background(), AcquireOptions{})
 	if err != nil || !s.Held || s.Token != 1 {
 		t.Fatalf("acquire whose record a waiter queued on: want held with token 1, got %+v %v", s, err)
+	}
+}
+
+// An admission policy that refuses a Pod's write on a Lease another Pod holds (one
+// older than the queue) refuses the waiter's entry in the queue: the agent waits
+// without it, stays ready (not forbidden), and does not try again on every wake-up.
+func TestQueueWriteRefusedByAnOlderPolicy(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	if _, _, err := l.Acquire(context.Background(), AcquireOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.rewrite("other_pod")
+	eventually(t, "the watch delivers the other holder", func() bool { return l.State().Holder == "other_pod" })
+	clk.Step(11 * time.Second) // past what was promised of the lost hold, before other_pod's runs out
+	refused := 0
+	c.refuse = func(old, next *coordinationv1.Lease) error {
+		if holderOf(old) != "pod_uid" {
+			refused++
+			return apierrors.NewForbidden(schema.GroupResource{Resource: "leases"}, next.Name, errors.New("denied by policy"))
+		}
+		return nil
+	}
+	for range 2 {
+		_, _, err := l.tryAcquire(context.Background(), &Hold{lock: l, done: make(chan struct{})}, false, false)
+		if !errors.Is(err, ErrNotAcquired) {
+			t.Fatalf("a waiter whose queue write is refused: want not acquired (held by other_pod), got %v", err)
+		}
+	}
+	if l.Forbidden() || refused != 1 {
+		t.Fatalf("after the refused queue write: want not forbidden and 1 refused write, got forbidden %v, %d refused", l.Forbidden(), refused)
 	}
 }
