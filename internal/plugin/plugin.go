@@ -253,7 +253,7 @@ func (o *Options) printHeader(w io.Writer) {
 	if o.AllNamespaces {
 		fmt.Fprint(w, "NAMESPACE\t")
 	}
-	fmt.Fprintln(w, "LOCK\tMODE\tHOLDER\tTOKEN\tAGE\tTIME LEFT")
+	fmt.Fprintln(w, "LOCK\tMODE\tHOLDER\tTOKEN\tAGE\tTIME LEFT\tWAITING")
 }
 
 func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
@@ -261,20 +261,26 @@ func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
 	if o.AllNamespaces {
 		fmt.Fprintf(w, "%s\t", l.Namespace)
 	}
-	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.Age, r.TimeLeft)
+	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.Age, r.TimeLeft, r.Waiting)
 }
 
 // Row is one lock as the listing shows it.
 type Row struct {
 	Mode, Holder, Age, TimeLeft string
 	Token                       int32
+	// Waiting counts the Pods queued for a mutex, with the next one: "2 (next api-x2)".
+	Waiting string
 }
 
 // Describe turns a Lease into the listing's columns at time now.
 func Describe(l *coordinationv1.Lease, now time.Time) Row {
-	r := Row{Mode: l.Annotations[AnnotationMode], Holder: "<none>", Age: "-", TimeLeft: "free"}
+	r := Row{Mode: l.Annotations[AnnotationMode], Holder: "<none>", Age: "-", TimeLeft: "free", Waiting: "-"}
 	if r.Mode == "" {
 		r.Mode = "-"
+	}
+	if q := l.Annotations[lock.AnnotationQueue]; q != "" {
+		ids := strings.Split(q, ",")
+		r.Waiting = fmt.Sprintf("%d (next %s)", len(ids), holderPod(ids[0]))
 	}
 	rec := lock.RecordOf(l)
 	r.Token = rec.Transitions

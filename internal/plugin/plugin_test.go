@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 var (
@@ -135,8 +136,8 @@ func TestListShowsManagedLocks(t *testing.T) {
 	if f := strings.Fields(lines[1]); f[0] != "db-migration" || f[1] != "mutex" || f[2] != "web-7d9f" || f[3] != "7" {
 		t.Errorf("db-migration row = %q, want lock, mode mutex, holder Pod web-7d9f, token 7", lines[1])
 	}
-	if f := strings.Fields(lines[2]); f[0] != "shard-0" || f[2] != "<none>" || f[len(f)-1] != "free" {
-		t.Errorf("shard-0 row = %q, want no holder and free", lines[2])
+	if f := strings.Fields(lines[2]); f[0] != "shard-0" || f[2] != "<none>" || f[5] != "free" || f[6] != "-" {
+		t.Errorf("shard-0 row = %q, want no holder, free, nobody waiting", lines[2])
 	}
 
 	out, _, err = run(t, "", "-n", ns, "--all-leases")
@@ -233,10 +234,19 @@ func TestDescribeTimeLeft(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			r := Describe(lease("ns", "x", tc.holder, "mutex", 1, tc.renewed, true), now)
-			if r.TimeLeft != tc.wantLeft {
-				t.Errorf("TimeLeft = %q, want %q", r.TimeLeft, tc.wantLeft)
+			if r.TimeLeft != tc.wantLeft || r.Waiting != "-" {
+				t.Errorf("TimeLeft, Waiting = %q, %q, want %q, -", r.TimeLeft, r.Waiting, tc.wantLeft)
 			}
 		})
+	}
+}
+
+func TestDescribeWaiting(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	l := lease("ns", "x", "api-1_00000000-0000-0000-0000-000000000001", "mutex", 3, now, true)
+	l.Annotations[lock.AnnotationQueue] = "api-2_00000000-0000-0000-0000-000000000002,api-3_00000000-0000-0000-0000-000000000003"
+	if r := Describe(l, now); r.Waiting != "2 (next api-2)" {
+		t.Fatalf("Waiting = %q, want 2 (next api-2)", r.Waiting)
 	}
 }
 
