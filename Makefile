@@ -153,7 +153,24 @@ bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and TL
 	hack/bench-webhook.sh
 
 .PHONY: bench
-bench: bench-agent bench-webhook ## Run every benchmark and write the results into BENCHMARKS.md.
+bench: bench-agent bench-webhook bench-fair ## Run every benchmark and write the results into BENCHMARKS.md.
+
+# bench-fair runs the tight loop of BenchmarkFairness (sidecar/agent/fair_bench_test.go)
+# with the agent of this tree and with one built from FAIR_BASELINE, the last commit
+# before fair queueing, for the table's "before" rows (cached in ~/.cache/leasehold).
+FAIR_BASELINE ?= ba46c75
+FAIR_DURATION ?= 5m
+FAIR_PODS ?= 3,5,10
+FAIR_BASELINE_DIR := $(LEASEHOLD_CACHE)/fair-baseline/$(FAIR_BASELINE)
+
+.PHONY: bench-fair
+bench-fair: envtest ## Fairness across Pods: 3, 5, 10 agents in a tight loop on one mutex, FAIR_DURATION (5m) each, beside the agent before the queue; writes BENCHMARKS.md.
+	@test -x $(FAIR_BASELINE_DIR)/leasehold-agent || { rm -rf $(FAIR_BASELINE_DIR) && mkdir -p $(FAIR_BASELINE_DIR)/src && \
+	  git archive $(FAIR_BASELINE) | tar -x -C $(FAIR_BASELINE_DIR)/src && \
+	  (cd $(FAIR_BASELINE_DIR)/src && CGO_ENABLED=0 go build -o ../leasehold-agent ./cmd/leasehold-agent); }
+	LEASEHOLD_FAIR_BASELINE=$(FAIR_BASELINE) LEASEHOLD_FAIR_BASELINE_BIN=$(FAIR_BASELINE_DIR)/leasehold-agent \
+	  LEASEHOLD_FAIR_DURATION=$(FAIR_DURATION) LEASEHOLD_FAIR_PODS=$(FAIR_PODS) LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md \
+	  go test -count=1 -p 1 -run '^$$' -bench BenchmarkFairness -benchtime=1x -timeout 120m ./sidecar/agent/
 
 .PHONY: bench-agent
 bench-agent: envtest ## Measure the lock agent against its targets, side by side with client-go leader election; writes BENCHMARKS.md (Agent).
