@@ -294,9 +294,6 @@ type Lock struct {
 	// wanting counts the clients of this Pod waiting for the lock (for the local slot
 	// or for the Lease).
 	wanting atomic.Int32
-	// queueRefused: the API server refused a queue write (403), so this agent waits
-	// without queueing (queue.go).
-	queueRefused bool
 	// writeMu serializes this agent's writes of the Lease.
 	writeMu sync.Mutex
 
@@ -315,6 +312,9 @@ type Lock struct {
 	lastAttempt  time.Time
 	forbidden    bool
 	apiErr       error
+	// queueRefused: the API server refused a queue write (403), so this agent waits
+	// without queueing (queue.go).
+	queueRefused bool
 	hold         *Hold
 	// ended remembers the last hold that ended, so that a late release or renew that
 	// names it learns why it is stale.
