@@ -108,6 +108,7 @@ func (l *Lock) queueTurnLocked(cur *coordinationv1.Lease, now time.Time) (rest [
 			return nil, &HeldError{Holder: q[0], ValidFor: left, Queued: ahead}
 		}
 		// The waiters ahead had their turn and did not take it: pass them.
+		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", q[:ahead])
 	}
 	return q[min(ahead+1, len(q)):], nil
 }
