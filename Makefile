@@ -89,6 +89,7 @@ lint: vet shellcheck ## go vet, gofmt and shellcheck (part of `make test`).
 vet: ## go vet and gofmt.
 	go vet ./...
 	go vet -tags e2e ./e2e/
+	go vet -tags scalebench ./internal/scalebench/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt -w these files:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 shellcheck: ## shellcheck every shell script (installs Debian's shellcheck when missing).
 	@command -v shellcheck >/dev/null || { echo "installing shellcheck from Debian"; \
@@ -154,6 +155,13 @@ bench-webhook: envtest ## Webhook benchmarks: the handler (Go benchmarks) and TL
 
 .PHONY: bench
 bench: bench-agent bench-webhook ## Run every benchmark and write the results into BENCHMARKS.md.
+
+# `make bench-scale` is not part of `make bench` (nor of `make test`): it runs 1,000 agent
+# processes and restarts kube-apiserver under them, about 17 minutes on 2 cores.
+# SCALE_STEPS=100,300 SCALE_WINDOW=30s SCALE_EXPIRY_UNTIL=0 shorten it (see internal/scalebench).
+.PHONY: bench-scale
+bench-scale: envtest ## Fleets of 100, 300 and 1,000 agents (and client-go electors) against one API server: steady cost, cold start, kube-apiserver restart; writes BENCHMARKS.md (Scale).
+	LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md go test -tags scalebench -count=1 -run '^$$' -bench BenchmarkScale -benchtime=1x -timeout 30m -v ./internal/scalebench/
 
 .PHONY: bench-agent
 bench-agent: envtest ## Measure the lock agent against its targets, side by side with client-go leader election; writes BENCHMARKS.md (Agent).
