@@ -243,7 +243,7 @@ func (f *fleet) handover(n int) ([]time.Duration, error) {
 	ctx := context.Background()
 	var out []time.Duration
 	for k := 0; k < n; k++ {
-		g := (k * 7) % f.groups // spread over the fleet
+		g := (k * 7) % (len(f.agents) / groupSize) // spread over the fleet's full groups
 		a, b := f.agents[g*groupSize], f.agents[g*groupSize+1]
 		s, err := a.c.Acquire(ctx, mutexName(g), 10*time.Second, 0)
 		if err != nil {

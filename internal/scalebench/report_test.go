@@ -98,10 +98,10 @@ func (r *report) write(b *testing.B) {
 			c.apiCPU, c.etcdCPU, c.electorsCPU, mib(c.electorsRSS), ratio)
 	}
 	p("\n**Cold start** (every agent of the step started at once, from the first exec):\n\n")
-	p("| Pods | all execs done | all ready (p50) | every leader Lease named a holder | every group's agent said held | leader Leases past token 1 | requests per Pod until every group held (verb resource code: count, per Pod) |\n|---|---|---|---|---|---|---|\n")
+	p("| Pods | all execs done | all ready (p50) | every leader Lease named a holder | every group's agent said held | leader Leases past token 1 | CPU s until done: kube-apiserver, etcd, agents (each), benchmark | requests until every group held (verb resource code: count (per Pod)) |\n|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.steps {
-		p("| %d | %s | %s (%s) | %s | %s | %d | %s |\n", s.pods, fmtD(s.cold.execs), fmtD(s.cold.allReady), fmtD(s.cold.readyP50), fmtD(s.firstHolder), fmtD(s.cold.allHeld),
-			s.extraTakeover, summary(s.coldRequests, float64(s.pods)))
+		p("| %d | %s | %s (%s) | %s | %s | %d | %.1f, %.1f, %.1f (%.0f ms), %.1f | %s |\n", s.pods, fmtD(s.cold.execs), fmtD(s.cold.allReady), fmtD(s.cold.readyP50), fmtD(s.firstHolder), fmtD(s.cold.allHeld),
+			s.extraTakeover, s.coldCPU[0], s.coldCPU[1], s.coldCPU[2], s.coldCPU[2]/float64(s.pods)*1000, s.coldCPU[3], summary(s.coldRequests, float64(s.pods)))
 	}
 	if rs := r.restart; rs != nil {
 		p("\n**kube-apiserver restart under %d Pods** (SIGTERM, the same binary and flags started again, etcd running; followed for %s after it was ready):\n\n", rs.pods, observeRestart)

@@ -45,6 +45,11 @@ func BenchmarkScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	bin := filepath.Join(dir, "leasehold-agent")
+	if other := os.Getenv("LEASEHOLD_BENCH_AGENT_BIN"); other != "" {
+		// Another build measured the same way (an earlier commit, for a before/after).
+		bin = other
+		logf(b, "agent binary: %s", other)
+	}
 	c := startCluster(b, dir)
 	logf(b, "kube-apiserver pid %d, etcd pid %d, agents as %s", c.apiPID, c.etcdPID, agentUser)
 
@@ -76,7 +81,10 @@ type stepResult struct {
 	coldRequests  map[string]float64
 	coldTimeline  string
 	extraTakeover int
-	lostDuring    int
+	// coldCPU is the CPU seconds kube-apiserver, etcd, the agents and the benchmark
+	// itself used from the first exec until the cold start was done.
+	coldCPU    [4]float64
+	lostDuring int
 }
 
 func createNamespace(b *testing.B, c *cluster, ns string) {
@@ -90,6 +98,7 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 	createNamespace(b, c, ns)
 	r := stepResult{pods: n}
 	m0 := c.scrape()
+	apiCold, etcdCold, selfCold := cpuSeconds(c.apiPID), cpuSeconds(c.etcdPID), cpuSeconds(os.Getpid())
 	f := startFleet(b, bin, c.kubeconfig, filepath.Join(dir, ns), ns, n)
 	r.groups = f.groups
 	logf(b, "%d agents: started in %s", n, f.execDone.Sub(f.started).Round(time.Millisecond))
@@ -111,6 +120,7 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 		}
 	}
 	done := time.Now()
+	r.coldCPU = [4]float64{cpuSeconds(c.apiPID) - apiCold, cpuSeconds(c.etcdPID) - etcdCold, sumCPU(f.pids()), cpuSeconds(os.Getpid()) - selfCold}
 	m1 := c.scrape()
 	r.coldRequests = sub(m1.requests, m0.requests)
 	cold := c.auditSince(f.started, done)
@@ -127,6 +137,8 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 	logf(b, "%d agents: cold start: all ready %s (p50 %s), every leader Lease named a holder %s, every group held %s; requests %s; leader Leases past token 1: %d",
 		n, r.cold.allReady.Round(time.Millisecond), r.cold.readyP50.Round(time.Millisecond), r.firstHolder.Round(time.Millisecond),
 		r.cold.allHeld.Round(time.Millisecond), summary(r.coldRequests, float64(n)), r.extraTakeover)
+	logf(b, "%d agents: CPU seconds used during the cold start (%s): kube-apiserver %.1f, etcd %.1f, agents %.1f (%.1f ms each), this benchmark %.1f",
+		n, done.Sub(f.started).Round(time.Millisecond), r.coldCPU[0], r.coldCPU[1], r.coldCPU[2], r.coldCPU[2]/float64(n)*1000, r.coldCPU[3])
 	logf(b, "%d agents: cold start timeline (lease requests per second since the first exec): %s", n, r.coldTimeline)
 
 	time.Sleep(10 * time.Second) // past the cold start's renewals
