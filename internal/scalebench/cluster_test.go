@@ -306,7 +306,9 @@ func (c *cluster) scrape() apiMetrics {
 	defer cancel()
 	raw, err := c.cs.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
 	if err != nil {
-		c.t.Fatalf("scrape kube-apiserver /metrics: %v", err)
+		// An overloaded API server: the counts are missing, the run goes on.
+		c.t.Logf("scrape kube-apiserver /metrics: %v", err)
+		return m
 	}
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)

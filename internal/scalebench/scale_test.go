@@ -28,6 +28,8 @@ var (
 	// expiryUntil is how long after the restart the watches' re-opening is followed
 	// (they time out 5 to 10 minutes after they open): 0 skips that part.
 	expiryUntil = durEnv("SCALE_EXPIRY_UNTIL", 620*time.Second)
+	// coldTimeout bounds the wait for a step's cold start.
+	coldTimeout = durEnv("SCALE_COLD_TIMEOUT", 3*time.Minute)
 	// restartAt is the step (Pods) under which kube-apiserver is restarted: the largest.
 	restartAt = steps[len(steps)-1]
 )
@@ -105,7 +107,7 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 
 	// Cold start: until every agent is ready and every group's leader lock is held.
 	var logs []agentLog
-	for deadline := time.Now().Add(4 * time.Minute); ; time.Sleep(time.Second) {
+	for deadline := time.Now().Add(coldTimeout); ; time.Sleep(time.Second) {
 		logs = f.logs()
 		r.cold = f.coldStart(logs)
 		if r.cold.notReady == 0 && r.cold.notHeld == 0 {
@@ -115,7 +117,7 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 			b.Fatalf("%d agents exited during the cold start, e.g. %s", len(gone), gone[0])
 		}
 		if time.Now().After(deadline) {
-			logf(b, "cold start of %d agents not done after 4 minutes: %d not ready, %d groups without a leader", n, r.cold.notReady, r.cold.notHeld)
+			logf(b, "cold start of %d agents not done after %s: %d not ready, %d groups without a leader", n, coldTimeout, r.cold.notReady, r.cold.notHeld)
 			break
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/leasehold/leasehold/sidecar/api"
 	"github.com/leasehold/leasehold/sidecar/kubeapi"
@@ -291,9 +293,12 @@ func leaseAccess(locks []string) []kubeapi.LeaseAccess {
 }
 
 // checkAccess asks the API server whether the agent may do what it does with the
-// Leases of its locks, until it may.
+// Leases of its locks, until it may. Between attempts it waits a jittered, growing
+// pause (as the lock engine's watch does), so that agents started together and refused
+// together (a busy API server answering 429) do not ask again all at the same moment.
 func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
 	access := leaseAccess(e.LeaseNames())
+	backoff := wait.Backoff{Duration: o.RetryPeriod / 2, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 2 * o.RetryPeriod}.DelayFunc()
 	for ctx.Err() == nil {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		denied, err := kc.DeniedLeaseAccess(actx, access...)
@@ -316,7 +321,7 @@ func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(o.RetryPeriod):
+		case <-time.After(backoff()):
 		}
 	}
 }
