@@ -69,12 +69,17 @@ func (r *report) write(b *testing.B) {
 	if v := os.Getenv("SCALE_STEPS"); v != "" {
 		p(" with SCALE_STEPS=%s", v)
 	}
+	for _, k := range []string{"SCALE_AGENT_USER", "LEASEHOLD_BENCH_AGENT_BIN"} {
+		if v := os.Getenv(k); v != "" {
+			p(" %s=%s", k, v)
+		}
+	}
 	if v := os.Getenv("SCALE_EXPIRY_UNTIL"); v != "" {
 		p(" SCALE_EXPIRY_UNTIL=%s", v)
 	}
 	p(").\n\nRun %s at `%s`, %s in all, on %s (%d CPUs, %s; load average at the start %s, at the end %s); kube-apiserver + etcd v1.37.2 (envtest) on the same machine, audit log of Lease, access review and Event requests on. ",
 		r.started.UTC().Format("2006-01-02 15:04 MST"), strings.TrimSpace(string(rev)), time.Since(r.started).Round(time.Second), cpu, runtime.NumCPU(), runtime.Version(), r.loadAt, loadavg())
-	p("Every simulated Pod is one `leasehold-agent` process (static build) with its own Pod name, UID, socket and connection, as `%s`; groups of three share a leader lock (`--leader`) and a mutex (`--locks`); timings 15s/10s/2s; Events on, metrics off.\n\n", agentUser)
+	p("Every simulated Pod is one `leasehold-agent` process (static build) with its own Pod name, UID, socket and connection, as %s; groups of three share a leader lock (`--leader`) and a mutex (`--locks`); timings 15s/10s/2s; Events on, metrics off.\n\n", agentIdentity())
 
 	p("**Steady state** (%s window, after the cold start%s):\n\n", window, map[bool]string{true: "; at the largest step after the restart", false: ""}[r.restart != nil])
 	p("| Pods | held leader locks | lease PUT/s (model: held / 5 s) | other requests/s | Lease watches | kube-apiserver CPU s/s, RSS | etcd CPU s/s | agents' CPU s/s (all) | agent PSS / RSS (mean) | mutex handover p50 / p99 |\n|---|---|---|---|---|---|---|---|---|---|\n")

@@ -53,7 +53,7 @@ func BenchmarkScale(b *testing.B) {
 		logf(b, "agent binary: %s", other)
 	}
 	c := startCluster(b, dir)
-	logf(b, "kube-apiserver pid %d, etcd pid %d, agents as %s", c.apiPID, c.etcdPID, agentUser)
+	logf(b, "kube-apiserver pid %d, etcd pid %d, agents as %s", c.apiPID, c.etcdPID, agentIdentity())
 
 	for _, n := range steps {
 		rep.steps = append(rep.steps, runStep(b, c, bin, dir, n, n == restartAt, rep))
