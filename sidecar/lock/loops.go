@@ -136,7 +136,7 @@ func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
 	backoff := l.watchBackoff()
 	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+		lctx, cancel := context.WithTimeout(ctx, l.listTimeout())
 		list, err := l.cfg.Client.List(lctx, metav1.ListOptions{FieldSelector: sel})
 		cancel()
 		if err != nil {
@@ -190,6 +190,19 @@ func (l *Lock) watchLoop(ctx context.Context) {
 func (l *Lock) watchBackoff() wait.DelayFunc {
 	return wait.Backoff{Duration: l.cfg.RetryPeriod / 2, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 2 * l.cfg.RetryPeriod}.DelayFunc()
 }
+
+// listTimeout bounds the List of the Lease. A List is no write, so nothing safe
+// depends on a short one; it waits in the API server's queues with everything else
+// while a cluster's agents start at once, and one given up after the write timeout
+// (5 s by default) was work done for nothing and asked again: at 300 agents starting
+// together, 0.8 Lists per agent (BENCHMARKS.md, Scale). A dead connection is still
+// found sooner by client-go's HTTP/2 health check.
+func (l *Lock) listTimeout() time.Duration {
+	return max(l.writeTimeout(), listTimeoutMin)
+}
+
+// listTimeoutMin is the least time a List of the Lease is given.
+const listTimeoutMin = 30 * time.Second
 
 func (l *Lock) watchFailed(err error) {
 	l.cfg.Log.V(1).Info("Failed to watch lease", "lock", l.cfg.Name, "err", err.Error())

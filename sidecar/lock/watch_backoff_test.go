@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -111,5 +112,54 @@ func TestWatchRetriesBackOffWithJitter(t *testing.T) {
 	}
 	if same {
 		t.Errorf("five locks whose watch failed at the same moment all retried after exactly %s: a herd", first[0])
+	}
+}
+
+// deadlineClient is memClient recording how long each List was given.
+type deadlineClient struct {
+	*memClient
+	mu    sync.Mutex
+	given []time.Duration
+}
+
+func (d *deadlineClient) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		d.mu.Lock()
+		d.given = append(d.given, time.Until(dl))
+		d.mu.Unlock()
+	}
+	return d.memClient.List(ctx, opts)
+}
+
+// A List waits in the API server's queues with every other agent's when many start at
+// once; given up after the 5 s write timeout, it was work the API server did for
+// nothing and then did again. It gets at least listTimeoutMin (and a deadline still:
+// TestListHasATimeout).
+func TestListIsNotGivenUpAtTheWriteTimeout(t *testing.T) {
+	c := &deadlineClient{memClient: &memClient{}}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Log: logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(5 * time.Second); !l.Synced(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("lock never synced")
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.given) == 0 {
+		t.Fatal("List was called without a deadline")
+	}
+	if got := c.given[0]; got < listTimeoutMin-time.Second {
+		t.Fatalf("List was given %s, want at least %s (the write timeout is %s)", got.Round(time.Millisecond), listTimeoutMin, l.writeTimeout())
 	}
 }
