@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -111,6 +112,16 @@ func startCluster(t testing.TB, dir string) *cluster {
 		t.Fatalf("start envtest: %v", err)
 	}
 	t.Cleanup(c.stop)
+	// Killed (SIGINT, SIGTERM): stop etcd and kube-apiserver, which envtest does not tie
+	// to this process; the agents, the electors and a restarted kube-apiserver die with
+	// it (Pdeathsig).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sig
+		c.stop()
+		os.Exit(2)
+	}()
 	c.admin.QPS, c.admin.Burst = 200, 400
 	c.cs = kubernetes.NewForConfigOrDie(c.admin)
 	if c.apiPID, err = childPID("kube-apiserver"); err != nil {

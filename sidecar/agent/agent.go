@@ -292,6 +292,11 @@ func leaseAccess(locks []string) []kubeapi.LeaseAccess {
 	return access
 }
 
+// accessReviewTimeout bounds one review of the agent's access. Not shorter: when a
+// cluster's agents start at once the review waits in the API server's queues, and one
+// given up after 5 s (as before) was work done for nothing and asked again.
+const accessReviewTimeout = 30 * time.Second
+
 // checkAccess asks the API server whether the agent may do what it does with the
 // Leases of its locks, until it may. Between attempts it waits a jittered, growing
 // pause (as the lock engine's watch does), so that agents started together and refused
@@ -300,7 +305,7 @@ func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options
 	access := leaseAccess(e.LeaseNames())
 	backoff := wait.Backoff{Duration: o.RetryPeriod / 2, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 2 * o.RetryPeriod}.DelayFunc()
 	for ctx.Err() == nil {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		actx, cancel := context.WithTimeout(ctx, accessReviewTimeout)
 		denied, err := kc.DeniedLeaseAccess(actx, access...)
 		cancel()
 		switch {
