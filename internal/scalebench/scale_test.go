@@ -284,13 +284,50 @@ func runClientGo(b *testing.B, c *cluster, dir string, n int) clientGoResult {
 	r.electorsCPU = (cpuSeconds(e.cmd.Process.Pid) - cgC0) / el
 	rss, _ := memKiB(e.cmd.Process.Pid)
 	r.electorsRSS = float64(rss) / 1024
+	if n == restartAt {
+		r.restart = clientGoRestart(b, c, ns)
+	}
 	logf(b, "client-go %d electors: all %d Leases held after %s; steady %.0f s: lease PUT %.2f/s, GET %.2f/s, all %.2f/s (%s); kube-apiserver %.3f CPU s/s, etcd %.3f, electors' process %.3f CPU s/s, %.0f MiB RSS",
 		n, groups, r.allHeld.Round(time.Millisecond), el, r.putPerSec, r.getPerSec, r.allPerSec, summary(d, 0), r.apiCPU, r.etcdCPU, r.electorsCPU, r.electorsRSS)
 	e.stop()
 	return r
 }
 
+// clientGoRestart restarts kube-apiserver under the electors as runRestart does under
+// the agents, and says how many leaders lost their Lease.
+func clientGoRestart(b *testing.B, c *cluster, ns string) string {
+	ctx := context.Background()
+	holders := func() map[string]string {
+		l, err := c.cs.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, x := range l.Items {
+			if x.Spec.HolderIdentity != nil && x.Spec.LeaseTransitions != nil {
+				out[x.Name] = fmt.Sprintf("%s/%d", *x.Spec.HolderIdentity, *x.Spec.LeaseTransitions)
+			}
+		}
+		return out
+	}
+	before := holders()
+	sig, exited, ready := c.restartAPIServer()
+	time.Sleep(observeRestart)
+	after := holders()
+	changed := 0
+	for k, v := range before {
+		if after[k] != v {
+			changed++
+		}
+	}
+	s := fmt.Sprintf("kube-apiserver restarted under the electors: SIGTERM → exited %s → ready %s; %d of %d Leases changed holder or token within %s",
+		fmtD(exited.Sub(sig)), fmtD(ready.Sub(sig)), changed, len(before), observeRestart)
+	logf(b, "client-go: %s", s)
+	return s
+}
+
 type clientGoResult struct {
+	restart                         string
 	pods, groups                    int
 	allHeld                         time.Duration
 	putPerSec, getPerSec, allPerSec float64
