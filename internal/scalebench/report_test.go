@@ -20,6 +20,7 @@ const (
 
 type report struct {
 	started  time.Time
+	rev      string // git describe of the tree when the run started
 	loadAt   string
 	steps    []stepResult
 	clientGo []clientGoResult
@@ -34,6 +35,11 @@ func logf(b *testing.B, format string, args ...any) {
 	s := fmt.Sprintf(format, args...)
 	rawLines = append(rawLines, s)
 	b.Log(s)
+}
+
+func revision() string {
+	rev, _ := exec.Command("git", "describe", "--always", "--dirty").Output()
+	return strings.TrimSpace(string(rev))
 }
 
 func loadavg() string {
@@ -64,7 +70,6 @@ func (r *report) write(b *testing.B) {
 			}
 		}
 	}
-	rev, _ := exec.Command("git", "describe", "--always", "--dirty").Output()
 	p("%s\nCommand: `make bench-scale` (runs `go test -tags scalebench -count=1 -run '^$' -bench BenchmarkScale -benchtime=1x -timeout 30m ./internal/scalebench/`", reportBegin)
 	if v := os.Getenv("SCALE_STEPS"); v != "" {
 		p(" with SCALE_STEPS=%s", v)
@@ -78,7 +83,7 @@ func (r *report) write(b *testing.B) {
 		p(" SCALE_EXPIRY_UNTIL=%s", v)
 	}
 	p(").\n\nRun %s at `%s`, %s in all, on %s (%d CPUs, %s; load average at the start %s, at the end %s); kube-apiserver + etcd v1.37.2 (envtest) on the same machine, audit log of Lease, access review and Event requests on. ",
-		r.started.UTC().Format("2006-01-02 15:04 MST"), strings.TrimSpace(string(rev)), time.Since(r.started).Round(time.Second), cpu, runtime.NumCPU(), runtime.Version(), r.loadAt, loadavg())
+		r.started.UTC().Format("2006-01-02 15:04 MST"), r.rev, time.Since(r.started).Round(time.Second), cpu, runtime.NumCPU(), runtime.Version(), r.loadAt, loadavg())
 	p("Every simulated Pod is one `leasehold-agent` process (static build) with its own Pod name, UID, socket and connection, as %s; groups of three share a leader lock (`--leader`) and a mutex (`--locks`); timings 15s/10s/2s; Events on, metrics off.\n\n", agentIdentity())
 
 	p("**Steady state** (%s window, after the cold start%s):\n\n", window, map[bool]string{true: "; at the largest step after the restart", false: ""}[r.restart != nil])

@@ -40,7 +40,7 @@ func BenchmarkScale(b *testing.B) {
 	if b.N > 1 {
 		b.Skip("runs once: use -benchtime=1x")
 	}
-	rep := &report{started: time.Now(), loadAt: loadavg()}
+	rep := &report{started: time.Now(), loadAt: loadavg(), rev: revision()}
 	defer rep.write(b)
 	dir := b.TempDir()
 	if err := testenv.BuildBinaries(dir, false, "github.com/leasehold/leasehold/cmd/leasehold-agent"); err != nil {
