@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/leasehold/leasehold/sidecar/api"
 	"github.com/leasehold/leasehold/sidecar/kubeapi"
@@ -290,12 +292,20 @@ func leaseAccess(locks []string) []kubeapi.LeaseAccess {
 	return access
 }
 
+// accessReviewTimeout bounds one review of the agent's access. Not shorter: when a
+// cluster's agents start at once the review waits in the API server's queues, and one
+// given up after 5 s (as before) was work done for nothing and asked again.
+const accessReviewTimeout = 30 * time.Second
+
 // checkAccess asks the API server whether the agent may do what it does with the
-// Leases of its locks, until it may.
+// Leases of its locks, until it may. Between attempts it waits a jittered, growing
+// pause (as the lock engine's watch does), so that agents started together and refused
+// together (a busy API server answering 429) do not ask again all at the same moment.
 func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options, log logr.Logger) {
 	access := leaseAccess(e.LeaseNames())
+	backoff := wait.Backoff{Duration: o.RetryPeriod / 2, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 2 * o.RetryPeriod}.DelayFunc()
 	for ctx.Err() == nil {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		actx, cancel := context.WithTimeout(ctx, accessReviewTimeout)
 		denied, err := kc.DeniedLeaseAccess(actx, access...)
 		cancel()
 		switch {
@@ -316,7 +326,7 @@ func (e *engine) checkAccess(ctx context.Context, kc *kubeapi.Client, o *Options
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(o.RetryPeriod):
+		case <-time.After(backoff()):
 		}
 	}
 }

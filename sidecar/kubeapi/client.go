@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -98,10 +99,78 @@ func (a LeaseAccess) String() string {
 	return a.Verb + " lease " + a.Name
 }
 
-// DeniedLeaseAccess asks the API server (one SelfSubjectAccessReview each) which of
-// access it denies to the agent. A Role that grants rights on Leases by resourceNames
-// allows a request for one of those names only, so each is asked with its name.
+// DeniedLeaseAccess asks the API server which of access it denies to the agent. One
+// SelfSubjectRulesReview of the namespace lists the rules that allow the agent anything
+// there; what they cover is allowed. What they do not cover, or everything when the
+// server says the list is incomplete (an authorizer other than RBAC) or the review
+// fails, is asked with one SelfSubjectAccessReview per request, which is authoritative.
+// A Role that grants rights on Leases by resourceNames allows a request for one of those
+// names only, so each is asked with its name. With the usual RBAC this is one request at
+// start instead of one per verb and lock (7 for two locks): a cluster's agents starting
+// at once made more access reviews than Lease requests (BENCHMARKS.md, Scale).
 func (c *Client) DeniedLeaseAccess(ctx context.Context, access ...LeaseAccess) (denied []LeaseAccess, err error) {
+	rules, complete := c.leaseRules(ctx)
+	var ask []LeaseAccess
+	for _, a := range access {
+		if !complete || !rulesAllow(rules, a) {
+			ask = append(ask, a)
+		}
+	}
+	return c.reviewEach(ctx, ask)
+}
+
+// resourceRule is a rule of a SelfSubjectRulesReview's status (authorization.k8s.io/v1
+// ResourceRule; the agent links no RBAC or authorization types, to stay small).
+type resourceRule struct {
+	Verbs         []string `json:"verbs"`
+	APIGroups     []string `json:"apiGroups"`
+	Resources     []string `json:"resources"`
+	ResourceNames []string `json:"resourceNames"`
+}
+
+// leaseRules returns the agent's rules in the namespace, and whether the API server
+// says they are complete.
+func (c *Client) leaseRules(ctx context.Context) ([]resourceRule, bool) {
+	body, _ := json.Marshal(map[string]any{
+		"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+		"spec": map[string]any{"namespace": c.namespace},
+	})
+	raw, err := c.rc.Post().AbsPath("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews").Body(body).DoRaw(ctx)
+	if err != nil {
+		return nil, false
+	}
+	var r struct {
+		Status struct {
+			ResourceRules   []resourceRule `json:"resourceRules"`
+			Incomplete      bool           `json:"incomplete"`
+			EvaluationError string         `json:"evaluationError"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, false
+	}
+	return r.Status.ResourceRules, !r.Status.Incomplete && r.Status.EvaluationError == ""
+}
+
+// rulesAllow says whether one of rules allows a on the Leases of the namespace, as RBAC
+// matches a rule: the verb, the group and the resource listed or "*", and the name
+// listed when the rule names any (a request without a name, create, matches only a
+// rule that names none). Hand-written rather than component-helpers' rule comparator,
+// which would link k8s.io/api/rbac/v1 into every Pod's agent for these few lines.
+func rulesAllow(rules []resourceRule, a LeaseAccess) bool {
+	for _, r := range rules {
+		if anyOf(r.Verbs, a.Verb) && anyOf(r.APIGroups, "coordination.k8s.io") && anyOf(r.Resources, "leases") &&
+			(len(r.ResourceNames) == 0 || a.Name != "" && slices.Contains(r.ResourceNames, a.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyOf(set []string, v string) bool { return slices.Contains(set, v) || slices.Contains(set, "*") }
+
+// reviewEach asks one SelfSubjectAccessReview per request and returns those denied.
+func (c *Client) reviewEach(ctx context.Context, access []LeaseAccess) (denied []LeaseAccess, err error) {
 	for _, a := range access {
 		attrs := map[string]string{
 			"namespace": c.namespace, "verb": a.Verb, "group": "coordination.k8s.io", "resource": "leases",

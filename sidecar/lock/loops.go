@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 )
 
@@ -146,18 +147,21 @@ func (l *Lock) renewOnce(ctx context.Context) {
 }
 
 // watchLoop lists the one Lease by name, then watches it from the listed
-// resourceVersion, relisting when the watch is too old. It feeds the cache.
+// resourceVersion, relisting when the watch is too old. It feeds the cache. After a
+// failed List or Watch it waits watchBackoff, growing while the failures go on.
 func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
+	backoff := l.watchBackoff()
 	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+		lctx, cancel := context.WithTimeout(ctx, l.listTimeout())
 		list, err := l.cfg.Client.List(lctx, metav1.ListOptions{FieldSelector: sel})
 		cancel()
 		if err != nil {
 			l.watchFailed(err)
-			l.sleep(ctx, l.cfg.RetryPeriod)
+			l.sleep(ctx, backoff())
 			continue
 		}
+		backoff = l.watchBackoff()
 		var item *coordinationv1.Lease
 		if len(list.Items) > 0 {
 			item = &list.Items[0]
@@ -178,9 +182,10 @@ func (l *Lock) watchLoop(ctx context.Context) {
 					break
 				}
 				l.watchFailed(err)
-				l.sleep(ctx, l.cfg.RetryPeriod)
+				l.sleep(ctx, backoff())
 				continue
 			}
+			backoff = l.watchBackoff()
 			var relist bool
 			rv, relist = l.consume(ctx, w, rv)
 			w.Stop()
@@ -190,6 +195,31 @@ func (l *Lock) watchLoop(ctx context.Context) {
 		}
 	}
 }
+
+// watchBackoff returns the pauses between attempts to list or watch the Lease while
+// they fail: from retry-period/2, doubling up to 2 × retry-period, each plus up to as
+// much again at random (client-go's wait.Backoff with Jitter 1: 1-2 s, 2-4 s, then 4-8 s
+// with the default retry-period of 2 s). When kube-apiserver restarts, every agent's
+// watches break at the same moment; with a fixed retry-period they came back in step, in
+// waves every retry-period, each one all of the cluster's watches at once (BENCHMARKS.md,
+// Scale). The cap keeps a waiter's watch, the way it hears of a release, at most 8 s
+// behind an API server that is back.
+func (l *Lock) watchBackoff() wait.DelayFunc {
+	return wait.Backoff{Duration: l.cfg.RetryPeriod / 2, Factor: 2, Jitter: 1, Steps: math.MaxInt32, Cap: 2 * l.cfg.RetryPeriod}.DelayFunc()
+}
+
+// listTimeout bounds the List of the Lease. A List is no write, so nothing safe
+// depends on a short one; it waits in the API server's queues with everything else
+// while a cluster's agents start at once, and one given up after the write timeout
+// (5 s by default) was work done for nothing and asked again: at 300 agents starting
+// together, 0.8 Lists per agent (BENCHMARKS.md, Scale). A dead connection is still
+// found sooner by client-go's HTTP/2 health check.
+func (l *Lock) listTimeout() time.Duration {
+	return max(l.writeTimeout(), listTimeoutMin)
+}
+
+// listTimeoutMin is the least time a List of the Lease is given.
+const listTimeoutMin = 30 * time.Second
 
 func (l *Lock) watchFailed(err error) {
 	l.cfg.Log.V(1).Info("Failed to watch lease", "lock", l.cfg.Name, "err", err.Error())

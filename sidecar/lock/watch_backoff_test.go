@@ -1,0 +1,165 @@
+package lock
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// downWatchClient is memClient whose Watch fails, as while kube-apiserver restarts, for
+// the first fail calls; it records the (fake) time of every Watch call.
+type downWatchClient struct {
+	*memClient
+	clk   *clocktesting.FakeClock
+	fail  int
+	mu    sync.Mutex
+	calls []time.Time
+}
+
+func (d *downWatchClient) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	d.mu.Lock()
+	d.calls = append(d.calls, d.clk.Now())
+	n := len(d.calls)
+	d.mu.Unlock()
+	if n <= d.fail {
+		return nil, apierrors.NewServiceUnavailable("kube-apiserver is restarting")
+	}
+	return d.memClient.Watch(ctx, opts)
+}
+
+func (d *downWatchClient) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.calls)
+}
+
+// watchRetryDelays runs one lock whose first fail watches fail and returns the pauses
+// between its Watch calls, on the fake clock (to 10 ms).
+func watchRetryDelays(t *testing.T, fail int) []time.Duration {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &downWatchClient{memClient: &memClient{}, clk: clk, fail: fail}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Clock: clk, Log: logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Only the watch loop's pause waits on the clock (a mutex not held renews nothing):
+	// step it while that timer is pending, and after it fires wait for the next call.
+	waitFor := func(cond func() bool) {
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the watch loop made %d Watch calls and stopped (want %d)", c.count(), fail+1)
+			}
+		}
+	}
+	for n := 1; n <= fail; n++ {
+		waitFor(func() bool { return c.count() >= n && clk.HasWaiters() })
+		for clk.HasWaiters() {
+			clk.Step(10 * time.Millisecond)
+		}
+		waitFor(func() bool { return c.count() > n })
+	}
+	var out []time.Duration
+	for i := 1; i < len(c.calls); i++ {
+		out = append(out, c.calls[i].Sub(c.calls[i-1]))
+	}
+	return out
+}
+
+// When the API server goes away, every agent's watch fails at the same moment. The
+// retries must not come back in step (a fixed retry-period made all of a cluster's
+// watches return in waves, every 2 s, each all at once): the pauses are jittered, so
+// agents that failed together retry at different moments, and they grow while the
+// failures go on.
+func TestWatchRetriesBackOffWithJitter(t *testing.T) {
+	const fail = 4
+	var first []time.Duration
+	for run := 0; run < 5; run++ {
+		d := watchRetryDelays(t, fail)
+		if len(d) != fail {
+			t.Fatalf("run %d: %d pauses between %d Watch calls", run, len(d), fail+1)
+		}
+		t.Logf("run %d: pauses %v", run, d)
+		if d[fail-1] <= d[0] {
+			t.Errorf("run %d: pauses %v: the pause after %d failures is not longer than after the first", run, d, fail)
+		}
+		for i, p := range d {
+			if p > 8*time.Second+10*time.Millisecond {
+				t.Errorf("run %d: pause %d is %s, more than 4 × retry-period: a waiter would hear of a release too late", run, i, p)
+			}
+		}
+		first = append(first, d[0])
+	}
+	same := true
+	for _, p := range first[1:] {
+		same = same && p == first[0]
+	}
+	if same {
+		t.Errorf("five locks whose watch failed at the same moment all retried after exactly %s: a herd", first[0])
+	}
+}
+
+// deadlineClient is memClient recording how long each List was given.
+type deadlineClient struct {
+	*memClient
+	mu    sync.Mutex
+	given []time.Duration
+}
+
+func (d *deadlineClient) List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		d.mu.Lock()
+		d.given = append(d.given, time.Until(dl))
+		d.mu.Unlock()
+	}
+	return d.memClient.List(ctx, opts)
+}
+
+// A List waits in the API server's queues with every other agent's when many start at
+// once; given up after the 5 s write timeout, it was work the API server did for
+// nothing and then did again. It gets at least listTimeoutMin (and a deadline still:
+// TestListHasATimeout).
+func TestListIsNotGivenUpAtTheWriteTimeout(t *testing.T) {
+	c := &deadlineClient{memClient: &memClient{}}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Log: logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(5 * time.Second); !l.Synced(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("lock never synced")
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.given) == 0 {
+		t.Fatal("List was called without a deadline")
+	}
+	if got := c.given[0]; got < listTimeoutMin-time.Second {
+		t.Fatalf("List was given %s, want at least %s (the write timeout is %s)", got.Round(time.Millisecond), listTimeoutMin, l.writeTimeout())
+	}
+}
