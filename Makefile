@@ -82,7 +82,7 @@ deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=yo
 	kubectl apply -k bin/deploy
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
-# (A pathspec's * matches / too: 'hack/*.sh' holds the files hack/cluster.sh sources, hack/lib/cluster/*.sh.)
+# The files hack/cluster.sh sources are named for the reader; git's 'hack/*.sh' matches them too (* matches /).
 SHELL_SCRIPTS = $(shell git ls-files 'hack/*.sh' 'hack/lib/cluster/*.sh' .ci/run)
 
 .PHONY: vet lint shellcheck
