@@ -9,9 +9,17 @@
 // container of the Pod (cli.go: InstallCLI, atomic, mode 0755; a failure is logged,
 // never fatal). cmd/leasehold-agent only parses flags into Options and calls Run.
 //
+// Run (agent.go) opens every listener first (listeners.go), then starts the parts, each
+// a runnable with Start(ctx) as in controller-runtime (runnable.go): the lock manager,
+// the RBAC access check (access.go), the Event recorder, the became-ready log and the
+// HTTP servers (servers.go: API, probes, metrics); at SIGTERM it stops them in a fixed
+// order.
+//
 // What it guarantees: on SIGTERM (ctx cancelled) the event streams get a "shutdown"
 // event, every hold is released (one conditional write per held lock, all at once,
-// bounded by --shutdown-timeout), then the listeners close and Run returns.
+// bounded by --shutdown-timeout), then the listeners close and Run returns. A listener
+// that cannot be opened makes Run return an error naming its flag before any lock is
+// taken, with the listeners already open closed and their socket files removed.
 //
 // What it does NOT guarantee: releases on SIGKILL or a node crash; those locks are
 // free after lease-duration. Kubernetes Events are best effort (client-go's
