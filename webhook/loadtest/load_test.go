@@ -91,6 +91,22 @@ func rssKiB(pid int) (rss, hwm int) {
 	return rss, hwm
 }
 
+// cpuSeconds is the user and system CPU time pid has used (/proc/<pid>/stat).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (which may hold spaces) in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
 // histogramP99 reads a Prometheus histogram from a /metrics text body and returns the
 // smallest bucket bound holding 99% of the observations.
 func histogramP99(body, name string) (bound string, count float64) {
@@ -172,8 +188,9 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("webhook not ready: %v\n%s", err, logs.String())
 	}
 	pid := cmd.Process.Pid
-	time.Sleep(2 * time.Second)
-	t.Logf("webhook pid %d ready (GOMEMLIMIT=%s GOGC=%s), idle 2 s: %s", pid, envString("WEBHOOK_GOMEMLIMIT", "90MiB"), envString("WEBHOOK_GOGC", "100"), rollup(pid))
+	idle := time.Duration(env("LOAD_IDLE_SECONDS", 2)) * time.Second // longer to inspect the process
+	time.Sleep(idle)
+	t.Logf("webhook pid %d ready (GOMEMLIMIT=%s GOGC=%s), idle %v: %s", pid, envString("WEBHOOK_GOMEMLIMIT", "90MiB"), envString("WEBHOOK_GOGC", "100"), idle, rollup(pid))
 
 	// 1. Load against the TLS endpoint: C concurrent clients, N reviews.
 	pool := x509.NewCertPool()
@@ -228,6 +245,7 @@ func TestLoad(t *testing.T) {
 			next <- struct{}{}
 		}
 	}()
+	cpu0 := cpuSeconds(pid)
 	start := time.Now()
 	for range concurrency {
 		wg.Add(1)
@@ -259,6 +277,7 @@ func TestLoad(t *testing.T) {
 	close(stopSampling)
 	<-sampled
 	_, hwm := rssKiB(pid)
+	cpu := cpuSeconds(pid) - cpu0
 	t.Logf("TLS load: at the end: %s", rollup(pid))
 	if errs > 0 {
 		t.Errorf("%d of %d reviews failed", errs, total)
@@ -274,10 +293,12 @@ func TestLoad(t *testing.T) {
 	t.Logf("TLS load: %d reviews, %d concurrent clients, rate %s, %.0f reviews/s achieved", len(lats), concurrency,
 		map[bool]string{true: "unlimited (closed loop)", false: strconv.Itoa(rate) + "/s (open loop)"}[rate <= 0],
 		float64(len(lats))/elapsed.Seconds())
+	t.Logf("TLS load: webhook CPU %.2f s (user+system), %.0f µs per review", cpu, cpu/float64(max(len(lats), 1))*1e6)
 	t.Logf("TLS load: client-side latency p50 %v p99 %v max %v", pct(lats, 50), pct(lats, 99), pct(lats, 100))
 	t.Logf("TLS load: server-side p99 <= %ss (leasehold_webhook_request_duration_seconds bucket, %v observations); controller-runtime latency p99 bucket <= %ss",
 		bound, count, crBound)
 	t.Logf("TLS load: webhook RSS peak sampled %.1f MiB, VmHWM %.1f MiB", float64(peakRSS)/1024, float64(hwm)/1024)
+	t.Logf("TLS load: Go runtime after the load (/metrics): %s", goMem(string(mb)))
 
 	// 2. Creating an annotated Pod through the API server, with the webhook and without,
 	// interleaved in one run: the same Pod, created in a namespace the webhook
@@ -419,6 +440,23 @@ func rollup(pid int) string {
 	return fmt.Sprintf("RSS %.1f MiB (file %.1f, anon %.1f), PSS %.1f MiB (file %.1f, anon %.1f)",
 		kB["Rss"]/1024, (kB["Rss"]-kB["Anonymous"])/1024, kB["Anonymous"]/1024,
 		kB["Pss"]/1024, kB["Pss_File"]/1024, kB["Pss_Anon"]/1024)
+}
+
+// goMem summarises the Go runtime's memory gauges of a /metrics body (client_golang's
+// Go collector): the heap in use, goroutine stacks, and the heap goal of the next GC.
+func goMem(body string) string {
+	val := func(name string) float64 {
+		for _, line := range strings.Split(body, "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				return v
+			}
+		}
+		return -1
+	}
+	const mib = 1 << 20
+	return fmt.Sprintf("heap in use %.1f MiB, stacks %.1f MiB, next GC at %.1f MiB, %v goroutines",
+		val("go_memstats_heap_inuse_bytes")/mib, val("go_memstats_stack_inuse_bytes")/mib, val("go_memstats_next_gc_bytes")/mib, val("go_goroutines"))
 }
 
 // metricSumCount returns a histogram's _sum and _count for the series whose labels
