@@ -50,8 +50,9 @@ func MetricsAuth(cfg *rest.Config, httpClient *http.Client) (metricsserver.Filte
 	decisions := cache.NewLRUExpireCache(256)
 	return func(log logr.Logger, next http.Handler) (http.Handler, error) {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if token = strings.TrimSpace(token); !ok || token == "" {
+			// As k8s.io/apiserver's bearer token authenticator: "Bearer" in any case.
+			scheme, token, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+			if token = strings.TrimSpace(token); !strings.EqualFold(scheme, "bearer") || token == "" {
 				http.Error(w, "Unauthorized: send a bearer token allowed to get "+r.URL.Path, http.StatusUnauthorized)
 				return
 			}
