@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -27,7 +26,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -102,17 +100,21 @@ func run(ctx context.Context, args []string) error {
 	log := zapr.NewLogger(zl)
 	ctrl.SetLogger(log)
 
+	// The manager's client and cache see typed Secrets only (the cert rotator's; it
+	// reads the webhook configuration as unstructured), so its scheme holds core/v1
+	// rather than every built-in group. (controller-runtime's client still links
+	// client-go's scheme of every group: BENCHMARKS.md, "Webhook memory".)
 	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+	if err := corev1.AddToScheme(scheme); err != nil {
 		return err
 	}
 	tlsOpts := []func(*tls.Config){webhook.SecureTLS}
 	metricsOpts := metricsserver.Options{BindAddress: *metricsAddr, SecureServing: *metricsSec, TLSOpts: tlsOpts}
 	if *metricsSec {
 		// As kubebuilder's scaffold: TokenReview and SubjectAccessReview, as the
-		// webhook's ServiceAccount (manifests/base/metrics-rbac.yaml), for every scrape.
-		// The certificate is self-signed, generated at start.
-		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+		// webhook's ServiceAccount (manifests/base/metrics-rbac.yaml), for every scrape
+		// (cached a minute). The certificate is self-signed, generated at start.
+		metricsOpts.FilterProvider = webhook.MetricsAuth
 	}
 	var restConfig *rest.Config
 	if *kubeconfig != "" {

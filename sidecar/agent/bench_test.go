@@ -507,6 +507,60 @@ func BenchmarkAgentMetricsRSS(b *testing.B) {
 	}
 }
 
+// BenchmarkAgentPSSShared measures what one agent costs on a node where several run:
+// 10 processes of the same binary (2 locks each, as BenchmarkAgentMetricsRSS), RSS and
+// PSS per process after 10 s idle. The binary's file-backed pages are shared (one copy
+// in the page cache), and PSS divides them among the processes that map them, so it
+// is the per-Pod cost; RSS counts them in full in every process.
+func BenchmarkAgentPSSShared(b *testing.B) {
+	const n = 10
+	for i := 0; i < b.N; i++ {
+		var agents []*agentProc
+		for j := range n {
+			agents = append(agents, startAgentB(b, fmt.Sprintf("bench-p%d-%d", i, j), "--locks=bench-pss-mutex", "--leader=bench-pss-leader-"+strconv.Itoa(j)))
+		}
+		time.Sleep(10 * time.Second)
+		var sum map[string]float64
+		for _, a := range agents {
+			r := smapsRollup(b, a.cmd.Process.Pid)
+			if sum == nil {
+				sum = map[string]float64{}
+				b.Logf("agent 1 of %d: %s", n, fmtRollup(r))
+			}
+			for k, v := range r {
+				sum[k] += v / n
+			}
+		}
+		b.Logf("mean of %d agents: %s", n, fmtRollup(sum))
+		b.ReportMetric(sum["Rss"]/1024, "RSS-MiB/agent")
+		b.ReportMetric(sum["Pss"]/1024, "PSS-MiB/agent")
+		for _, a := range agents {
+			a.signal(15)
+			<-a.exited
+		}
+	}
+}
+
+// smapsRollup reads /proc/PID/smaps_rollup (kB).
+func smapsRollup(b *testing.B, pid int) map[string]float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 {
+			out[strings.TrimSuffix(f[0], ":")], _ = strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return out
+}
+
+func fmtRollup(r map[string]float64) string {
+	return fmt.Sprintf("RSS %.1f MiB (file %.1f, anon %.1f), PSS %.1f MiB (file %.1f, anon %.1f)",
+		r["Rss"]/1024, (r["Rss"]-r["Anonymous"])/1024, r["Anonymous"]/1024, r["Pss"]/1024, r["Pss_File"]/1024, r["Pss_Anon"]/1024)
+}
+
 // vmRSS returns VmRSS in KiB and the anonymous / file-backed split.
 func vmRSS(b *testing.B, pid int) (int, string) {
 	f, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

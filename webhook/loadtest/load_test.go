@@ -2,8 +2,13 @@
 
 // Package loadtest measures the webhook as it runs: the real leasehold-webhook binary
 // serving TLS, registered with a real kube-apiserver through manifests/base's
-// MutatingWebhookConfiguration. Run with `make bench-webhook`; results go to
-// BENCHMARKS.md. It is a measurement, not a test: it fails only when it cannot measure.
+// MutatingWebhookConfiguration. It reports the binary's memory (RSS and PSS, file-backed
+// and anonymous) idle and under a load of AdmissionReviews (LOAD_RATE per second, 0 =
+// closed loop; LOAD_REVIEWS; LOAD_CONCURRENCY), then the latency that the webhook adds
+// to Pod creation through the API server: CREATE_PODS Pods per arm, with and without
+// the webhook interleaved in random order (CREATE_SEED), with bootstrap intervals.
+// Run with `make bench-webhook`; results go to BENCHMARKS.md. It is a measurement, not
+// a test: it fails only when it cannot measure.
 package loadtest
 
 import (
@@ -16,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,12 +34,12 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -49,12 +55,17 @@ func env(name string, def int) int {
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
 	s := slices.Clone(ds)
 	slices.Sort(s)
-	return s[int(math.Ceil(float64(len(s))*p/100))-1]
+	return sortedPct(s, p)
+}
+
+// sortedPct is the nearest-rank percentile p of sorted s.
+func sortedPct(s []time.Duration, p float64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	return s[max(int(math.Ceil(float64(len(s))*p/100))-1, 0)]
 }
 
 // rssKiB reads VmRSS and VmHWM (peak) of pid.
@@ -78,6 +89,22 @@ func rssKiB(pid int) (rss, hwm int) {
 		}
 	}
 	return rss, hwm
+}
+
+// cpuSeconds is the user and system CPU time pid has used (/proc/<pid>/stat).
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (which may hold spaces) in parentheses.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
 }
 
 // histogramP99 reads a Prometheus histogram from a /metrics text body and returns the
@@ -161,8 +188,9 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("webhook not ready: %v\n%s", err, logs.String())
 	}
 	pid := cmd.Process.Pid
-	idleRSS, _ := rssKiB(pid)
-	t.Logf("webhook pid %d ready, idle RSS %.1f MiB (%s)", pid, float64(idleRSS)/1024, rollup(pid))
+	idle := time.Duration(env("LOAD_IDLE_SECONDS", 2)) * time.Second // longer to inspect the process
+	time.Sleep(idle)
+	t.Logf("webhook pid %d ready (GOMEMLIMIT=%s GOGC=%s), idle %v: %s", pid, envString("WEBHOOK_GOMEMLIMIT", "90MiB"), envString("WEBHOOK_GOGC", "100"), idle, rollup(pid))
 
 	// 1. Load against the TLS endpoint: C concurrent clients, N reviews.
 	pool := x509.NewCertPool()
@@ -217,6 +245,7 @@ func TestLoad(t *testing.T) {
 			next <- struct{}{}
 		}
 	}()
+	cpu0 := cpuSeconds(pid)
 	start := time.Now()
 	for range concurrency {
 		wg.Add(1)
@@ -248,7 +277,8 @@ func TestLoad(t *testing.T) {
 	close(stopSampling)
 	<-sampled
 	_, hwm := rssKiB(pid)
-	t.Logf("TLS load: after load %s", rollup(pid))
+	cpu := cpuSeconds(pid) - cpu0
+	t.Logf("TLS load: at the end: %s", rollup(pid))
 	if errs > 0 {
 		t.Errorf("%d of %d reviews failed", errs, total)
 	}
@@ -263,123 +293,170 @@ func TestLoad(t *testing.T) {
 	t.Logf("TLS load: %d reviews, %d concurrent clients, rate %s, %.0f reviews/s achieved", len(lats), concurrency,
 		map[bool]string{true: "unlimited (closed loop)", false: strconv.Itoa(rate) + "/s (open loop)"}[rate <= 0],
 		float64(len(lats))/elapsed.Seconds())
+	t.Logf("TLS load: webhook CPU %.2f s (user+system), %.0f µs per review", cpu, cpu/float64(max(len(lats), 1))*1e6)
 	t.Logf("TLS load: client-side latency p50 %v p99 %v max %v", pct(lats, 50), pct(lats, 99), pct(lats, 100))
 	t.Logf("TLS load: server-side p99 <= %ss (leasehold_webhook_request_duration_seconds bucket, %v observations); controller-runtime latency p99 bucket <= %ss",
 		bound, count, crBound)
 	t.Logf("TLS load: webhook RSS peak sampled %.1f MiB, VmHWM %.1f MiB", float64(peakRSS)/1024, float64(hwm)/1024)
+	t.Logf("TLS load: Go runtime after the load (/metrics): %s", goMem(string(mb)))
 
-	// 2. Creating an annotated Pod through the API server, with the webhook and without.
+	// 2. Creating an annotated Pod through the API server, with the webhook and without,
+	// interleaved in one run: the same Pod, created in a namespace the webhook
+	// configuration selects ("bench") or in one its namespaceSelector excludes
+	// ("leasehold-system", the webhook's own), in blocks of one of each in random order,
+	// so that drift in the machine's load falls on both arms alike.
+	pods := env("CREATE_PODS", 3000)
+	if pods <= 0 {
+		return
+	}
 	c, err := client.New(cfg, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}); err != nil {
-		t.Fatal(err)
+	const nsOn, nsOff = "bench", "leasehold-system"
+	for _, ns := range []string{nsOn, nsOff} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	pods := env("CREATE_PODS", 300)
 	seq := 0
-	create := func(wantInjected bool) []time.Duration {
-		var ds []time.Duration
-		for range pods {
-			seq++
-			p := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("p%d", seq),
-					Annotations: map[string]string{webhook.AnnotationLocks: "db"}},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
-			}
-			s := time.Now()
-			if err := c.Create(ctx, p); err != nil {
-				t.Fatalf("create pod: %v", err)
-			}
-			ds = append(ds, time.Since(s))
-			if injected := len(p.Spec.InitContainers) == 1; injected != wantInjected {
-				t.Fatalf("pod %s injected=%v, want %v", p.Name, injected, wantInjected)
-			}
-		}
-		return ds
-	}
-	mwcs := wo.MutatingWebhooks
-	setWebhook := func(on bool) {
-		mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
-		err := c.Get(ctx, client.ObjectKey{Name: mwcs[0].Name}, mwc)
-		switch {
-		case on && err != nil:
-			fresh := mwcs[0].DeepCopy()
-			fresh.ResourceVersion = ""
-			if err := c.Create(ctx, fresh); err != nil {
-				t.Fatal(err)
-			}
-		case !on && err == nil:
-			if err := c.Delete(ctx, mwc); err != nil {
-				t.Fatal(err)
-			}
-		}
-		// The API server picks configuration changes up asynchronously: probe until
-		// a Pod shows the wanted state.
-		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-			seq++
-			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("probe%d", seq),
+	create := func(ns string) (time.Duration, bool, error) {
+		seq++
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("p%d", seq),
 				Annotations: map[string]string{webhook.AnnotationLocks: "db"}},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}}}
-			if err := c.Create(ctx, p); err != nil {
-				return false, nil
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}},
+		}
+		s := time.Now()
+		err := c.Create(ctx, p)
+		return time.Since(s), len(p.Spec.InitContainers) == 1, err
+	}
+	// The API server learns of new namespaces and of the webhook configuration
+	// asynchronously: create until a Pod in "bench" is injected.
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		_, injected, err := create(nsOn)
+		return err == nil && injected, nil
+	}); err != nil {
+		t.Fatalf("the webhook does not inject Pods in namespace %s: %v", nsOn, err)
+	}
+	calls0 := webhookCalls(ctx, t, cfg)
+	rng := rand.New(rand.NewPCG(uint64(env("CREATE_SEED", 1)), 0))
+	warmup := 50
+	var on, off []time.Duration
+	for i := range warmup + pods {
+		order := []bool{true, false}
+		if rng.IntN(2) == 0 {
+			order = []bool{false, true}
+		}
+		for _, wantOn := range order {
+			ns := map[bool]string{true: nsOn, false: nsOff}[wantOn]
+			d, injected, err := create(ns)
+			if err != nil {
+				t.Fatalf("create pod in %s: %v", ns, err)
 			}
-			return (len(p.Spec.InitContainers) == 1) == on, nil
-		}); err != nil {
-			t.Fatalf("webhook on=%v not effective: %v", on, err)
-		}
-	}
-	conns := func() string {
-		out, err := exec.Command("ss", "-tan").Output()
-		if err != nil {
-			return "ss: " + err.Error()
-		}
-		states := map[string]int{}
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 4 && strings.HasSuffix(f[3], ":"+strconv.Itoa(wo.LocalServingPort)) {
-				states[f[0]]++
+			if injected != wantOn {
+				t.Fatalf("pod in %s injected=%v, want %v", ns, injected, wantOn)
 			}
-		}
-		return fmt.Sprint(states)
-	}
-	t.Logf("webhook port %d connections before Pod creation: %s", wo.LocalServingPort, conns())
-	defer func() { t.Logf("webhook port connections after Pod creation: %s", conns()) }()
-	var with, without []time.Duration
-	for round := range 2 {
-		setWebhook(true)
-		with = append(with, create(true)...)
-		setWebhook(false)
-		without = append(without, create(false)...)
-		_ = round
-	}
-	if cs, err := kubernetes.NewForConfig(cfg); err == nil {
-		if raw, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(ctx); err == nil {
-			sum, count := metricSumCount(string(raw), "apiserver_admission_webhook_admission_duration_seconds", `name="inject.leasehold.io"`)
-			if count > 0 {
-				t.Logf("API server's view of the webhook call (apiserver_admission_webhook_admission_duration_seconds): %v calls, mean %v",
-					count, time.Duration(sum/count*float64(time.Second)))
+			if i < warmup {
+				continue
+			}
+			if wantOn {
+				on = append(on, d)
+			} else {
+				off = append(off, d)
 			}
 		}
 	}
-	t.Logf("Pod create via API server (%d annotated Pods each, sequential, 2 alternating rounds): with webhook p50 %v p99 %v; without p50 %v p99 %v; added p99 %v",
-		len(with), pct(with, 50), pct(with, 99), pct(without, 50), pct(without, 99), pct(with, 99)-pct(without, 99))
+	if calls := webhookCalls(ctx, t, cfg); calls.count > calls0.count {
+		t.Logf("API server's view of the webhook call (apiserver_admission_webhook_admission_duration_seconds): %v calls, mean %v",
+			calls.count-calls0.count, time.Duration((calls.sum-calls0.sum)/(calls.count-calls0.count)*float64(time.Second)))
+	}
+	t.Logf("Pod create via API server, %d annotated Pods per arm after %d warm-up pairs, interleaved in random order, one at a time:", len(on), warmup)
+	boot := bootstrap(on, off, 1000, rng)
+	for _, q := range []float64{50, 99, 99.9} {
+		t.Logf("  p%-4v with webhook %-9v without %-9v added %-9v (95%% bootstrap interval of added: %v to %v)",
+			q, pct(on, q).Round(time.Microsecond), pct(off, q).Round(time.Microsecond),
+			(pct(on, q) - pct(off, q)).Round(time.Microsecond), boot[q][0].Round(time.Microsecond), boot[q][1].Round(time.Microsecond))
+	}
 }
 
-// rollup summarises /proc/<pid>/smaps_rollup: resident anonymous and file-backed memory.
+// bootstrap resamples both arms n times and returns, for p50, p99 and p99.9, the 2.5th
+// and 97.5th percentiles of the added latency (with minus without).
+func bootstrap(on, off []time.Duration, n int, rng *rand.Rand) map[float64][2]time.Duration {
+	added := map[float64][]time.Duration{}
+	a, b := make([]time.Duration, len(on)), make([]time.Duration, len(off))
+	for range n {
+		for i := range a {
+			a[i] = on[rng.IntN(len(on))]
+		}
+		for i := range b {
+			b[i] = off[rng.IntN(len(off))]
+		}
+		slices.Sort(a)
+		slices.Sort(b)
+		for _, q := range []float64{50, 99, 99.9} {
+			added[q] = append(added[q], sortedPct(a, q)-sortedPct(b, q))
+		}
+	}
+	out := map[float64][2]time.Duration{}
+	for q, ds := range added {
+		out[q] = [2]time.Duration{pct(ds, 2.5), pct(ds, 97.5)}
+	}
+	return out
+}
+
+type sumCount struct{ sum, count float64 }
+
+// webhookCalls reads the API server's own histogram of its calls to the webhook.
+func webhookCalls(ctx context.Context, t *testing.T, cfg *rest.Config) sumCount {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		t.Logf("API server metrics: %v", err)
+		return sumCount{}
+	}
+	sum, count := metricSumCount(string(raw), "apiserver_admission_webhook_admission_duration_seconds", `name="inject.leasehold.io"`)
+	return sumCount{sum, count}
+}
+
+// rollup summarises /proc/<pid>/smaps_rollup: the resident set (RSS) and the
+// proportional set (PSS: shared pages divided among the processes mapping them), each
+// split into file-backed pages (the binary's code and data) and anonymous memory.
 func rollup(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
 		return err.Error()
 	}
-	var out []string
+	kB := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && (f[0] == "Rss:" || f[0] == "Anonymous:" || f[0] == "Pss_File:") {
-			out = append(out, f[0]+" "+f[1]+" kB")
+		if f := strings.Fields(line); len(f) >= 2 {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			kB[strings.TrimSuffix(f[0], ":")] = v
 		}
 	}
-	return strings.Join(out, ", ")
+	return fmt.Sprintf("RSS %.1f MiB (file %.1f, anon %.1f), PSS %.1f MiB (file %.1f, anon %.1f)",
+		kB["Rss"]/1024, (kB["Rss"]-kB["Anonymous"])/1024, kB["Anonymous"]/1024,
+		kB["Pss"]/1024, kB["Pss_File"]/1024, kB["Pss_Anon"]/1024)
+}
+
+// goMem summarises the Go runtime's memory gauges of a /metrics body (client_golang's
+// Go collector): the heap in use, goroutine stacks, and the heap goal of the next GC.
+func goMem(body string) string {
+	val := func(name string) float64 {
+		for _, line := range strings.Split(body, "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				return v
+			}
+		}
+		return -1
+	}
+	const mib = 1 << 20
+	return fmt.Sprintf("heap in use %.1f MiB, stacks %.1f MiB, next GC at %.1f MiB, %v goroutines",
+		val("go_memstats_heap_inuse_bytes")/mib, val("go_memstats_stack_inuse_bytes")/mib, val("go_memstats_next_gc_bytes")/mib, val("go_goroutines"))
 }
 
 // metricSumCount returns a histogram's _sum and _count for the series whose labels
