@@ -104,9 +104,13 @@ func TestWaitersOfPodsAreServedInOrder(t *testing.T) {
 // that turn; the waiter passed over queues again when it comes back.
 func TestAWaiterThatCannotTakeItsTurnCostsOneTurn(t *testing.T) {
 	ctx := context.Background()
-	a := startAgent(t, "turn-a", "--locks=turn-db")
-	b := startAgent(t, "turn-b", "--locks=turn-db")
-	c := startAgent(t, "turn-c", "--locks=turn-db")
+	// A turn of 1 s (the retry-period), long enough for C to see the release and try
+	// within it on a busy machine.
+	const turn = time.Second
+	args := []string{"--locks=turn-db", "--retry-period=" + turn.String()}
+	a := startAgent(t, "turn-a", args...)
+	b := startAgent(t, "turn-b", args...)
+	c := startAgent(t, "turn-c", args...)
 	sa, err := a.c.Acquire(ctx, "turn-db", 0, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +131,9 @@ func TestAWaiterThatCannotTakeItsTurnCostsOneTurn(t *testing.T) {
 	if _, err := a.c.Release(ctx, "turn-db", sa.Token); err != nil {
 		t.Fatal(err)
 	}
-	// Within B's turn a try from C is refused with the reason.
+	// Within B's turn a try from C (once C has seen the release) is refused with the
+	// reason.
+	waitFor(t, "C to see the release", func() bool { return c.state("turn-db").Holder == "" })
 	_, err = c.c.Acquire(ctx, "turn-db", 0, 0)
 	if status(err) != http.StatusConflict || !strings.Contains(err.Error(), "queued ahead") {
 		t.Fatalf("C's try within B's turn: want 409 naming the queue, got %v", err)
@@ -137,11 +143,11 @@ func TestAWaiterThatCannotTakeItsTurnCostsOneTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	waited := time.Since(released)
-	if waited < retryPeriod-50*time.Millisecond || waited > leaseDuration {
+	if waited < turn-50*time.Millisecond || waited > leaseDuration {
 		t.Fatalf("C took the lock %s after the release: want after B's turn (%s) and well before lease-duration (%s)",
-			waited, retryPeriod, leaseDuration)
+			waited, turn, leaseDuration)
 	}
-	t.Logf("C took the lock %s after the release, B's turn being %s", waited.Round(time.Millisecond), retryPeriod)
+	t.Logf("C took the lock %s after the release, B's turn being %s", waited.Round(time.Millisecond), turn)
 	waitQueue(t, "turn-db") // C passed B: B's entry is gone
 
 	// B comes back, finds itself passed over and queues again; it gets the lock after C.
