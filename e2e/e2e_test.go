@@ -725,13 +725,21 @@ func TestPodBoundTokenCannotTouchAnotherPodsHold(t *testing.T) {
 		},
 	}
 	for name, mutate := range attempts {
-		cur, err := cs.CoordinationV1().Leases(ns).Get(ctx, lock, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
+		// The holder's agent renews meanwhile: a write based on a copy older than its
+		// renew gets 409 before the policy is asked, so try again on a fresh copy.
+		var err error
+		for range 5 {
+			var cur *coordinationv1.Lease
+			if cur, err = cs.CoordinationV1().Leases(ns).Get(ctx, lock, metav1.GetOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			next := cur.DeepCopy()
+			mutate(next)
+			if _, err = thief.Update(ctx, next, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+				break
+			}
 		}
-		next := cur.DeepCopy()
-		mutate(next)
-		if _, err := thief.Update(ctx, next, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		if !apierrors.IsForbidden(err) {
 			t.Errorf("%s with Pod other's token: want 403 from the admission policy, got %v", name, err)
 		}
 	}
