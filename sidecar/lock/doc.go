@@ -36,6 +36,10 @@
 //     leaseDurationSeconds of the record after this agent observed the record change, on
 //     this agent's clock, never from the remote renewTime.
 //   - Waiters are woken by the watch (and by a timer for expiry), never by polling.
+//     The watch reads the Lease's current state itself (a watch-list: one request
+//     instead of a List and a Watch), at start and whenever it must start over, as
+//     after kube-apiserver restarts; an API server without watch-list gets a List,
+//     then a Watch (loops.go).
 //   - Waiters of a mutex from different Pods are served in the order their entries
 //     landed in the Lease's queue, and clients of one Pod in arrival order (queue.go).
 //     One writer per handover: the head of the queue.

@@ -296,6 +296,9 @@ type Lock struct {
 	wanting atomic.Int32
 	// writeMu serializes this agent's writes of the Lease.
 	writeMu sync.Mutex
+	// noWatchList: the API server does not serve watch-list, so the watch loop lists
+	// and then watches (loops.go). Only the watch loop uses it.
+	noWatchList bool
 
 	mu           sync.Mutex
 	synced       bool
@@ -364,7 +367,7 @@ func (l *Lock) Name() string { return l.cfg.Name }
 // Mode is the lock's mode.
 func (l *Lock) Mode() Mode { return l.cfg.Mode }
 
-// Synced is true once the lock's Lease was listed from the API server.
+// Synced is true once the lock's Lease was read from the API server.
 func (l *Lock) Synced() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apimachinery/pkg/watch"
 	clocktesting "k8s.io/utils/clock/testing"
 )
@@ -35,6 +36,11 @@ type memClient struct {
 	landThenFail error
 	// listDeadline records whether List was called with a deadline.
 	listDeadline []bool
+	// watches and watchLists count the Watch calls, and those that were watch-lists.
+	watches, watchLists int
+	// noWatchList answers a watch-list as an API server with the WatchList feature
+	// gate off does (422).
+	noWatchList bool
 	// refuse, when set, answers an update with the error it returns (nil: apply it).
 	refuse func(old, next *coordinationv1.Lease) error
 }
@@ -51,10 +57,28 @@ func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinati
 	return l, nil
 }
 
-func (m *memClient) Watch(context.Context, metav1.ListOptions) (watch.Interface, error) {
+// Watch serves a watch-list as the API server does (the Lease, then a bookmark that
+// ends the initial events) when asked for one, and counts the requests.
+func (m *memClient) Watch(_ context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.watches++
+	if opts.SendInitialEvents != nil && m.noWatchList {
+		return nil, apierrors.NewInvalid(schema.GroupKind{Group: "meta.k8s.io", Kind: "ListOptions"}, "", field.ErrorList{
+			field.Forbidden(field.NewPath("sendInitialEvents"), "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"),
+		})
+	}
 	m.w = watch.NewRaceFreeFake()
+	if opts.SendInitialEvents != nil && *opts.SendInitialEvents {
+		m.watchLists++
+		if m.lease != nil {
+			m.w.Add(m.lease.DeepCopy())
+		}
+		m.w.Action(watch.Bookmark, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
+			ResourceVersion: strconv.Itoa(m.rv),
+			Annotations:     map[string]string{metav1.InitialEventsAnnotationKey: "true"},
+		}})
+	}
 	return m.w, nil
 }
 

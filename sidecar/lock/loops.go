@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
 )
 
 // renewLoop renews the Lease while held: when healthy once the last successful write
@@ -146,54 +148,87 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	l.broadcastLocked()
 }
 
-// watchLoop lists the one Lease by name, then watches it from the listed
-// resourceVersion, relisting when the watch is too old. It feeds the cache. After a
-// failed List or Watch it waits watchBackoff, growing while the failures go on.
+// watchLoop feeds the cache of the one Lease. It opens a watch that first sends the
+// Lease as it is now and then its changes (sendInitialEvents, "watch-list": one
+// request where a List and a Watch were two), and after a watch's clean end resumes
+// from the last resourceVersion it saw. After anything else (a failed open, an error
+// event, a resourceVersion too old) it reads the state again, waiting watchBackoff
+// after a failure, growing while the failures go on. An API server without watch-list
+// (the WatchList feature gate off, as by default before Kubernetes 1.32) refuses the
+// request as invalid; the lock then lists and watches, as client-go's reflector falls
+// back.
+//
+// Why it matters: when kube-apiserver restarts, every agent's watches break at once.
+// Resumed from their old resourceVersion they were answered 410 (the new watch cache
+// starts at etcd's current revision), then listed and watched again: three requests
+// per lock, with the holders' renewals waiting behind them (BENCHMARKS.md, Scale).
 func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
 	backoff := l.watchBackoff()
+	rv := "" // where to resume; "" when the state must be read again
 	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, l.listTimeout())
-		list, err := l.cfg.Client.List(lctx, metav1.ListOptions{FieldSelector: sel})
-		cancel()
+		timeout := int64(300 + rand.IntN(300))
+		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
+		switch {
+		case rv != "":
+			opts.ResourceVersion = rv
+		case l.noWatchList:
+			var err error
+			if rv, err = l.list(ctx, sel); err != nil {
+				l.watchFailed(err)
+				l.sleep(ctx, backoff())
+			}
+			continue
+		default:
+			opts.SendInitialEvents = ptr.To(true)
+			opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+		}
+		w, err := l.cfg.Client.Watch(ctx, opts)
 		if err != nil {
-			l.watchFailed(err)
-			l.sleep(ctx, backoff())
+			rv = ""
+			if opts.SendInitialEvents != nil && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
+				l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
+				l.noWatchList = true
+				continue
+			}
+			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
+				l.watchFailed(err)
+				l.sleep(ctx, backoff())
+			}
 			continue
 		}
 		backoff = l.watchBackoff()
-		var item *coordinationv1.Lease
-		if len(list.Items) > 0 {
-			item = &list.Items[0]
-		}
-		l.mu.Lock()
-		l.observeAbsentOrLocked(item, list.ResourceVersion)
-		l.synced = true
-		l.broadcastLocked()
-		l.mu.Unlock()
-		rv := list.ResourceVersion
-		for ctx.Err() == nil {
-			timeout := int64(300 + rand.IntN(300))
-			w, err := l.cfg.Client.Watch(ctx, metav1.ListOptions{
-				FieldSelector: sel, ResourceVersion: rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
-			})
-			if err != nil {
-				if apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
-					break
-				}
+		rv, err = l.consume(ctx, w, opts.ResourceVersion, opts.SendInitialEvents != nil)
+		w.Stop()
+		if err != nil {
+			rv = ""
+			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
 				l.watchFailed(err)
 				l.sleep(ctx, backoff())
-				continue
-			}
-			backoff = l.watchBackoff()
-			var relist bool
-			rv, relist = l.consume(ctx, w, rv)
-			w.Stop()
-			if relist {
-				break
 			}
 		}
 	}
+}
+
+// list reads the Lease (for an API server without watch-list) and returns the
+// resourceVersion to watch from.
+func (l *Lock) list(ctx context.Context, sel string) (string, error) {
+	lctx, cancel := context.WithTimeout(ctx, l.listTimeout())
+	defer cancel()
+	list, err := l.cfg.Client.List(lctx, metav1.ListOptions{FieldSelector: sel})
+	if err != nil {
+		return "", err
+	}
+	var item *coordinationv1.Lease
+	if len(list.Items) > 0 {
+		item = &list.Items[0]
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.observeAbsentOrLocked(item, list.ResourceVersion)
+	l.synced = true
+	l.broadcastLocked()
+	return list.ResourceVersion, nil
 }
 
 // watchBackoff returns the pauses between attempts to list or watch the Lease while
@@ -225,14 +260,37 @@ func (l *Lock) watchFailed(err error) {
 	l.cfg.Log.V(1).Info("Failed to watch lease", "lock", l.cfg.Name, "err", err.Error())
 }
 
-func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string) (string, bool) {
+// consume feeds the cache from w until it ends. With initial (a watch-list), the
+// watch first sends the Lease if it exists, then a bookmark marking the end of the
+// initial state: from then on the cache is synced, the Lease absent when none came.
+// It returns the resourceVersion to resume from, or an error when the watch ended in a
+// way that needs the state read again: an error event, or no end of the initial state
+// within listTimeout (then the server ignored sendInitialEvents: from now on the lock
+// lists first).
+func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
+	seen := false
+	var initialDone <-chan time.Time
+	if initial {
+		t := l.cfg.Clock.NewTimer(l.listTimeout())
+		defer t.Stop()
+		initialDone = t.C()
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			return rv, false
+			return rv, nil
+		case <-initialDone:
+			l.noWatchList = true
+			return "", fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return rv, false
+				// Closed: its timeout, or the connection. Resume from where it was (a
+				// 410 then reads the state again); a watch-list that had not finished
+				// its initial events has nothing to resume from.
+				if initial {
+					return "", errors.New("the watch ended before the end of its initial events")
+				}
+				return rv, nil
 			}
 			switch ev.Type {
 			case watch.Added, watch.Modified:
@@ -240,7 +298,7 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string) (strin
 				if !ok {
 					continue
 				}
-				rv = lease.ResourceVersion
+				rv, seen = lease.ResourceVersion, true
 				l.mu.Lock()
 				l.observeAbsentOrLocked(lease, rv)
 				l.broadcastLocked()
@@ -254,16 +312,23 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string) (strin
 				l.broadcastLocked()
 				l.mu.Unlock()
 			case watch.Bookmark:
-				if m, err := meta.Accessor(ev.Object); err == nil {
-					rv = m.GetResourceVersion()
+				m, err := meta.Accessor(ev.Object)
+				if err != nil {
+					continue
+				}
+				rv = m.GetResourceVersion()
+				if initial && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
+					initial, initialDone = false, nil
+					l.mu.Lock()
+					if !seen {
+						l.observeAbsentOrLocked(nil, rv)
+					}
+					l.synced = true
+					l.broadcastLocked()
+					l.mu.Unlock()
 				}
 			case watch.Error:
-				err := apierrors.FromObject(ev.Object)
-				if apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
-					return rv, true
-				}
-				l.watchFailed(err)
-				return rv, false
+				return "", apierrors.FromObject(ev.Object)
 			}
 		}
 	}

@@ -261,12 +261,15 @@ func TestRenewFindsLeaseDeleted(t *testing.T) {
 	}
 }
 
-// Every API call has a timeout: List too.
+// Every API call has a timeout: List too (on an API server without watch-list).
 func TestListHasATimeout(t *testing.T) {
-	c := &memClient{}
+	c := &memClient{noWatchList: true}
 	startLock(t, c, clocktesting.NewFakeClock(time.Unix(1_000_000, 0)))
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.listDeadline) == 0 {
+		t.Fatal("the lock synced without a List on an API server without watch-list")
+	}
 	for i, ok := range c.listDeadline {
 		if !ok {
 			t.Fatalf("List call %d had no deadline", i)

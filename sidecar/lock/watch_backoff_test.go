@@ -134,9 +134,9 @@ func (d *deadlineClient) List(ctx context.Context, opts metav1.ListOptions) (*co
 // A List waits in the API server's queues with every other agent's when many start at
 // once; given up after the 5 s write timeout, it was work the API server did for
 // nothing and then did again. It gets at least listTimeoutMin (and a deadline still:
-// TestListHasATimeout).
+// TestListHasATimeout). (A List is made only where the API server has no watch-list.)
 func TestListIsNotGivenUpAtTheWriteTimeout(t *testing.T) {
-	c := &deadlineClient{memClient: &memClient{}}
+	c := &deadlineClient{memClient: &memClient{noWatchList: true}}
 	l, err := New(Config{
 		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,

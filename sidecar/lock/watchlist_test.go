@@ -1,0 +1,62 @@
+package lock
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// ignoringClient is memClient as an API server that does not know sendInitialEvents
+// and ignores it: the watch starts, and the bookmark that ends the initial events
+// never comes.
+type ignoringClient struct{ *memClient }
+
+func (c ignoringClient) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	opts.SendInitialEvents = nil
+	return c.memClient.Watch(ctx, opts)
+}
+
+// A watch-list whose initial events do not end within the List's timeout is given up,
+// and the lock lists, then watches, from then on: it does not wait for ever for a
+// bookmark the API server will not send.
+func TestWatchListWithoutItsBookmarkFallsBackToList(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := ignoringClient{&memClient{}}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Clock: clk, Log: logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, 5*time.Second, "the watch is open", func() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.watches == 1 })
+	if l.Synced() {
+		t.Fatal("synced without the end of the initial events")
+	}
+	// Step the clock past the List timeout (and the backoff after it), as the timers
+	// are set.
+	waitUntil(t, 10*time.Second, "the lock synced by a List", func() bool {
+		if clk.HasWaiters() {
+			clk.Step(time.Second)
+		}
+		return l.Synced()
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.listDeadline) != 1 {
+		t.Fatalf("%d Lists, want 1", len(c.listDeadline))
+	}
+	if c.watchLists != 0 {
+		t.Fatalf("the fake served %d watch-lists: the test is broken", c.watchLists)
+	}
+}
