@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -56,5 +57,79 @@ func TestSlowAccessReviewIsNotAskedTwice(t *testing.T) {
 	}
 	if n := reviews.Load(); n != 1 {
 		t.Fatalf("the rules review was sent %d times, want once", n)
+	}
+}
+
+// reviewServer answers rules reviews with rulesStatus for the first failures asks, then
+// with rules that allow everything; and access reviews with allowed. It counts both.
+func reviewServer(t *testing.T, rulesStatus, failures int32) (*kubeapi.Client, *atomic.Int32, *atomic.Int32) {
+	t.Helper()
+	var rules, access atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/selfsubjectrulesreviews"):
+			if rules.Add(1) <= failures {
+				w.WriteHeader(int(rulesStatus))
+				_, _ = fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","code":%d}`, rulesStatus)
+				return
+			}
+			_, _ = w.Write([]byte(`{"status":{"resourceRules":[{"verbs":["*"],"apiGroups":["*"],"resources":["*"]}],"incomplete":false}}`))
+		case strings.HasSuffix(r.URL.Path, "/selfsubjectaccessreviews"):
+			access.Add(1)
+			_, _ = w.Write([]byte(`{"status":{"allowed":true}}`))
+		default:
+			http.Error(w, "unexpected", http.StatusNotFound)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	kc, err := kubeapi.New(&rest.Config{Host: srv.URL}, "ns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc, &rules, &access
+}
+
+func checkAccessOnce(t *testing.T, kc *kubeapi.Client) *engine {
+	t.Helper()
+	mgr, err := lock.NewManager(lock.ManagerConfig{Namespace: "ns", Identity: "p_u", Mutexes: []string{"db"},
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 200 * time.Millisecond, Client: kc, Log: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &engine{Manager: mgr, m: newMetrics()}
+	o := NewOptions()
+	o.Namespace, o.RetryPeriod = "ns", 200*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e.checkAccess(ctx, kc, o, logr.Discard())
+	if !e.allowed.Load() {
+		t.Fatal("access not found allowed before the test's deadline")
+	}
+	return e
+}
+
+// A rules review that a busy API server could not answer (504, 429, 500) is asked
+// again after a pause, not answered with one access review per request: that
+// multiplied the requests to an API server already too busy (1.7 access reviews per
+// agent when 1,000 started at once, BENCHMARKS.md, Scale).
+func TestFailedRulesReviewIsAskedAgainNotReplacedByAccessReviews(t *testing.T) {
+	for _, code := range []int32{http.StatusGatewayTimeout, http.StatusTooManyRequests, http.StatusInternalServerError} {
+		kc, rules, access := reviewServer(t, code, 2)
+		checkAccessOnce(t, kc)
+		if rules.Load() != 3 || access.Load() != 0 {
+			t.Errorf("rules review answered %d twice: then %d rules reviews and %d access reviews, want 3 and 0", code, rules.Load(), access.Load())
+		}
+	}
+}
+
+// A server that will not review rules (403, 404) is asked with access reviews.
+func TestRulesReviewRefusedFallsBackToAccessReviews(t *testing.T) {
+	for _, code := range []int32{http.StatusForbidden, http.StatusNotFound} {
+		kc, rules, access := reviewServer(t, code, 1000)
+		checkAccessOnce(t, kc)
+		if rules.Load() != 1 || access.Load() == 0 {
+			t.Errorf("rules review answered %d: %d rules reviews and %d access reviews, want 1 and some", code, rules.Load(), access.Load())
+		}
 	}
 }

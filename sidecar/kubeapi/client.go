@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -102,14 +103,23 @@ func (a LeaseAccess) String() string {
 // DeniedLeaseAccess asks the API server which of access it denies to the agent. One
 // SelfSubjectRulesReview of the namespace lists the rules that allow the agent anything
 // there; what they cover is allowed. What they do not cover, or everything when the
-// server says the list is incomplete (an authorizer other than RBAC) or the review
-// fails, is asked with one SelfSubjectAccessReview per request, which is authoritative.
+// server says the list is incomplete (an authorizer other than RBAC) or will not review
+// rules, is asked with one SelfSubjectAccessReview per request, which is authoritative.
 // A Role that grants rights on Leases by resourceNames allows a request for one of those
 // names only, so each is asked with its name. With the usual RBAC this is one request at
 // start instead of one per verb and lock (7 for two locks): a cluster's agents starting
 // at once made more access reviews than Lease requests (BENCHMARKS.md, Scale).
+//
+// A rules review that fails for a reason that may pass (a timeout, a 5xx, a 429, no
+// connection) is an error, for the caller to ask again later: answering it with an
+// access review per request multiplied the load on an API server that was already too
+// busy to answer (1.7 access reviews per agent when 1,000 started at once). Only a
+// server that will not answer rules reviews (403, 404, 405, 400) gets access reviews.
 func (c *Client) DeniedLeaseAccess(ctx context.Context, access ...LeaseAccess) (denied []LeaseAccess, err error) {
-	rules, complete := c.leaseRules(ctx)
+	rules, complete, err := c.leaseRules(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("review the rules of leases: %w", err)
+	}
 	var ask []LeaseAccess
 	for _, a := range access {
 		if !complete || !rulesAllow(rules, a) {
@@ -129,15 +139,19 @@ type resourceRule struct {
 }
 
 // leaseRules returns the agent's rules in the namespace, and whether the API server
-// says they are complete.
-func (c *Client) leaseRules(ctx context.Context) ([]resourceRule, bool) {
+// says they are complete; incomplete also when the server will not review rules. The
+// error is a failure that may pass.
+func (c *Client) leaseRules(ctx context.Context) ([]resourceRule, bool, error) {
 	body, _ := json.Marshal(map[string]any{
 		"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
 		"spec": map[string]any{"namespace": c.namespace},
 	})
 	raw, err := c.rc.Post().AbsPath("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews").Body(body).DoRaw(ctx)
-	if err != nil {
-		return nil, false
+	switch {
+	case apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err) || apierrors.IsBadRequest(err):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, err
 	}
 	var r struct {
 		Status struct {
@@ -147,9 +161,9 @@ func (c *Client) leaseRules(ctx context.Context) ([]resourceRule, bool) {
 		} `json:"status"`
 	}
 	if err := json.Unmarshal(raw, &r); err != nil {
-		return nil, false
+		return nil, false, nil
 	}
-	return r.Status.ResourceRules, !r.Status.Incomplete && r.Status.EvaluationError == ""
+	return r.Status.ResourceRules, !r.Status.Incomplete && r.Status.EvaluationError == "", nil
 }
 
 // rulesAllow says whether one of rules allows a on the Leases of the namespace, as RBAC
