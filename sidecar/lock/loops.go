@@ -148,20 +148,22 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	l.broadcastLocked()
 }
 
-// watchLoop feeds the cache of the one Lease. It opens a watch that first sends the
+// watchLoop feeds the cache of the one Lease. Every watch it opens first sends the
 // Lease as it is now and then its changes (sendInitialEvents, "watch-list": one
-// request where a List and a Watch were two), and after a watch's clean end resumes
-// from the last resourceVersion it saw. After anything else (a failed open, an error
-// event, a resourceVersion too old) it reads the state again, waiting watchBackoff
-// after a failure, growing while the failures go on. An API server without watch-list
-// (the WatchList feature gate off, as by default before Kubernetes 1.32) refuses the
-// request as invalid; the lock then lists and watches, as client-go's reflector falls
-// back.
+// request where a List and a Watch were two). After a failure (of the open, or an
+// error event) it waits watchBackoff, growing while the failures go on.
 //
-// Why it matters: when kube-apiserver restarts, every agent's watches break at once.
-// Resumed from their old resourceVersion they were answered 410 (the new watch cache
-// starts at etcd's current revision), then listed and watched again: three requests
-// per lock, with the holders' renewals waiting behind them (BENCHMARKS.md, Scale).
+// Why not resume from the last resourceVersion: when kube-apiserver restarts, every
+// agent's watches break at once, and a watch resumed from its old resourceVersion is
+// answered 410 by the new watch cache (it starts at etcd's current revision), then
+// the state is read and watched again: three requests per lock where one does, with
+// the holders' renewals waiting behind them (BENCHMARKS.md, Scale). A watch-list costs
+// the API server about what a resumed watch does (the one Lease, sent once more).
+//
+// An API server without watch-list (the WatchList feature gate off, as by default
+// before Kubernetes 1.32) refuses the request as invalid; the lock then lists, and
+// watches from the listed resourceVersion, resuming from the last one it saw after a
+// watch's clean end, as client-go's reflector does.
 func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
 	backoff := l.watchBackoff()
@@ -170,7 +172,7 @@ func (l *Lock) watchLoop(ctx context.Context) {
 		timeout := int64(300 + rand.IntN(300))
 		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
 		switch {
-		case rv != "":
+		case l.noWatchList && rv != "":
 			opts.ResourceVersion = rv
 		case l.noWatchList:
 			var err error
@@ -197,15 +199,23 @@ func (l *Lock) watchLoop(ctx context.Context) {
 			}
 			continue
 		}
-		backoff = l.watchBackoff()
+		opened := l.cfg.Clock.Now()
 		rv, err = l.consume(ctx, w, opts.ResourceVersion, opts.SendInitialEvents != nil)
 		w.Stop()
+		lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
+		if lasted {
+			backoff = l.watchBackoff()
+		}
+		gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
 		if err != nil {
 			rv = ""
-			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
+			if !gone {
 				l.watchFailed(err)
-				l.sleep(ctx, backoff())
 			}
+		}
+		// A watch that failed, or ended at once, is not opened again in a tight loop.
+		if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
+			l.sleep(ctx, backoff())
 		}
 	}
 }

@@ -173,9 +173,10 @@ func verbs(calls []call) []string {
 
 // On an API server that serves watch-list (Kubernetes 1.32 on), the lock reads its
 // Lease, absent at first, with one watch-list and no List. After kube-apiserver
-// restarts (etcd keeps running), it reads the state again with watch-lists and still
-// no List: before, each lock's watch reopened from its old resourceVersion, was
-// answered 410 by the new watch cache, then listed and watched again.
+// restarts (etcd keeps running), it reads the state again with a watch-list, neither
+// listing nor resuming from its old resourceVersion: before, each lock's watch
+// reopened from there, was answered 410 by the new watch cache, then listed and
+// watched again.
 func TestLeaseIsReadWithAWatchListAlsoAfterARestart(t *testing.T) {
 	l, rc, cs, restart := startEnvtestLock(t, nil)
 	if got := verbs(rc.since()); len(got) != 1 || got[0] != "watch-list" {
@@ -197,6 +198,8 @@ func TestLeaseIsReadWithAWatchListAlsoAfterARestart(t *testing.T) {
 		switch {
 		case c.verb == "list":
 			t.Errorf("the lock listed after the restart: %v", verbs(calls))
+		case c.verb == "watch":
+			t.Errorf("the lock resumed a watch from its old resourceVersion after the restart: %v", verbs(calls))
 		case c.verb == "watch-list" && c.err == nil:
 			ok = true
 		}

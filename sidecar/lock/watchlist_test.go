@@ -60,3 +60,43 @@ func TestWatchListWithoutItsBookmarkFallsBackToList(t *testing.T) {
 		t.Fatalf("the fake served %d watch-lists: the test is broken", c.watchLists)
 	}
 }
+
+// closingClient is memClient whose watches end as soon as they have sent their
+// initial events, as a server that closes every watch at once.
+type closingClient struct{ *memClient }
+
+func (c closingClient) Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+	w, err := c.memClient.Watch(ctx, opts)
+	if err == nil {
+		c.mu.Lock()
+		c.w.Stop()
+		c.mu.Unlock()
+	}
+	return w, err
+}
+
+// A watch that ends at once, without an error, is not opened again in a tight loop:
+// the next one waits watchBackoff (on the lock's clock, which this test does not move).
+func TestWatchThatEndsAtOnceIsNotReopenedInALoop(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := closingClient{&memClient{}}
+	l, err := New(Config{
+		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
+		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		Client: c, Clock: clk, Log: logr.Discard(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, 5*time.Second, "synced", l.Synced)
+	time.Sleep(200 * time.Millisecond)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.watches != 1 {
+		t.Fatalf("%d watches in 200 ms with the clock stopped, want 1", c.watches)
+	}
+}
