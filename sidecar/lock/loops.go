@@ -150,15 +150,18 @@ func (l *Lock) renewOnce(ctx context.Context) {
 
 // watchLoop feeds the cache of the one Lease. Every watch it opens first sends the
 // Lease as it is now and then its changes (sendInitialEvents, "watch-list": one
-// request where a List and a Watch were two). After a failure (of the open, or an
-// error event) it waits watchBackoff, growing while the failures go on.
+// request where a List and a Watch were two), in a state not older than the last
+// resourceVersion this lock saw. After a failure (of the open, or an error event) it
+// waits watchBackoff, growing while the failures go on.
 //
-// Why not resume from the last resourceVersion: when kube-apiserver restarts, every
-// agent's watches break at once, and a watch resumed from its old resourceVersion is
-// answered 410 by the new watch cache (it starts at etcd's current revision), then
-// the state is read and watched again: three requests per lock where one does, with
-// the holders' renewals waiting behind them (BENCHMARKS.md, Scale). A watch-list costs
-// the API server about what a resumed watch does (the one Lease, sent once more).
+// Why not a watch resumed from the last resourceVersion: when kube-apiserver restarts,
+// every agent's watches break at once, and a watch resumed from its old
+// resourceVersion is answered 410 by the new watch cache (which starts at etcd's
+// current revision); the state was then listed and watched again: three requests per
+// lock where one does, with the holders' renewals waiting behind them (BENCHMARKS.md,
+// Scale). A watch-list "not older than" the last resourceVersion is served from the
+// new watch cache as it is; it costs the API server about what a resumed watch does
+// (the one Lease, sent once more).
 //
 // An API server without watch-list (the WatchList feature gate off, as by default
 // before Kubernetes 1.32) refuses the request as invalid; the lock then lists, and
@@ -167,7 +170,10 @@ func (l *Lock) renewOnce(ctx context.Context) {
 func (l *Lock) watchLoop(ctx context.Context) {
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
 	backoff := l.watchBackoff()
-	rv := "" // where to resume; "" when the state must be read again
+	// rv is the last resourceVersion seen: where a watch-list's state may not be older
+	// than, or where a watch resumes without watch-list; "" when the state must be read
+	// as the API server has it now.
+	rv := ""
 	for ctx.Err() == nil {
 		timeout := int64(300 + rand.IntN(300))
 		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
@@ -182,12 +188,18 @@ func (l *Lock) watchLoop(ctx context.Context) {
 			}
 			continue
 		default:
+			// Not older than what this lock has seen: kube-apiserver serves that from its
+			// watch cache; with no resourceVersion (at start, or after a 410), it first
+			// asks etcd for the current revision.
 			opts.SendInitialEvents = ptr.To(true)
 			opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+			opts.ResourceVersion = rv
 		}
 		w, err := l.cfg.Client.Watch(ctx, opts)
 		if err != nil {
-			rv = ""
+			if l.noWatchList || apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
+				rv = ""
+			}
 			if opts.SendInitialEvents != nil && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
 				l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
 				l.noWatchList = true
@@ -200,18 +212,22 @@ func (l *Lock) watchLoop(ctx context.Context) {
 			continue
 		}
 		opened := l.cfg.Clock.Now()
-		rv, err = l.consume(ctx, w, opts.ResourceVersion, opts.SendInitialEvents != nil)
+		var seen string
+		seen, err = l.consume(ctx, w, rv, opts.SendInitialEvents != nil)
 		w.Stop()
+		if seen != "" {
+			rv = seen
+		}
 		lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
 		if lasted {
 			backoff = l.watchBackoff()
 		}
 		gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
-		if err != nil {
+		if err != nil && !gone {
+			l.watchFailed(err)
+		}
+		if err != nil && (l.noWatchList || gone) {
 			rv = ""
-			if !gone {
-				l.watchFailed(err)
-			}
 		}
 		// A watch that failed, or ended at once, is not opened again in a tight loop.
 		if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
@@ -273,8 +289,8 @@ func (l *Lock) watchFailed(err error) {
 // consume feeds the cache from w until it ends. With initial (a watch-list), the
 // watch first sends the Lease if it exists, then a bookmark marking the end of the
 // initial state: from then on the cache is synced, the Lease absent when none came.
-// It returns the resourceVersion to resume from, or an error when the watch ended in a
-// way that needs the state read again: an error event, or no end of the initial state
+// It returns the last resourceVersion seen, and an error when the watch ended in a way
+// that needs a new watch-list (or List): an error event, or no end of the initial state
 // within listTimeout (then the server ignored sendInitialEvents: from now on the lock
 // lists first).
 func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
@@ -291,14 +307,14 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initia
 			return rv, nil
 		case <-initialDone:
 			l.noWatchList = true
-			return "", fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
+			return rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				// Closed: its timeout, or the connection. Resume from where it was (a
 				// 410 then reads the state again); a watch-list that had not finished
 				// its initial events has nothing to resume from.
 				if initial {
-					return "", errors.New("the watch ended before the end of its initial events")
+					return rv, errors.New("the watch ended before the end of its initial events")
 				}
 				return rv, nil
 			}
@@ -338,7 +354,7 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initia
 					l.mu.Unlock()
 				}
 			case watch.Error:
-				return "", apierrors.FromObject(ev.Object)
+				return rv, apierrors.FromObject(ev.Object)
 			}
 		}
 	}
