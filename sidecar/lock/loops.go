@@ -175,6 +175,7 @@ func (l *Lock) watchLoop(ctx context.Context) {
 	// as the API server has it now.
 	rv := ""
 	for ctx.Err() == nil {
+		l.renewalFirst(ctx)
 		timeout := int64(300 + rand.IntN(300))
 		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
 		switch {
@@ -255,6 +256,27 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 	l.synced = true
 	l.broadcastLocked()
 	return list.ResourceVersion, nil
+}
+
+// renewalFirst waits while this lock is held and its renewal failing: until a
+// renewal lands, or the hold ends. A holder needs nothing from its watch to renew (a
+// conflict reads the Lease again), and while it cannot renew its hold is running out:
+// after kube-apiserver restarts, the renewals of a cluster's holders must get through
+// while every agent's watches come back, so the holders' watches wait for them.
+func (l *Lock) renewalFirst(ctx context.Context) {
+	for {
+		l.mu.Lock()
+		wait, ch := l.held && l.renewFailing, l.changed
+		l.mu.Unlock()
+		if !wait {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // watchBackoff returns the pauses between attempts to list or watch the Lease while

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	clocktesting "k8s.io/utils/clock/testing"
@@ -98,5 +99,40 @@ func TestWatchThatEndsAtOnceIsNotReopenedInALoop(t *testing.T) {
 	defer c.mu.Unlock()
 	if c.watches != 1 {
 		t.Fatalf("%d watches in 200 ms with the clock stopped, want 1", c.watches)
+	}
+}
+
+// While a holder's renewal is failing, its watch is not opened again: after
+// kube-apiserver restarts, the holders' renewals must get through while every agent's
+// watches come back. Once a renewal lands, the watch opens.
+func TestHolderWithFailingRenewalReopensItsWatchAfterTheRenewal(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, _ := startLock(t, c, clk)
+	if _, s, err := l.Acquire(context.Background(), AcquireOptions{}); err != nil || !s.Held {
+		t.Fatalf("acquire: %+v %v", s, err)
+	}
+	watches := func() int { c.mu.Lock(); defer c.mu.Unlock(); return c.watches }
+	renewFailing := func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.renewFailing }
+	c.mu.Lock()
+	c.fail = apierrors.NewServiceUnavailable("kube-apiserver is restarting")
+	c.mu.Unlock()
+	clk.Step(5 * time.Second) // the renewal is due, and fails
+	waitUntil(t, 5*time.Second, "the renewal failed", renewFailing)
+	n := watches()
+	c.mu.Lock()
+	c.w.Stop() // the connection breaks
+	c.mu.Unlock()
+	time.Sleep(200 * time.Millisecond)
+	if got := watches(); got != n {
+		t.Fatalf("the watch was opened again (%d → %d) while the renewal was failing", n, got)
+	}
+	c.mu.Lock()
+	c.fail = nil
+	c.mu.Unlock()
+	clk.Step(2 * time.Second) // the next renewal lands
+	waitUntil(t, 5*time.Second, "the watch opened again after the renewal", func() bool { return watches() > n })
+	if s := l.State(); !s.Held {
+		t.Fatalf("not held after the renewal: %+v", s)
 	}
 }
