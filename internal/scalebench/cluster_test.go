@@ -47,6 +47,24 @@ func agentIdentity() string {
 	return "envtest's administrator (system:masters, exempt from API priority and fairness)"
 }
 
+// agentNice (SCALE_AGENT_NICE, 0 to 19) is the nice value the agents and the client-go
+// electors run at. On a cluster the agents run on the nodes and kube-apiserver on the
+// control plane; here they share 2 CPUs, and 1,000 agent processes reconnecting at
+// once take kube-apiserver's CPU. A nice value lets kube-apiserver and etcd go first,
+// as if they had their own cores (the agents still compete with each other and with
+// the benchmark).
+var agentNice = niceEnv("SCALE_AGENT_NICE", 0)
+
+// renice sets a started process's nice value to agentNice.
+func renice(t testing.TB, pid int) {
+	if agentNice == 0 {
+		return
+	}
+	if err := syscall.Setpriority(syscall.PRIO_PROCESS, pid, agentNice); err != nil {
+		t.Fatalf("SCALE_AGENT_NICE=%d: %v", agentNice, err)
+	}
+}
+
 // stopGrace is how long kube-apiserver may take to stop gracefully before it is killed.
 var stopGrace = durEnv("SCALE_STOP_GRACE", time.Second)
 

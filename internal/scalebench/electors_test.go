@@ -104,6 +104,7 @@ func startElectors(t testing.TB, kubeconfig, ns, logPath string, n int) *elector
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	renice(t, cmd.Process.Pid)
 	e := &electors{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(e.done) }()
 	t.Cleanup(e.stop)

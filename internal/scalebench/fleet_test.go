@@ -81,6 +81,7 @@ func startFleet(t testing.TB, bin, kubeconfig, dir, ns string, n int, extra ...s
 			t.Fatalf("start agent %d: %v", i, err)
 		}
 		out.Close()
+		renice(t, a.cmd.Process.Pid)
 		go func() { _ = a.cmd.Wait(); close(a.done) }()
 		a.c = client.New(a.socket, "")
 		f.agents = append(f.agents, a)

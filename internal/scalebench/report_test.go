@@ -74,7 +74,7 @@ func (r *report) write(b *testing.B) {
 	if v := os.Getenv("SCALE_STEPS"); v != "" {
 		p(" with SCALE_STEPS=%s", v)
 	}
-	for _, k := range []string{"SCALE_AGENT_USER", "LEASEHOLD_BENCH_AGENT_BIN"} {
+	for _, k := range []string{"SCALE_AGENT_USER", "SCALE_AGENT_NICE", "LEASEHOLD_BENCH_AGENT_BIN"} {
 		if v := os.Getenv(k); v != "" {
 			p(" %s=%s", k, v)
 		}

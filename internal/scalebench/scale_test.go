@@ -53,7 +53,7 @@ func BenchmarkScale(b *testing.B) {
 		logf(b, "agent binary: %s", other)
 	}
 	c := startCluster(b, dir)
-	logf(b, "kube-apiserver pid %d, etcd pid %d, agents as %s", c.apiPID, c.etcdPID, agentIdentity())
+	logf(b, "kube-apiserver pid %d, etcd pid %d, agents as %s, at nice %d", c.apiPID, c.etcdPID, agentIdentity(), agentNice)
 
 	for _, n := range steps {
 		rep.steps = append(rep.steps, runStep(b, c, bin, dir, n, n == restartAt, rep))
@@ -350,6 +350,18 @@ func intsEnv(name string, def []int) []int {
 	}
 	sort.Ints(out)
 	return out
+}
+
+func niceEnv(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 19 {
+		panic(fmt.Sprintf("%s=%q: want a nice value from 0 to 19", name, v))
+	}
+	return n
 }
 
 func durEnv(name string, def time.Duration) time.Duration {
