@@ -122,7 +122,7 @@ func (r *report) write(b *testing.B) {
 		p("\n**kube-apiserver restart under %d Pods** (SIGTERM, the same binary and flags started again, etcd running; followed for %s after it was ready):\n\n", rs.pods, observeRestart)
 		p("| measure | result |\n|---|---|\n")
 		p("| SIGTERM → exited (SIGKILL after %s) → ready again (/readyz) | %s → %s |\n", stopGrace, fmtD(rs.exited.Sub(rs.signalled)), fmtD(rs.ready.Sub(rs.signalled)))
-		p("| CPU seconds from SIGTERM until ready (%s on 2 CPUs): the new kube-apiserver, etcd, the agents, the benchmark | %.1f, %.1f, %.1f, %.1f |\n", fmtD(rs.ready.Sub(rs.signalled)), rs.cpu[0], rs.cpu[1], rs.cpu[2], rs.cpu[3])
+		p("| CPU seconds from SIGTERM until ready (%s on %d CPUs): the new kube-apiserver, etcd, the agents, the benchmark | %.1f, %.1f, %.1f, %.1f |\n", fmtD(rs.ready.Sub(rs.signalled)), runtime.NumCPU(), rs.cpu[0], rs.cpu[1], rs.cpu[2], rs.cpu[3])
 		p("| agents' watches open again (%d), from the old process's exit (the new one answers before its /readyz) | last at %s (watch opens p50 %s, p90 %s); open at the end: %.0f |\n", 2*rs.pods, fmtD(rs.watchesBack), fmtD(rs.watchOpenP50), fmtD(rs.watchOpenP90), rs.openAfter)
 		p("| every held leader Lease renewed again, from the exit | %s (%d not) |\n", fmtD(rs.renewedAll), rs.notRenewed)
 		p("| healthy holders that lost their lock | %d Leases changed holder or token; %d \"Lost lock\" in the agents' logs |\n", rs.holderChanged, len(rs.lost))
