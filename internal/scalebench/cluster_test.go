@@ -245,6 +245,7 @@ func (c *cluster) restartAPIServer() (signalled, exited, ready time.Time) {
 	done := c.exited
 	go func() { _ = cmd.Wait(); close(done) }()
 	c.apiPID = cmd.Process.Pid
+	c.profileRestart()
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
@@ -256,6 +257,37 @@ func (c *cluster) restartAPIServer() (signalled, exited, ready time.Time) {
 			t.Fatalf("kube-apiserver not ready 60s after its restart: %v", err)
 		}
 	}
+}
+
+// profileRestart, with SCALE_RESTART_PROFILE=path, takes a CPU profile of the new
+// kube-apiserver from its first answer (its /debug/pprof, on by default), for
+// SCALE_RESTART_PROFILE_SECONDS (10), and writes it to path (read it with
+// `go tool pprof -top path`), in the background.
+func (c *cluster) profileRestart() {
+	path := os.Getenv("SCALE_RESTART_PROFILE")
+	if path == "" {
+		return
+	}
+	secs := os.Getenv("SCALE_RESTART_PROFILE_SECONDS")
+	if secs == "" {
+		secs = "10"
+	}
+	go func() {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			raw, err := c.cs.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").Param("seconds", secs).DoRaw(ctx)
+			cancel()
+			if err != nil {
+				continue
+			}
+			if err := os.WriteFile(path, raw, 0o644); err != nil {
+				c.t.Logf("write the restart profile: %v", err)
+			}
+			c.t.Logf("CPU profile of the restarted kube-apiserver (%s s from its first answer): %s", secs, path)
+			return
+		}
+		c.t.Logf("no CPU profile of the restarted kube-apiserver: it did not answer /debug/pprof within 30 s")
+	}()
 }
 
 func alive(pid int) bool {
