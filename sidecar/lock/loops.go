@@ -174,6 +174,7 @@ func (l *Lock) watchLoop(ctx context.Context) {
 	// than, or where a watch resumes without watch-list; "" when the state must be read
 	// as the API server has it now.
 	rv := ""
+	failures := 0 // opens failed in a row
 	for ctx.Err() == nil {
 		l.renewalFirst(ctx)
 		timeout := int64(300 + rand.IntN(300))
@@ -208,10 +209,16 @@ func (l *Lock) watchLoop(ctx context.Context) {
 			}
 			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
 				l.watchFailed(err)
-				l.sleep(ctx, backoff())
+				pause := backoff()
+				if failures == 0 && noAnswer(err) {
+					pause += l.reconnectSpread()
+				}
+				failures++
+				l.sleep(ctx, pause)
 			}
 			continue
 		}
+		failures = 0
 		opened := l.cfg.Clock.Now()
 		var seen string
 		seen, err = l.consume(ctx, w, rv, opts.SendInitialEvents != nil)
@@ -256,6 +263,32 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 	l.synced = true
 	l.broadcastLocked()
 	return list.ResourceVersion, nil
+}
+
+// reconnectSpread is the extra pause before a lock that is not held opens its watch
+// again, when the API server stopped answering at all (no connection): a random
+// duration up to renew-deadline. kube-apiserver restarting loses every agent's
+// watches at the same moment, and when it comes back, every watch-list and every
+// agent's TLS handshake arrive within a few seconds, while the holders' renewals
+// must land before their renew-deadline: at 1,000 Pods on 2 CPUs the renewals
+// waited behind the rest and every holder lost its lock (BENCHMARKS.md, Scale). Spread
+// over renew-deadline, the watches that nothing depends on right now make room for
+// the renewals. A holder's own watch waits for its renewal instead (renewalFirst).
+func (l *Lock) reconnectSpread() time.Duration {
+	l.mu.Lock()
+	held := l.held
+	l.mu.Unlock()
+	if held {
+		return 0
+	}
+	return rand.N(l.cfg.RenewDeadline)
+}
+
+// noAnswer says whether err is a request that got no answer from the API server (no
+// connection, a broken one, a timeout), as opposed to an answer that is an error.
+func noAnswer(err error) bool {
+	var status apierrors.APIStatus
+	return err != nil && !errors.As(err, &status)
 }
 
 // renewalFirst waits while this lock is held and its renewal failing: until a

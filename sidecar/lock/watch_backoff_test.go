@@ -2,6 +2,8 @@ package lock
 
 import (
 	"context"
+	"errors"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +22,7 @@ type downWatchClient struct {
 	*memClient
 	clk   *clocktesting.FakeClock
 	fail  int
+	err   error // what a failed Watch returns; a 503 from the API server when nil
 	mu    sync.Mutex
 	calls []time.Time
 }
@@ -30,6 +33,9 @@ func (d *downWatchClient) Watch(ctx context.Context, opts metav1.ListOptions) (w
 	n := len(d.calls)
 	d.mu.Unlock()
 	if n <= d.fail {
+		if d.err != nil {
+			return nil, d.err
+		}
 		return nil, apierrors.NewServiceUnavailable("kube-apiserver is restarting")
 	}
 	return d.memClient.Watch(ctx, opts)
@@ -44,9 +50,13 @@ func (d *downWatchClient) count() int {
 // watchRetryDelays runs one lock whose first fail watches fail and returns the pauses
 // between its Watch calls, on the fake clock (to 10 ms).
 func watchRetryDelays(t *testing.T, fail int) []time.Duration {
+	return watchRetryDelaysErr(t, fail, nil)
+}
+
+func watchRetryDelaysErr(t *testing.T, fail int, failErr error) []time.Duration {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := &downWatchClient{memClient: &memClient{}, clk: clk, fail: fail}
+	c := &downWatchClient{memClient: &memClient{}, clk: clk, fail: fail, err: failErr}
 	l, err := New(Config{
 		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
@@ -161,5 +171,36 @@ func TestListIsNotGivenUpAtTheWriteTimeout(t *testing.T) {
 	}
 	if got := c.given[0]; got < listTimeoutMin-time.Second {
 		t.Fatalf("List was given %s, want at least %s (the write timeout is %s)", got.Round(time.Millisecond), listTimeoutMin, l.writeTimeout())
+	}
+}
+
+// When the API server does not answer at all (kube-apiserver restarting: connection
+// refused), a lock that is not held waits, before its first retry, a random extra
+// pause of up to renew-deadline: the watches of a whole cluster then come back spread
+// over renew-deadline, and the holders' renewals get through. Later retries back off
+// as usual.
+func TestWatchOfALockNotHeldComesBackSpreadAfterTheServerWentAway(t *testing.T) {
+	refused := &url.Error{Op: "Get", URL: "https://127.0.0.1:6443/apis", Err: errors.New("dial tcp 127.0.0.1:6443: connect: connection refused")}
+	var first []time.Duration
+	for run := 0; run < 5; run++ {
+		d := watchRetryDelaysErr(t, 2, refused)
+		if len(d) != 2 {
+			t.Fatalf("run %d: %d pauses between 3 Watch calls", run, len(d))
+		}
+		t.Logf("run %d: pauses %v", run, d)
+		if d[0] < time.Second || d[0] > 12*time.Second+10*time.Millisecond {
+			t.Errorf("run %d: first pause %s, want the backoff (1-2 s) plus up to renew-deadline (10 s)", run, d[0])
+		}
+		if d[1] > 4*time.Second+10*time.Millisecond {
+			t.Errorf("run %d: second pause %s, want the backoff alone (2-4 s)", run, d[1])
+		}
+		first = append(first, d[0])
+	}
+	spread := false
+	for _, p := range first {
+		spread = spread || p > 2*time.Second+10*time.Millisecond
+	}
+	if !spread {
+		t.Errorf("first pauses %v: none longer than the backoff alone, no spread", first)
 	}
 }
