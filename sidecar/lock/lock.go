@@ -312,6 +312,7 @@ type Lock struct {
 	lastHolder   string    // the last non-empty holder seen, for OnHolderChange
 	lastWrite    time.Time // send time of the last successful write while held
 	renewFailing bool
+	renewRetry   time.Duration // after a failed renewal, when to try again (loops.go)
 	lastAttempt  time.Time
 	forbidden    bool
 	apiErr       error

@@ -27,7 +27,9 @@ type memClient struct {
 	rv      int
 	fail    error
 	updates int
-	w       *watch.RaceFreeFakeWatcher
+	// updateCalls counts every Update, answered or failed.
+	updateCalls int
+	w           *watch.RaceFreeFakeWatcher
 	// afterWrite, when set, runs after a write is applied and before its answer is
 	// returned: the moment a watch event can overtake the answer.
 	afterWrite func()
@@ -117,6 +119,9 @@ func (m *memClient) create(l *coordinationv1.Lease) (*coordinationv1.Lease, erro
 }
 
 func (m *memClient) Update(_ context.Context, l *coordinationv1.Lease, _ metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	m.mu.Lock()
+	m.updateCalls++
+	m.mu.Unlock()
 	out, err := m.update(l)
 	if err == nil && m.afterWrite != nil {
 		m.afterWrite()

@@ -30,7 +30,7 @@ func (l *Lock) renewLoop(ctx context.Context) {
 		if held {
 			at := l.lastWrite.Add(l.cfg.RenewDeadline / 2)
 			if l.renewFailing {
-				at = l.lastAttempt.Add(l.cfg.RetryPeriod)
+				at = l.lastAttempt.Add(l.renewRetry)
 			}
 			if deadline := l.lastWrite.Add(l.cfg.RenewDeadline); deadline.Before(at) {
 				at = deadline
@@ -133,6 +133,15 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		l.broadcastLocked()
 		l.cfg.Log.V(5).Info("Renewed lease", "lock", l.cfg.Name)
 		return
+	}
+	// A renewal that reached no API server (connection refused: kube-apiserver
+	// restarting) is tried again after a quarter of retry-period, not a whole one: a
+	// refused connection costs the API server nothing, and the holder's renewal is then
+	// among the first requests a restarted kube-apiserver gets, before its deadline.
+	// One that got an answer, or timed out, is tried again after retry-period.
+	l.renewRetry = l.cfg.RetryPeriod
+	if noAnswer(err) && l.cfg.Clock.Since(send) < l.cfg.RetryPeriod/4 {
+		l.renewRetry = l.cfg.RetryPeriod / 4
 	}
 	err = l.writeFailedLocked("renew", err)
 	if errors.Is(err, errConflict) {

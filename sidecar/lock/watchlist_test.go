@@ -2,6 +2,9 @@ package lock
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
@@ -134,5 +137,41 @@ func TestHolderWithFailingRenewalReopensItsWatchAfterTheRenewal(t *testing.T) {
 	waitUntil(t, 5*time.Second, "the watch opened again after the renewal", func() bool { return watches() > n })
 	if s := l.State(); !s.Held {
 		t.Fatalf("not held after the renewal: %+v", s)
+	}
+}
+
+// A renewal that reached no API server (connection refused, as while kube-apiserver
+// restarts) is tried again after a quarter of retry-period, so that it is among the
+// first requests the restarted server gets; one the server answered with an error is
+// tried again after retry-period.
+func TestRenewalThatReachedNoServerIsTriedAgainSooner(t *testing.T) {
+	refused := &url.Error{Op: "Put", URL: "https://127.0.0.1:6443/apis", Err: errors.New("dial tcp 127.0.0.1:6443: connect: connection refused")}
+	for _, tc := range []struct {
+		err   error
+		retry time.Duration
+	}{
+		{refused, 500 * time.Millisecond},
+		{apierrors.NewServiceUnavailable("not ready"), 2 * time.Second},
+	} {
+		clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+		c := &memClient{}
+		l, _ := startLock(t, c, clk)
+		if _, s, err := l.Acquire(context.Background(), AcquireOptions{}); err != nil || !s.Held {
+			t.Fatalf("acquire: %+v %v", s, err)
+		}
+		calls := func() int { c.mu.Lock(); defer c.mu.Unlock(); return c.updateCalls }
+		c.mu.Lock()
+		c.fail = tc.err
+		c.mu.Unlock()
+		clk.Step(5 * time.Second) // the renewal is due, and fails
+		waitUntil(t, 5*time.Second, "the first renewal", func() bool { return calls() == 1 })
+		waitUntil(t, 5*time.Second, "the retry is scheduled", clk.HasWaiters)
+		clk.Step(tc.retry - time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
+		if n := calls(); n != 1 {
+			t.Fatalf("%v: %d renewals %s after the failed one, want 1", tc.err, n, tc.retry-time.Millisecond)
+		}
+		clk.Step(time.Millisecond)
+		waitUntil(t, 5*time.Second, fmt.Sprintf("%v: the renewal tried again after %s", tc.err, tc.retry), func() bool { return calls() == 2 })
 	}
 }
