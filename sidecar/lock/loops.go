@@ -219,7 +219,7 @@ func (l *Lock) watchLoop(ctx context.Context) {
 			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
 				l.watchFailed(err)
 				pause := backoff()
-				if failures == 0 && noAnswer(err) {
+				if failures == 0 {
 					pause += l.reconnectSpread()
 				}
 				failures++
@@ -274,15 +274,16 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 	return list.ResourceVersion, nil
 }
 
-// reconnectSpread is the extra pause before a lock that is not held opens its watch
-// again, when the API server stopped answering at all (no connection): a random
-// duration up to renew-deadline. kube-apiserver restarting loses every agent's
-// watches at the same moment, and when it comes back, every watch-list and every
-// agent's TLS handshake arrive within a few seconds, while the holders' renewals
-// must land before their renew-deadline: at 1,000 Pods on 2 CPUs the renewals
-// waited behind the rest and every holder lost its lock (BENCHMARKS.md, Scale). Spread
-// over renew-deadline, the watches that nothing depends on right now make room for
-// the renewals. A holder's own watch waits for its renewal instead (renewalFirst).
+// reconnectSpread is the extra pause after the first failed attempt to open the watch
+// of a lock that is not held: a random duration up to renew-deadline. When
+// kube-apiserver restarts, every agent's watches break at the same moment and their
+// first attempts fail together (the connection refused, or a 429 or 503 from the
+// server shutting down); when it comes back, every watch-list and every agent's TLS
+// handshake arrived within a few seconds, while the holders' renewals must land
+// before their renew-deadline: at 1,000 Pods on 2 CPUs the renewals waited behind the
+// rest and every holder lost its lock (BENCHMARKS.md, Scale). Spread over
+// renew-deadline, the watches that nothing depends on right now make room for the
+// renewals. A holder's own watch waits for its renewal instead (renewalFirst).
 func (l *Lock) reconnectSpread() time.Duration {
 	l.mu.Lock()
 	held := l.held
