@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 )
 
@@ -361,10 +362,11 @@ func (l *Lock) watchFailed(err error) {
 func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
 	seen := false
 	var initialDone <-chan time.Time
+	var initialTimer clock.Timer
 	if initial {
-		t := l.cfg.Clock.NewTimer(l.listTimeout())
-		defer t.Stop()
-		initialDone = t.C()
+		initialTimer = l.cfg.Clock.NewTimer(l.listTimeout())
+		defer initialTimer.Stop()
+		initialDone = initialTimer.C()
 	}
 	for {
 		select {
@@ -410,6 +412,7 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initia
 				rv = m.GetResourceVersion()
 				if initial && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
 					initial, initialDone = false, nil
+					initialTimer.Stop()
 					l.mu.Lock()
 					if !seen {
 						l.observeAbsentOrLocked(nil, rv)
