@@ -43,6 +43,12 @@ const (
 	// The renew deadline must exceed 1.2 times it (client-go's jitter). Default 2s.
 	AnnotationRetryPeriod = AnnotationPrefix + "retry-period"
 
+	// AnnotationGrace is how long a hold may stay in jeopardy (renew-deadline passed
+	// while the API server was unavailable; the hold is not held but may resume with
+	// the same token) before it is lost. Go duration syntax; "0s" turns jeopardy off.
+	// Default 30s (contract.DefaultGrace).
+	AnnotationGrace = AnnotationPrefix + "grace"
+
 	// AnnotationTCPPort turns on the agent's loopback-only HTTP API on 127.0.0.1:<port>
 	// (1024-65535). Off when absent: the Unix socket is the default transport.
 	AnnotationTCPPort = AnnotationPrefix + "tcp-port"
@@ -68,6 +74,7 @@ const (
 	DefaultLeaseDuration = contract.DefaultLeaseDuration
 	DefaultRenewDeadline = contract.DefaultRenewDeadline
 	DefaultRetryPeriod   = contract.DefaultRetryPeriod
+	DefaultGrace         = contract.DefaultGrace
 
 	// MaxLeaseDuration bounds every timing annotation (contract.MaxLeaseDuration).
 	MaxLeaseDuration = contract.MaxLeaseDuration
@@ -76,7 +83,7 @@ const (
 // knownAnnotations are all the keys under AnnotationPrefix that the webhook accepts.
 var knownAnnotations = []string{
 	AnnotationLocks, AnnotationLeader, AnnotationSemaphores, AnnotationLeaseDuration, AnnotationRenewDeadline,
-	AnnotationRetryPeriod, AnnotationTCPPort, AnnotationMetrics, AnnotationInject, AnnotationStatus,
+	AnnotationRetryPeriod, AnnotationGrace, AnnotationTCPPort, AnnotationMetrics, AnnotationInject, AnnotationStatus,
 }
 
 // Config is what a Pod's annotations ask of the agent.
@@ -91,6 +98,10 @@ type Config struct {
 	LeaseDuration time.Duration
 	RenewDeadline time.Duration
 	RetryPeriod   time.Duration
+	// Grace is how long a hold may stay in jeopardy; GraceSet says that the Pod's
+	// annotation gave it (only then is it on the agent's command line).
+	Grace    time.Duration
+	GraceSet bool
 
 	// TCPPort is the loopback HTTP port, 0 when off.
 	TCPPort int32
@@ -198,7 +209,7 @@ func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) 
 	_, hasLeader := annotations[AnnotationLeader]
 	_, hasSems := annotations[AnnotationSemaphores]
 	if !hasLocks && !hasLeader && !hasSems {
-		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationTCPPort, AnnotationMetrics} {
+		for _, k := range []string{AnnotationLeaseDuration, AnnotationRenewDeadline, AnnotationRetryPeriod, AnnotationGrace, AnnotationTCPPort, AnnotationMetrics} {
 			if v, ok := annotations[k]; ok {
 				errs = append(errs, invalid(k, v, fmt.Sprintf("the Pod names no lock; fix: add %s, %s or %s, or remove %s",
 					AnnotationLocks, AnnotationLeader, AnnotationSemaphores, k)))
@@ -227,6 +238,7 @@ func ParseAnnotations(annotations map[string]string) (*Config, field.ErrorList) 
 	if okAll {
 		errs = checkTimings(annotations, cfg, errs)
 	}
+	cfg.Grace, cfg.GraceSet, errs = parseGrace(annotations, errs)
 
 	if v, ok := annotations[AnnotationTCPPort]; ok {
 		p, err := strconv.ParseInt(strings.TrimSpace(v), 10, 32)
@@ -385,6 +397,28 @@ func parseDuration(annotations map[string]string, key string, def time.Duration,
 	case wholeSeconds && d%time.Second != 0:
 		return 0, false, append(errs, invalid(key, v, fmt.Sprintf(
 			"must be whole seconds (a Lease stores leaseDurationSeconds); fix: use %q", d.Round(time.Second).String())))
+	}
+	return d, true, errs
+}
+
+// parseGrace reads leasehold.io/grace: a Go duration from 0 (no jeopardy) to
+// MaxLeaseDuration.
+func parseGrace(annotations map[string]string, errs field.ErrorList) (time.Duration, bool, field.ErrorList) {
+	v, ok := annotations[AnnotationGrace]
+	if !ok {
+		return DefaultGrace, false, errs
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	switch {
+	case err != nil:
+		return 0, false, append(errs, invalid(AnnotationGrace, v, fmt.Sprintf(
+			"not a duration; fix: use Go duration syntax with a unit, e.g. %q (default %s), or \"0s\" to turn jeopardy off", "1m", DefaultGrace)))
+	case d < 0:
+		return 0, false, append(errs, invalid(AnnotationGrace, v, fmt.Sprintf(
+			"must not be negative; fix: use e.g. %q (default %s), or \"0s\" to turn jeopardy off", "1m", DefaultGrace)))
+	case d > MaxLeaseDuration:
+		return 0, false, append(errs, invalid(AnnotationGrace, v, fmt.Sprintf(
+			"must be at most %s; fix: use e.g. %q (default %s)", MaxLeaseDuration, "1m", DefaultGrace)))
 	}
 	return d, true, errs
 }

@@ -19,6 +19,9 @@ func TestParseAnnotations(t *testing.T) {
 		if c.RetryPeriod == 0 {
 			c.RetryPeriod = DefaultRetryPeriod
 		}
+		if !c.GraceSet {
+			c.Grace = DefaultGrace
+		}
 		return &c
 	}
 	tests := map[string]struct {
@@ -37,7 +40,15 @@ func TestParseAnnotations(t *testing.T) {
 			in: map[string]string{AnnotationLeader: "l", AnnotationLeaseDuration: "1m", AnnotationRenewDeadline: "40s",
 				AnnotationRetryPeriod: "5s", AnnotationTCPPort: "8970", AnnotationInject: "true", "other.io/x": "y"},
 			want: &Config{Leader: []string{"l"}, LeaseDuration: time.Minute, RenewDeadline: 40 * time.Second,
-				RetryPeriod: 5 * time.Second, TCPPort: 8970},
+				RetryPeriod: 5 * time.Second, Grace: DefaultGrace, TCPPort: 8970},
+		},
+		"grace": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationGrace: "2m"},
+			want: def(Config{Locks: []string{"db"}, Grace: 2 * time.Minute, GraceSet: true}),
+		},
+		"grace 0 turns jeopardy off": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationGrace: "0s"},
+			want: def(Config{Locks: []string{"db"}, GraceSet: true}),
 		},
 		"semaphores": {
 			in:   map[string]string{AnnotationSemaphores: "report=3, batch.jobs=1", AnnotationLocks: "db"},
@@ -75,6 +86,18 @@ func TestParseAnnotationsErrors(t *testing.T) {
 		"empty between commas": {
 			in:   map[string]string{AnnotationLocks: "a,,b"},
 			want: []string{`[leasehold.io/locks]: Invalid value: "a,,b"`, "fix: remove the extra comma"},
+		},
+		"grace not a duration": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationGrace: "forever"},
+			want: []string{`[leasehold.io/grace]: Invalid value: "forever"`, "not a duration", "fix:"},
+		},
+		"negative grace": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationGrace: "-5s"},
+			want: []string{`[leasehold.io/grace]: Invalid value: "-5s"`, "must not be negative", "fix:"},
+		},
+		"grace over the maximum": {
+			in:   map[string]string{AnnotationLocks: "db", AnnotationGrace: "2h"},
+			want: []string{`[leasehold.io/grace]: Invalid value: "2h"`, "at most 1h0m0s", "fix:"},
 		},
 		"empty value": {
 			in:   map[string]string{AnnotationLeader: " "},

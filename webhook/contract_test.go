@@ -80,3 +80,32 @@ func TestTimingRulesAgree(t *testing.T) {
 		}
 	}
 }
+
+// The webhook and the agent accept and refuse the same grace periods, and the agent
+// takes the one the webhook writes (the contract's default when the Pod sets none).
+func TestGraceAgrees(t *testing.T) {
+	for _, v := range []string{"", "0s", "1ms", "30s", "10m", "1h", "1h0m1s", "-1s"} {
+		ann := map[string]string{AnnotationLocks: "db"}
+		if v != "" {
+			ann[AnnotationGrace] = v
+		}
+		cfg, errs := ParseAnnotations(ann)
+		o := agent.NewOptions()
+		o.Namespace, o.PodName, o.PodUID, o.Locks = "ns", "p", "u", []string{"db"}
+		if v != "" {
+			d, _ := time.ParseDuration(v)
+			o.Grace = d
+		}
+		agentErr := o.Validate()
+		if (len(errs) == 0) != (agentErr == nil) {
+			t.Errorf("grace %q: webhook %v, agent %v", v, errs.ToAggregate(), agentErr)
+			continue
+		}
+		if len(errs) > 0 {
+			continue
+		}
+		if got := agentOptions(t, cfg, Options{AgentMetricsBindAddress: ":9090"}).Grace; got != cfg.Grace {
+			t.Errorf("grace %q: the webhook means %s, the agent understood %s", v, cfg.Grace, got)
+		}
+	}
+}

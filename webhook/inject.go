@@ -296,6 +296,11 @@ func AgentArgs(cfg *Config, opts Options) []string {
 		"--tcp-port=" + strconv.Itoa(int(cfg.TCPPort)),
 		"--metrics-bind-address=" + opts.AgentMetricsBindAddress,
 	}
+	if cfg.GraceSet {
+		// Only when the Pod sets it, as for semaphores below: the agent's default is
+		// contract.DefaultGrace.
+		args = append(args, "--grace="+cfg.Grace.String())
+	}
 	if len(cfg.Semaphores) > 0 {
 		// Only when declared, so that Pods without semaphores run on older agent images.
 		sems := make([]string, len(cfg.Semaphores))

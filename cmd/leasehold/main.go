@@ -1,6 +1,7 @@
 // Command leasehold is the small client of the Leasehold agent:
 //
-//	leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]   run COMMAND under LOCK, like flock
+//	leasehold run [--wait=DUR] [--on-jeopardy=freeze|end] LOCK -- COMMAND [ARG...]
+//	                                                       run COMMAND under LOCK, like flock
 //	leasehold acquire [--wait=DUR] [--ttl=DUR] [-o token] LOCK  take LOCK for this Pod
 //	leasehold renew --token=N [--ttl=DUR] LOCK             restart the ttl of the hold with token N
 //	leasehold release --token=N LOCK                       end the hold with token N
@@ -19,7 +20,11 @@
 //
 // run uses a hold tied to its connection: when leasehold (or its COMMAND) dies, the
 // lock is released at once. If the agent ends the hold (lost, shutdown), COMMAND is
-// sent SIGTERM.
+// sent SIGTERM. While the hold is in jeopardy (the API server unavailable past
+// renew-deadline), COMMAND's process group is stopped (SIGSTOP) and continued
+// (SIGCONT) when the hold is safe again; --on-jeopardy=end ends COMMAND instead, for
+// programs that must not be frozen. With a leader lock, run waits until this Pod leads
+// and runs COMMAND while it does.
 package main
 
 import (
@@ -36,6 +41,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/leasehold/leasehold/internal/version"
 	"github.com/leasehold/leasehold/sidecar/client"
 )
@@ -49,7 +56,7 @@ const (
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
-  leasehold run [--wait=DUR] LOCK -- COMMAND [ARG...]
+  leasehold run [--wait=DUR] [--on-jeopardy=freeze|end] LOCK -- COMMAND [ARG...]
   leasehold acquire [--wait=DUR] [--ttl=DUR] [-o token] LOCK
   leasehold renew --token=N [--ttl=DUR] LOCK
   leasehold release --token=N LOCK
@@ -76,7 +83,13 @@ func main() {
 	heldOnly := fs.Bool("held", false, "status: exit 1 unless this Pod holds LOCK (am I the leader?)")
 	token := fs.Int64("token", 0, "release, renew: the fencing token of the hold (printed by acquire)")
 	output := fs.String("o", "json", "acquire: json (the state) or token (the fencing token only, for $(...))")
+	onJeopardy := fs.String("on-jeopardy", jeopardyFreeze, "run: what to do with COMMAND while the hold is in jeopardy: "+
+		"freeze (SIGSTOP its process group, SIGCONT when safe again) or end (SIGTERM, as when the hold is lost)")
 	_ = fs.Parse(os.Args[2:])
+	if *onJeopardy != jeopardyFreeze && *onJeopardy != jeopardyEnd {
+		fmt.Fprintf(os.Stderr, "leasehold %s: --on-jeopardy=%q: use freeze (the default) or end\n", sub, *onJeopardy)
+		os.Exit(exitUsage)
+	}
 	c := client.FromEnv()
 	if *socket != "" || *rawURL != "" {
 		c = client.New(*socket, *rawURL)
@@ -100,7 +113,7 @@ func main() {
 		if w == 0 && !flagSet(fs, "wait") {
 			w = 24 * time.Hour * 365
 		}
-		os.Exit(run(ctx, c, name, w, cmd))
+		os.Exit(run(ctx, c, name, w, *onJeopardy == jeopardyEnd, cmd))
 	case "acquire":
 		if len(args) != 1 {
 			usage()
@@ -184,7 +197,13 @@ func exitCode(err error) int {
 	}
 }
 
-func run(ctx context.Context, c *client.Client, name string, wait time.Duration, argv []string) int {
+// What run does while the hold is in jeopardy.
+const (
+	jeopardyFreeze = "freeze"
+	jeopardyEnd    = "end"
+)
+
+func run(ctx context.Context, c *client.Client, name string, wait time.Duration, endOnJeopardy bool, argv []string) int {
 	h, err := c.HoldConnection(ctx, name, wait, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "leasehold:", err)
@@ -206,21 +225,55 @@ func run(ctx context.Context, c *client.Client, name string, wait time.Duration,
 		// A semaphore's token grows per slot: a fenced store keys it by the slot.
 		cmd.Env = append(cmd.Env, "LEASEHOLD_SLOT="+h.State.Slot)
 	}
+	// COMMAND gets a process group of its own, so that a jeopardy freezes everything it
+	// started; not when it reads a terminal, which only the foreground group may.
+	group := !term.IsTerminal(int(os.Stdin.Fd()))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: group}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "leasehold: start command:", err)
 		return 127
 	}
+	freeze := func(sig syscall.Signal) {
+		if group {
+			_ = syscall.Kill(-cmd.Process.Pid, sig)
+			return
+		}
+		_ = cmd.Process.Signal(sig)
+	}
+	frozen := false
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	if h.Jeopardy() {
+		h.Changed <- struct{}{} // in jeopardy already: act on it below
+	}
 	for {
 		select {
 		case s := <-sigs:
 			_ = cmd.Process.Signal(s)
+		case <-h.Changed:
+			switch j := h.Jeopardy(); {
+			case j && endOnJeopardy:
+				fmt.Fprintf(os.Stderr, "leasehold: lock %s is in jeopardy (the API server is unavailable): ending the command (--on-jeopardy=end)\n", name)
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				h.Changed = nil
+			case j && !frozen:
+				fmt.Fprintf(os.Stderr, "leasehold: lock %s is in jeopardy (the API server is unavailable): freezing the command until it is safe again\n", name)
+				freeze(syscall.SIGSTOP)
+				frozen = true
+			case !j && frozen:
+				fmt.Fprintf(os.Stderr, "leasehold: lock %s is safe again (same token %d): continuing the command\n", name, h.State.Token)
+				freeze(syscall.SIGCONT)
+				frozen = false
+			}
 		case <-h.Ended:
 			fmt.Fprintf(os.Stderr, "leasehold: lock %s ended (%s): stopping the command\n", name, h.Reason)
 			_ = cmd.Process.Signal(syscall.SIGTERM)
+			if frozen {
+				freeze(syscall.SIGCONT) // a stopped process acts on SIGTERM only once continued
+				frozen = false
+			}
 			h.Ended = nil
 		case err := <-done:
 			var ee *exec.ExitError

@@ -39,6 +39,16 @@ const (
 	DefaultRenewDeadline = 10 * time.Second
 	DefaultRetryPeriod   = 2 * time.Second
 
+	// DefaultGrace is how long a hold may stay in jeopardy (renew-deadline passed while
+	// the API server was unavailable) before it is lost. It covers a kube-apiserver
+	// restart with room to spare: the outages measured on a one-node control plane
+	// were 4-5 s for an in-place restart and up to 7 s for a restart under 1,000 Pods
+	// (BENCHMARKS.md, Jeopardy); 30 s is the time a managed control plane's rolling
+	// update takes to move one instance's clients to another. A longer grace costs
+	// nothing in safety (a resumed renewal is conditional): only how long an app under
+	// `leasehold run` may stay frozen. 0 turns jeopardy off.
+	DefaultGrace = 30 * time.Second
+
 	// MaxLeaseDuration bounds every timing the webhook accepts. It is the cap on
 	// spec.leaseDurationSeconds of the admission policy in
 	// manifests/base/admission-policy.yaml (3600): a longer lease-duration would have

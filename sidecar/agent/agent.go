@@ -141,7 +141,7 @@ func newLockManager(o *Options, kc *kubeapi.Client, m *metrics, recorder *kubeap
 	}
 	return lock.NewManager(lock.ManagerConfig{
 		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader, Semaphores: o.Semaphores,
-		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod,
+		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Grace: o.Grace,
 		Client: kc, Log: log,
 		OnHolderChange: func(name string) { m.holderChanges.inc(name) },
 		OnEvent: func(ev lock.Event) {
@@ -149,9 +149,12 @@ func newLockManager(o *Options, kc *kubeapi.Client, m *metrics, recorder *kubeap
 			if recorder == nil || ev.Type == lock.EventShutdown {
 				return
 			}
-			reason := map[lock.EventType]string{lock.EventAcquired: "LockAcquired", lock.EventLost: "LockLost", lock.EventReleased: "LockReleased"}[ev.Type]
+			reason := map[lock.EventType]string{lock.EventAcquired: "LockAcquired", lock.EventLost: "LockLost",
+				lock.EventReleased: "LockReleased", lock.EventJeopardy: "LockJeopardy", lock.EventSafe: "LockSafe"}[ev.Type]
 			etype := "Normal"
-			if ev.Type == lock.EventLost {
+			if ev.Type == lock.EventLost || ev.Type == lock.EventJeopardy {
+				// Warnings are posted however busy the lock is, and retried until the API
+				// server takes writes again (a jeopardy Event is written then).
 				etype = "Warning"
 			}
 			msg := fmt.Sprintf("Lock %s %s (token %d)", ev.Lock, ev.Type, ev.Token)

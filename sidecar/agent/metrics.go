@@ -15,6 +15,7 @@ import (
 // (a test checks that every name they use is one the agent or the webhook serves).
 const (
 	MetricLockHeld          = "leasehold_lock_held"
+	MetricLockJeopardy      = "leasehold_lock_jeopardy"
 	MetricLockToken         = "leasehold_lock_token"
 	MetricLockHoldAge       = "leasehold_lock_hold_age_seconds"
 	MetricLockEvents        = "leasehold_lock_events_total"
@@ -124,6 +125,16 @@ func (m *metrics) stateGauges() {
 				emit(held, s.Name, string(s.Mode))
 			}
 		})
+	m.reg.gauge(MetricLockJeopardy, "1 while this Pod's hold of the lock is in jeopardy (renew-deadline passed while the API server was unavailable; not held, may resume with the same token within the grace period), else 0.",
+		[]string{"lock", "mode"}, func(emit func(float64, ...string)) {
+			for _, s := range m.states() {
+				v := 0.0
+				if s.Phase == lock.PhaseJeopardy {
+					v = 1
+				}
+				emit(v, s.Name, string(s.Mode))
+			}
+		})
 	m.reg.gauge(MetricLockToken, "Fencing token (the Lease's leaseTransitions) of this Pod's hold, or the last one seen when not held.",
 		[]string{"lock", "mode"}, func(emit func(float64, ...string)) {
 			for _, s := range m.states() {
@@ -180,7 +191,7 @@ func buildVersion() (version, revision string) {
 // increase() see the first event (a series born at 1 hides its first increment).
 func (m *metrics) declare(states []lock.State) {
 	for _, s := range states {
-		for _, t := range []lock.EventType{lock.EventAcquired, lock.EventLost, lock.EventReleased, lock.EventShutdown} {
+		for _, t := range lock.EventTypes {
 			m.events.touch(s.Name, string(t))
 		}
 		m.holderChanges.touch(s.Name)

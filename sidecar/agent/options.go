@@ -28,6 +28,7 @@ type Options struct {
 	LeaseDuration              time.Duration
 	RenewDeadline              time.Duration
 	RetryPeriod                time.Duration
+	Grace                      time.Duration
 	Socket                     string
 	TCPPort                    int
 	MetricsBindAddress         string
@@ -52,6 +53,7 @@ func NewOptions() *Options {
 		LeaseDuration:      contract.DefaultLeaseDuration,
 		RenewDeadline:      contract.DefaultRenewDeadline,
 		RetryPeriod:        contract.DefaultRetryPeriod,
+		Grace:              contract.DefaultGrace,
 		Socket:             DefaultSocket,
 		MetricsBindAddress: ":9090",
 		Events:             true,
@@ -141,6 +143,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.LeaseDuration, "lease-duration", o.LeaseDuration, "How long others wait after the last renew before taking a lock.")
 	fs.DurationVar(&o.RenewDeadline, "renew-deadline", o.RenewDeadline, "How long a hold is relied on after the last successful write.")
 	fs.DurationVar(&o.RetryPeriod, "retry-period", o.RetryPeriod, "Time between retries after a failed write.")
+	fs.DurationVar(&o.Grace, "grace", o.Grace, "How long a hold may stay in jeopardy (renew-deadline passed while the API server was unavailable) before it is lost; 0 = no jeopardy.")
 	fs.StringVar(&o.Socket, "socket", o.Socket, "Unix socket to serve the API on (mode 0660).")
 	fs.IntVar(&o.TCPPort, "tcp-port", o.TCPPort, "Also serve the API on 127.0.0.1:<port>; 0 = off.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress,
@@ -202,6 +205,9 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("--renew-deadline=%s must be greater than %v x --retry-period=%s, %s",
 				o.RenewDeadline, contract.JitterFactor, o.RetryPeriod, rule.Why()))
 		}
+	}
+	if o.Grace < 0 || o.Grace > contract.MaxLeaseDuration {
+		errs = append(errs, fmt.Errorf("--grace=%s must be between 0 (no jeopardy) and %s", o.Grace, contract.MaxLeaseDuration))
 	}
 	if o.TCPPort < 0 || o.TCPPort > 65535 {
 		errs = append(errs, fmt.Errorf("--tcp-port=%d is not a port (0 = off)", o.TCPPort))

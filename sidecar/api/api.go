@@ -140,6 +140,9 @@ const (
 	// ReasonStaleToken: release or renew with a token that is not the current hold's (409).
 	// Nothing was changed.
 	ReasonStaleToken = "StaleToken"
+	// ReasonJeopardy: renew of a hold in jeopardy (503): its ttl was restarted, but the
+	// hold may not be relied on until it is safe again.
+	ReasonJeopardy = "Jeopardy"
 )
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -186,6 +189,8 @@ func (h *Handler) engineError(w http.ResponseWriter, name string, err error) {
 			"continuously: it cannot be released or renewed; ask GET /v1/locks/%s?require=held", name, name))
 	case errors.Is(err, lock.ErrForbidden):
 		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("%v: %s", err, h.ForbiddenHint))
+	case errors.Is(err, lock.ErrJeopardy):
+		writeReason(w, http.StatusServiceUnavailable, name, ReasonJeopardy, fmt.Sprintf("lock %q: %v", name, err))
 	case errors.Is(err, lock.ErrUnavailable), errors.Is(err, lock.ErrShutdown):
 		writeError(w, http.StatusServiceUnavailable, name, fmt.Sprintf("%v: retry when the API server answers", err))
 	case errors.Is(err, context.Canceled):
@@ -233,7 +238,7 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusConflict, struct {
 				lock.State
 				errorBody
-			}{s, errorBody{Error: fmt.Sprintf("lock %q is not held by this Pod (holder: %q)", name, s.Holder), Lock: name}})
+			}{s, errorBody{Error: notHeldMessage(name, s), Lock: name}})
 			return
 		}
 	default:
@@ -241,6 +246,15 @@ func (h *Handler) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s)
+}
+
+// notHeldMessage says why require=held failed: not held, or held but in jeopardy.
+func notHeldMessage(name string, s lock.State) string {
+	if s.Phase == lock.PhaseJeopardy {
+		return fmt.Sprintf("lock %q is in jeopardy: this Pod's hold (token %d) could not be renewed before renew-deadline "+
+			"because the API server is unavailable; do not rely on it until it is safe again (or lost)", name, s.Token)
+	}
+	return fmt.Sprintf("lock %q is not held by this Pod (holder: %q)", name, s.Holder)
 }
 
 // params are the options of acquire, release and renew, from the body and/or the query.
@@ -383,11 +397,20 @@ func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
 		h.engineError(w, name, r.Context().Err())
 		return
 	}
-	if !connection || hold == nil {
+	if !connection {
 		writeJSON(w, http.StatusOK, s)
 		return
 	}
-	h.holdConnection(w, r, name, hold, s)
+	events, cancel, err := h.Engine.Subscribe(name)
+	if err != nil {
+		if hold != nil {
+			h.releaseHold(name, hold, "could not follow the hold's events")
+		}
+		h.engineError(w, name, err)
+		return
+	}
+	defer cancel()
+	h.holdConnection(w, r, name, hold, s, events)
 }
 
 func (h *Handler) releaseHold(name string, hold *lock.Hold, reason string) {
@@ -397,24 +420,54 @@ func (h *Handler) releaseHold(name string, hold *lock.Hold, reason string) {
 }
 
 // holdConnection keeps the response open while the hold lasts: the state line first,
-// then one line per event; the hold ends when the client closes the connection.
-func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name string, hold *lock.Hold, s lock.State) {
+// then a line when the hold goes into jeopardy or is safe again, and a last line when
+// the agent ends it; the hold ends when the client closes the connection. hold is nil
+// for a leader lock: the agent holds it, and the connection follows it until it ends
+// (closing the connection does not give a leader lock up).
+func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name string, hold *lock.Hold, s lock.State, events <-chan lock.Event) {
 	writeJSON(w, http.StatusOK, s)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
+	line := func(v map[string]any) {
+		b, _ := json.Marshal(v)
+		_, _ = w.Write(append(b, '\n'))
+		_ = rc.Flush()
+	}
+	var done <-chan struct{}
+	if hold != nil {
+		done = hold.Done()
+	}
+	// The hold may have gone into jeopardy between the acquisition and the subscription.
+	if now, err := h.Engine.State(name); err == nil && now.Phase == lock.PhaseJeopardy && now.Token == s.Token {
+		line(map[string]any{"event": string(lock.EventJeopardy), "lock": name, "token": s.Token})
+	}
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
-			h.Log.V(1).Info("Releasing connection hold", "lock", name, "token", hold.Token())
-			h.releaseHold(name, hold, "client connection closed")
+			if hold != nil {
+				h.Log.V(1).Info("Releasing connection hold", "lock", name, "token", hold.Token())
+				h.releaseHold(name, hold, "client connection closed")
+			}
 			return
-		case <-hold.Done():
-			b, _ := json.Marshal(map[string]any{"event": "ended", "lock": name, "reason": hold.Reason()})
-			_, _ = w.Write(append(b, '\n'))
-			_ = rc.Flush()
+		case <-done:
+			line(map[string]any{"event": "ended", "lock": name, "reason": hold.Reason()})
 			return
+		case ev, ok := <-events:
+			switch {
+			case !ok:
+				// Dropped as a slow subscriber (it never reads: cannot happen here), or the
+				// agent stops: the hold's own end still comes through done.
+				events = nil
+			case ev.Token != s.Token:
+				// Another hold of the lock (another client of this Pod, another slot).
+			case ev.Type == lock.EventJeopardy || ev.Type == lock.EventSafe:
+				line(map[string]any{"event": string(ev.Type), "lock": name, "token": ev.Token, "reason": ev.Reason})
+			case hold == nil && (ev.Type == lock.EventLost || ev.Type == lock.EventShutdown):
+				line(map[string]any{"event": "ended", "lock": name, "reason": ev.Reason})
+				return
+			}
 		case <-t.C:
 			_, _ = w.Write([]byte("\n"))
 			_ = rc.Flush()

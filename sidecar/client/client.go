@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/leasehold/leasehold/internal/contract"
@@ -189,6 +190,21 @@ type Hold struct {
 	// breaks; Reason says why.
 	Ended  chan struct{}
 	Reason string
+	// Changed receives when the hold goes into jeopardy or is safe again (the agent's
+	// "jeopardy" and "safe" lines); Jeopardy tells which it is now. It holds at most one
+	// signal: read Jeopardy after each.
+	Changed  chan struct{}
+	jeopardy atomic.Bool
+}
+
+// Jeopardy is true while the agent says the hold is in jeopardy: not to be relied on,
+// but not lost either (it may resume with the same token).
+func (h *Hold) Jeopardy() bool { return h.jeopardy.Load() }
+
+// holdLine is one line the agent sends on a connection hold after the state.
+type holdLine struct {
+	Event  string `json:"event"`
+	Reason string `json:"reason"`
 }
 
 // Close ends the hold (closes the connection).
@@ -212,20 +228,27 @@ func (c *Client) HoldConnection(ctx context.Context, name string, wait, ttl time
 		resp.Body.Close()
 		return nil, fmt.Errorf("read hold state: %w", err)
 	}
-	h := &Hold{body: resp.Body, Ended: make(chan struct{})}
+	h := &Hold{body: resp.Body, Ended: make(chan struct{}), Changed: make(chan struct{}, 1)}
 	if err := json.Unmarshal(line, &h.State); err != nil {
 		resp.Body.Close()
 		return nil, fmt.Errorf("decode hold state: %w", err)
 	}
+	h.jeopardy.Store(h.State.Phase == lock.PhaseJeopardy)
 	go func() {
 		defer close(h.Ended)
 		for {
 			line, err := r.ReadBytes('\n')
 			if len(strings.TrimSpace(string(line))) > 0 {
-				var ev struct {
-					Reason string `json:"reason"`
-				}
+				var ev holdLine
 				_ = json.Unmarshal(line, &ev)
+				if ev.Event == string(lock.EventJeopardy) || ev.Event == string(lock.EventSafe) {
+					h.jeopardy.Store(ev.Event == string(lock.EventJeopardy))
+					select {
+					case h.Changed <- struct{}{}:
+					default:
+					}
+					continue
+				}
 				h.Reason = ev.Reason
 				return
 			}

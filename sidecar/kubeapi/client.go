@@ -301,7 +301,32 @@ func (r *EventRecorder) Run(ctx context.Context) {
 	}
 }
 
+// post posts ev. A Warning (a lock lost, or in jeopardy) that the API server did not
+// take is tried again, with a growing pause up to EventRetryMax, for up to
+// EventRetryFor: a jeopardy comes from the API server being unavailable, and its Event is
+// written when the API server takes writes again.
 func (r *EventRecorder) post(ctx context.Context, ev PodEvent) {
+	pause := time.Second
+	for start := time.Now(); ; pause = min(2*pause, EventRetryMax) {
+		err := r.postOnce(ctx, ev)
+		if err == nil || ev.Type != "Warning" || time.Since(start) > EventRetryFor || apierrors.IsForbidden(err) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+	}
+}
+
+// EventRetryMax and EventRetryFor bound the retries of a Warning Event.
+const (
+	EventRetryMax = 10 * time.Second
+	EventRetryFor = 10 * time.Minute
+)
+
+func (r *EventRecorder) postOnce(ctx context.Context, ev PodEvent) error {
 	now := time.Now().UTC().Format(time.RFC3339)
 	body, _ := json.Marshal(map[string]any{
 		"apiVersion": "v1", "kind": "Event",
@@ -318,4 +343,5 @@ func (r *EventRecorder) post(ctx context.Context, ev PodEvent) {
 	if err != nil {
 		r.log.V(1).Info("Failed to record event", "reason", ev.Reason, "err", err.Error())
 	}
+	return err
 }

@@ -64,7 +64,12 @@ type Config struct {
 	Semaphore string
 	// LeaseDuration, RenewDeadline and RetryPeriod as client-go's leader election.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
-	Client                                    LeaseClient
+	// Grace is how long a hold may stay in jeopardy (PhaseJeopardy): after
+	// renew-deadline passed while the API server was unavailable, the agent keeps
+	// sending the same conditional renewal for up to Grace before the hold is lost.
+	// 0 turns jeopardy off: the hold is lost at renew-deadline.
+	Grace  time.Duration
+	Client LeaseClient
 	// Clock defaults to the real clock.
 	Clock clock.WithDelayedExecution
 	Log   logr.Logger
@@ -92,6 +97,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
 	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
 		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.Grace < 0:
+		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
 	case c.Client == nil:
 		return fmt.Errorf("lock %s: no Lease client", c.Name)
 	}
@@ -116,6 +123,38 @@ const (
 	EventLost     EventType = "lost"
 	EventReleased EventType = "released"
 	EventShutdown EventType = "shutdown"
+	// EventJeopardy: renew-deadline passed while the API server was unavailable. The
+	// hold is not held now (validFor 0) but not lost either: its renewal goes on for up
+	// to the grace period.
+	EventJeopardy EventType = "jeopardy"
+	// EventSafe: a renewal landed while the hold was in jeopardy. Nobody else can have
+	// held the lock in between; the hold goes on with the same fencing token.
+	EventSafe EventType = "safe"
+)
+
+// EventTypes are every EventType, for metrics.
+var EventTypes = []EventType{EventAcquired, EventLost, EventReleased, EventShutdown, EventJeopardy, EventSafe}
+
+// Phase is where this agent's hold of a lock is. Every State carries it.
+//
+//	not-held --acquire write lands--> held
+//	held --renew-deadline passes, the API server unavailable--> jeopardy
+//	held --renew-deadline passes after a refusal (403, 4xx), or grace 0--> not-held (lost)
+//	jeopardy --a renewal lands--> held (same token)
+//	jeopardy --grace passes, a conflict, a 403, the Lease taken or deleted--> not-held (lost)
+//	held, jeopardy --release, ttl, shutdown, conflict, taken, deleted--> not-held
+type Phase string
+
+// The phases of a hold.
+const (
+	// PhaseNotHeld: this Pod holds no hold of the lock.
+	PhaseNotHeld Phase = "not-held"
+	// PhaseHeld: this Pod holds the lock and may rely on it for validFor.
+	PhaseHeld Phase = "held"
+	// PhaseJeopardy: renew-deadline passed while the API server was unavailable. The
+	// hold may not be relied on (held false, validFor 0), but it may resume with the
+	// same token if a renewal lands within the grace period.
+	PhaseJeopardy Phase = "jeopardy"
 )
 
 // Event is one change of a lock, as seen by this agent.
@@ -156,16 +195,21 @@ const (
 	LossDeleted = "deleted"
 	// LossConflict: a renew was refused as a conflict (the Lease changed since read).
 	LossConflict = "conflict"
+	// LossGrace: the hold was in jeopardy for the whole grace period without a
+	// successful renewal.
+	LossGrace = "grace_expired"
 )
 
 // LossCauses are every Cause of a lost event.
-var LossCauses = []string{LossRenewDeadline, LossTakenOver, LossRewritten, LossDeleted, LossConflict}
+var LossCauses = []string{LossRenewDeadline, LossTakenOver, LossRewritten, LossDeleted, LossConflict, LossGrace}
 
 // State is what the agent knows of a lock. Held means held by this Pod, now.
 type State struct {
-	Name           string `json:"name"`
-	Mode           Mode   `json:"mode"`
-	Held           bool   `json:"held"`
+	Name string `json:"name"`
+	Mode Mode   `json:"mode"`
+	Held bool   `json:"held"`
+	// Phase is held, jeopardy or not-held (PhaseHeld, PhaseJeopardy, PhaseNotHeld).
+	Phase          Phase  `json:"state"`
 	Holder         string `json:"holder"`
 	Token          int64  `json:"token"`
 	ValidFor       string `json:"validFor"`
@@ -197,6 +241,9 @@ var (
 	// ErrStaleToken: release or renew named a hold (by its fencing token) that is not
 	// the current one. Nothing was changed.
 	ErrStaleToken = errors.New("stale token")
+	// ErrJeopardy: the hold a renew named is in jeopardy (the API server unavailable
+	// past renew-deadline): its ttl was restarted, but it may not be relied on now.
+	ErrJeopardy = errors.New("hold in jeopardy")
 	// ErrTokensExhausted: the Lease's leaseTransitions is at its maximum, so no new
 	// acquisition can get a greater fencing token.
 	ErrTokensExhausted = errors.New("fencing tokens exhausted")
@@ -314,8 +361,24 @@ type Lock struct {
 	renewFailing bool
 	renewRetry   time.Duration // after a failed renewal, when to try again (loops.go)
 	lastAttempt  time.Time
-	forbidden    bool
-	apiErr       error
+	// jeopardy: renew-deadline passed while the API server was unavailable; the hold
+	// is kept (held stays true) but not reported held, and its renewal goes on until
+	// lastWrite + RenewDeadline + Grace (jeopardy.go).
+	jeopardy bool
+	// refused is the last renewal failure since the last successful write that was an
+	// answer other than unavailability (a 403, another 4xx): renew-deadline then ends
+	// the hold instead of putting it in jeopardy.
+	refused error
+	// outage: this agent lost the API server (a watch or a write got no answer or a 5xx)
+	// and has not read the Lease since. Until its watch is back it takes over no hold
+	// that it judged expired (the holder shared the outage), and the expiry it measures
+	// restarts when it is back (jeopardy.go).
+	outage bool
+	// rewatch is closed to make the watch loop start a new watch (a write found the
+	// API server gone while the watch said nothing: it may be dead without knowing).
+	rewatch   chan struct{}
+	forbidden bool
+	apiErr    error
 	// queueRefused: the API server refused a queue write (403), so this agent waits
 	// without queueing (queue.go).
 	queueRefused bool
@@ -359,6 +422,7 @@ func New(cfg Config) (*Lock, error) {
 		slot:       make(chan struct{}, 1),
 		changed:    make(chan struct{}),
 		closing:    make(chan struct{}),
+		rewatch:    make(chan struct{}),
 	}, nil
 }
 
@@ -391,7 +455,7 @@ func (l *Lock) State() State {
 }
 
 func (l *Lock) stateLocked(now time.Time) State {
-	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s"}
+	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.phaseLocked(now)}
 	if l.lease != nil {
 		s.Holder = holderOf(l.lease)
 		if l.lease.Spec.LeaseTransitions != nil {
@@ -404,6 +468,9 @@ func (l *Lock) stateLocked(now time.Time) State {
 		s.ValidFor = left.Round(time.Millisecond).String()
 		s.ValidForMillis = left.Milliseconds()
 		s.HeldFor = now.Sub(l.heldSince)
+	}
+	if s.Phase == PhaseJeopardy {
+		s.Token = l.token
 	}
 	return s
 }
@@ -674,11 +741,21 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 	cur := l.lease
 	fair := l.fair() && h != nil && cur != nil
 	var rest []string // the queue the acquiring write leaves
+	// expired: the record names another holder whose lease-duration ran out since this
+	// agent saw it change; it is read once more before it is taken over (jeopardy.go).
+	expired := false
 	if cur != nil {
 		var wait *HeldError
 		if holder := holderOf(cur); holder != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
-			if left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); left > 0 {
+			switch left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); {
+			case left > 0:
 				wait = &HeldError{Holder: holder, ValidFor: left}
+			case l.outage:
+				// This agent lost the API server too: the holder may be alive and
+				// unable to renew for the same reason. Wait for the watch to be back.
+				wait = &HeldError{Holder: holder, ValidFor: l.leaseDurationLocked()}
+			default:
+				expired = true
 			}
 		}
 		enqueue := fair && !try && wait != nil && !l.queueRefused
@@ -710,6 +787,15 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		return changed, 0, err
 	}
 	l.mu.Unlock()
+	if expired {
+		same, err := l.reread(ctx, cur)
+		if err != nil {
+			return changed, 0, err
+		}
+		if !same {
+			return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+		}
+	}
 
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
@@ -734,6 +820,9 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
+		if unavailable(err) {
+			l.markOutageLocked()
+		}
 		err = l.writeFailedLocked("acquire", err)
 		if errors.Is(err, ErrUnavailable) {
 			l.unanswered = append(l.unanswered, send)
@@ -760,6 +849,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 	l.unanswered = nil
 	l.heldSince = send
 	l.renewFailing = false
+	l.jeopardy, l.refused = false, nil
 	if h != nil {
 		h.token = l.token
 		l.hold = h
@@ -950,6 +1040,7 @@ func (l *Lock) loseLocked(cause, reason string) {
 	}
 	l.held = false
 	l.renewFailing = false
+	l.jeopardy, l.refused = false, nil
 	l.endHoldLocked(reason)
 	l.broadcastLocked()
 	l.emitEventLocked(Event{Type: EventLost, Reason: reason, Cause: cause, HeldFor: now.Sub(l.heldSince)})
@@ -1042,6 +1133,7 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	}
 	l.held = false
 	l.renewFailing = false
+	l.jeopardy, l.refused = false, nil
 	l.endHoldLocked(reason)
 	l.broadcastLocked()
 	cur := l.lease
@@ -1122,6 +1214,18 @@ func (l *Lock) Renew(token int64, ttl time.Duration) (State, error) {
 		return l.stateLocked(now), err
 	}
 	h := l.hold
+	if l.validForLocked(now) <= 0 && l.mayResumeLocked(now) {
+		// In jeopardy: the hold is still this client's and may resume, so its ttl
+		// restarts; but nothing may rely on it until a renewal of the Lease lands.
+		if ttl == 0 {
+			ttl = h.ttl
+		}
+		if ttl > 0 {
+			l.setTTLLocked(h, ttl, now)
+		}
+		return l.stateLocked(now), fmt.Errorf("%w: the ttl was restarted, but the API server has been unavailable since "+
+			"renew-deadline passed; do not rely on the hold until it is safe again (validFor > 0)", ErrJeopardy)
+	}
 	if l.validForLocked(now) <= 0 {
 		reason := "renew-deadline passed without a successful renew"
 		if !h.expires.IsZero() && !now.Before(h.expires) {

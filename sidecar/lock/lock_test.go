@@ -45,6 +45,9 @@ type memClient struct {
 	noWatchList bool
 	// refuse, when set, answers an update with the error it returns (nil: apply it).
 	refuse func(old, next *coordinationv1.Lease) error
+	// listFail and watchFail, when set, answer every List and Watch (an API server
+	// that is unavailable to reads too).
+	listFail, watchFail error
 }
 
 func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinationv1.LeaseList, error) {
@@ -52,6 +55,9 @@ func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinati
 	defer m.mu.Unlock()
 	_, ok := ctx.Deadline()
 	m.listDeadline = append(m.listDeadline, ok)
+	if m.listFail != nil {
+		return nil, m.listFail
+	}
 	l := &coordinationv1.LeaseList{ListMeta: metav1.ListMeta{ResourceVersion: strconv.Itoa(m.rv)}}
 	if m.lease != nil {
 		l.Items = []coordinationv1.Lease{*m.lease.DeepCopy()}
@@ -65,6 +71,9 @@ func (m *memClient) Watch(_ context.Context, opts metav1.ListOptions) (watch.Int
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.watches++
+	if m.watchFail != nil {
+		return nil, m.watchFail
+	}
 	if opts.SendInitialEvents != nil && m.noWatchList {
 		return nil, apierrors.NewInvalid(schema.GroupKind{Group: "meta.k8s.io", Kind: "ListOptions"}, "", field.ErrorList{
 			field.Forbidden(field.NewPath("sendInitialEvents"), "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"),
@@ -179,14 +188,24 @@ func (m *memClient) rewrite(holder string) {
 
 func startLock(t *testing.T, c *memClient, clk *clocktesting.FakeClock) (*Lock, *[]Event) {
 	t.Helper()
+	return startLockWith(t, c, clk, nil)
+}
+
+// startLockWith is startLock with the config changed by edit first (nil: unchanged).
+func startLockWith(t *testing.T, c *memClient, clk *clocktesting.FakeClock, edit func(*Config)) (*Lock, *[]Event) {
+	t.Helper()
 	var mu sync.Mutex
 	events := &[]Event{}
-	l, err := New(Config{
+	cfg := Config{
 		Namespace: "ns", Name: "db", Identity: "pod_uid", Mode: ModeMutex,
 		LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
 		Client: c, Clock: clk, Log: logr.Discard(),
 		OnEvent: func(e Event) { mu.Lock(); *events = append(*events, e); mu.Unlock() },
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	l, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,12 +20,16 @@ import (
 )
 
 // renewLoop renews the Lease while held: when healthy once the last successful write
-// is older than renew-deadline/2, after a failure every retry-period, and declares the
-// lock lost when renew-deadline passes without a successful write.
+// is older than renew-deadline/2, after a failure every retry-period. When
+// renew-deadline passes without a successful write, the hold goes into jeopardy (or
+// is lost), and a hold in jeopardy is lost when its grace period passes
+// (stepDeadlineLocked, jeopardy.go).
 func (l *Lock) renewLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		l.mu.Lock()
 		ch := l.changed
+		now := l.cfg.Clock.Now()
+		l.stepDeadlineLocked(now)
 		held := l.held
 		var next time.Duration
 		if held {
@@ -33,10 +37,15 @@ func (l *Lock) renewLoop(ctx context.Context) {
 			if l.renewFailing {
 				at = l.lastAttempt.Add(l.renewRetry)
 			}
-			if deadline := l.lastWrite.Add(l.cfg.RenewDeadline); deadline.Before(at) {
+			// Wake at the next deadline too: renew-deadline, or the end of the grace.
+			deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
+			if l.jeopardy {
+				deadline = l.graceEndLocked()
+			}
+			if deadline.Before(at) {
 				at = deadline
 			}
-			next = at.Sub(l.cfg.Clock.Now())
+			next = at.Sub(now)
 		}
 		l.mu.Unlock()
 		switch {
@@ -80,13 +89,13 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		return
 	}
 	send := l.cfg.Clock.Now()
-	deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
-	left := deadline.Sub(send)
-	if left <= 0 {
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
+	l.stepDeadlineLocked(send)
+	if !l.held {
 		l.mu.Unlock()
 		return
 	}
+	// The answer counts until renew-deadline, or in jeopardy until the grace ends.
+	left := l.writeEndLocked().Sub(send)
 	next := l.lease.DeepCopy()
 	l.stamp(next)
 	acquired := send
@@ -99,7 +108,12 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	wctx, cancel := context.WithTimeout(ctx, min(left, l.writeTimeout()))
 	defer cancel()
 	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	// unread: a conflict whose current record could not be read. It may be this
+	// agent's own renewal that landed unseen (a timeout), so it is no proof that the
+	// hold ended: it counts as unavailability, and the next renewal reads again.
+	unread := apierrors.IsConflict(err)
 	if l.refreshAfterConflict(wctx, err) {
+		unread = false
 		// Someone wrote since our copy. When it was only the queue (a waiter of
 		// another Pod queued), the current record still names this hold: renew on it.
 		// Anything else has ended the hold (observeLocked).
@@ -128,8 +142,7 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		l.apiErr = nil
 		l.observeLocked(out, send)
 		if l.held {
-			l.lastWrite = send
-			l.renewFailing = false
+			l.renewedLocked(send)
 		}
 		l.broadcastLocked()
 		l.cfg.Log.V(5).Info("Renewed lease", "lock", l.cfg.Name)
@@ -144,17 +157,21 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	if noAnswer(err) && l.cfg.Clock.Since(send) < l.cfg.RetryPeriod/4 {
 		l.renewRetry = l.cfg.RetryPeriod / 4
 	}
+	raw := err
 	err = l.writeFailedLocked("renew", err)
-	if errors.Is(err, errConflict) {
+	switch {
+	case unread:
+		l.markOutageLocked()
+	case errors.Is(err, errConflict):
 		// Changed or deleted: another Pod may take (or create) the Lease at once.
 		l.loseLocked(LossConflict, "renew failed: "+err.Error())
 		return
+	default:
+		l.renewFailedLocked(raw)
 	}
 	l.renewFailing = true
 	l.cfg.Log.Info("Failed to renew lease", "lock", l.cfg.Name, "err", err.Error())
-	if !l.cfg.Clock.Now().Before(deadline) {
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
-	}
+	l.stepDeadlineLocked(l.cfg.Clock.Now())
 	l.broadcastLocked()
 }
 
@@ -240,6 +257,9 @@ func (l *Lock) watchLoop(ctx context.Context) {
 		if lasted {
 			backoff = l.watchBackoff()
 		}
+		if errors.Is(err, errRewatch) {
+			continue // at once: the new watch shows when the API server is back
+		}
 		gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
 		if err != nil && !gone {
 			l.watchFailed(err)
@@ -270,6 +290,7 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.observeAbsentOrLocked(item, list.ResourceVersion)
+	l.endOutageLocked(l.cfg.Clock.Now())
 	l.synced = true
 	l.broadcastLocked()
 	return list.ResourceVersion, nil
@@ -350,7 +371,16 @@ const listTimeoutMin = 30 * time.Second
 
 func (l *Lock) watchFailed(err error) {
 	l.cfg.Log.V(1).Info("Failed to watch lease", "lock", l.cfg.Name, "err", err.Error())
+	if errors.Is(err, errRewatch) {
+		return
+	}
+	l.mu.Lock()
+	l.markOutageLocked()
+	l.mu.Unlock()
 }
+
+// errRewatch ends a watch that a write found the API server gone under (markOutageLocked).
+var errRewatch = errors.New("the API server did not answer a write: watching again")
 
 // consume feeds the cache from w until it ends. With initial (a watch-list), the
 // watch first sends the Lease if it exists, then a bookmark marking the end of the
@@ -361,6 +391,9 @@ func (l *Lock) watchFailed(err error) {
 // lists first).
 func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
 	seen := false
+	l.mu.Lock()
+	rewatch := l.rewatch
+	l.mu.Unlock()
 	var initialDone <-chan time.Time
 	var initialTimer clock.Timer
 	if initial {
@@ -372,6 +405,8 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initia
 		select {
 		case <-ctx.Done():
 			return rv, nil
+		case <-rewatch:
+			return rv, errRewatch
 		case <-initialDone:
 			l.noWatchList = true
 			return rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
@@ -417,6 +452,7 @@ func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initia
 					if !seen {
 						l.observeAbsentOrLocked(nil, rv)
 					}
+					l.endOutageLocked(l.cfg.Clock.Now())
 					l.synced = true
 					l.broadcastLocked()
 					l.mu.Unlock()

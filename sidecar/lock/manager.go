@@ -25,7 +25,9 @@ type ManagerConfig struct {
 	// Semaphores are the counting locks: name to N (1..MaxSemaphoreSize).
 	Semaphores                                map[string]int
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
-	Client                                    LeaseClient
+	// Grace is how long a hold may stay in jeopardy (Config.Grace).
+	Grace  time.Duration
+	Client LeaseClient
 	Clock                                     clock.WithDelayedExecution
 	Log                                       logr.Logger
 	// OnEvent sees every event of every lock (metrics, Kubernetes Events, logs).
@@ -77,7 +79,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		declared[name] = true
 		l, err := New(Config{
 			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode, Semaphore: semaphore,
-			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod,
+			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod, Grace: cfg.Grace,
 			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: m.holderChange,
 		})
 		if err != nil {

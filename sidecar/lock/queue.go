@@ -104,8 +104,10 @@ func (l *Lock) queueTurnLocked(cur *coordinationv1.Lease, now time.Time) (rest [
 		if holderOf(cur) != "" {
 			free = free.Add(l.leaseDurationLocked()) // expired: when it ran out
 		}
-		if left := free.Add(l.turn()).Sub(now); left > 0 {
-			return nil, &HeldError{Holder: q[0], ValidFor: left, Queued: ahead}
+		if left := free.Add(l.turn()).Sub(now); left > 0 || l.outage {
+			// While this agent has lost the API server, the head may be taking its
+			// turn unseen: it is passed only once the watch is back (jeopardy.go).
+			return nil, &HeldError{Holder: q[0], ValidFor: max(left, l.turn()), Queued: ahead}
 		}
 		// The waiters ahead had their turn and did not take it: pass them.
 		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", q[:ahead])

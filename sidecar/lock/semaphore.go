@@ -54,27 +54,37 @@ func (s *Semaphore) Name() string { return s.name }
 func (s *Semaphore) Size() int { return len(s.slots) }
 
 // State reports the semaphore: held when this Pod holds a slot (the first one it
-// holds then gives Slot, Token and ValidFor), and every slot's state.
+// holds then gives Slot, Token and ValidFor), else in jeopardy when a slot of this Pod
+// is (that slot in front), and every slot's state.
 func (s *Semaphore) State() State {
-	st := State{Name: s.name, Mode: ModeSemaphore, ValidFor: "0s", Size: len(s.slots)}
+	st := State{Name: s.name, Mode: ModeSemaphore, ValidFor: "0s", Phase: PhaseNotHeld, Size: len(s.slots)}
+	front := -1
 	for i, l := range s.slots {
 		ls := l.State()
 		if ls.Token > 0 {
 			ls.Token = ls.Token*SlotTokenBase + int64(i+1)
 		}
 		st.Slots = append(st.Slots, ls)
-		if ls.Held && !st.Held {
-			st.Held, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot = true, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
+		if front < 0 && ls.Held || front >= 0 && !st.Slots[front].Held && ls.Held || front < 0 && ls.Phase == PhaseJeopardy {
+			front = i
 		}
 	}
+	if front >= 0 {
+		st.front(st.Slots[front])
+	}
 	return st
+}
+
+// front puts a slot's hold in front of the semaphore's state.
+func (st *State) front(ls State) {
+	st.Held, st.Phase, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot =
+		ls.Held, ls.Phase, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
 }
 
 // stateOf is the semaphore's State with the hold of slot i (0-based) in front.
 func (s *Semaphore) stateOf(i int) State {
 	st := s.State()
-	ls := st.Slots[i]
-	st.Held, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot = ls.Held, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
+	st.front(st.Slots[i])
 	return st
 }
 

@@ -1,0 +1,204 @@
+package lock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+)
+
+// Riding out control-plane blips: jeopardy, grace, and patient waiters.
+//
+// A holder that cannot renew stops saying "held" at renew-deadline, as always (nothing
+// is promised past renew-deadline without a successful write). When what kept it from
+// renewing was the API server being unavailable (no connection, a reset, a timeout, a
+// 5xx or a 429), the hold is not given up but put in jeopardy: not held, validFor 0,
+// and the same conditional renewal, based on the resourceVersion of the agent's last
+// write, goes on every retry-period. A renewal that lands proves that nobody wrote the
+// Lease since that write, so nobody else can have held the lock in between: the hold
+// resumes with the same fencing token ("safe"). A conflict, another holder, the Lease
+// deleted, a refusal (403 or another 4xx), a ttl that ran out or the grace period
+// passing end the hold as lost.
+//
+// A waiter that lost the API server itself must not blame the holder for the outage
+// they shared: until it has read the Lease again (its watch is back), it takes over no
+// hold that it judged expired, and the expiry it measures restarts when it is back. A
+// live holder then renews within retry-period and keeps the lock; a dead one is
+// replaced lease-duration after the outage. A watch can be dead without knowing it (a
+// black-holed connection), so a takeover of an expired hold first reads the Lease once:
+// a read that fails is an outage, a read that shows a newer record restarts the clock.
+
+// phaseLocked is the phase of this agent's hold now, from the clock: held turns to
+// jeopardy (or not-held) at renew-deadline even before the renew loop wakes.
+func (l *Lock) phaseLocked(now time.Time) Phase {
+	switch {
+	case !l.held:
+		return PhaseNotHeld
+	case l.validForLocked(now) > 0:
+		return PhaseHeld
+	case l.mayResumeLocked(now):
+		return PhaseJeopardy
+	}
+	return PhaseNotHeld
+}
+
+// mayResumeLocked is true when a hold past its renew-deadline may still resume: the
+// failures were unavailability, its ttl has not run out, and the grace period has not
+// passed.
+func (l *Lock) mayResumeLocked(now time.Time) bool {
+	if !l.held || l.cfg.Grace <= 0 || l.refused != nil {
+		return false
+	}
+	if h := l.hold; h != nil && !h.expires.IsZero() && !now.Before(h.expires) {
+		return false
+	}
+	return now.Before(l.graceEndLocked())
+}
+
+// graceEndLocked is when a hold in jeopardy is lost: renew-deadline plus the grace
+// period after the send time of the last successful write.
+func (l *Lock) graceEndLocked() time.Time {
+	return l.lastWrite.Add(l.cfg.RenewDeadline + l.cfg.Grace)
+}
+
+// writeEndLocked is the latest moment a renewal may still be answered and count: the
+// end of the grace period when the hold may go into jeopardy, renew-deadline otherwise.
+func (l *Lock) writeEndLocked() time.Time {
+	if l.cfg.Grace > 0 && l.refused == nil {
+		return l.graceEndLocked()
+	}
+	return l.lastWrite.Add(l.cfg.RenewDeadline)
+}
+
+// stepDeadlineLocked moves a hold on when a deadline passed: at renew-deadline into
+// jeopardy (or lost, after a refusal or with grace 0); at the end of the grace
+// period, lost.
+func (l *Lock) stepDeadlineLocked(now time.Time) {
+	if !l.held {
+		return
+	}
+	deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
+	switch {
+	case now.Before(deadline):
+	case l.refused != nil:
+		l.loseLocked(LossRenewDeadline, "renew-deadline passed and the API server refused the renewal: "+l.refused.Error())
+	case l.cfg.Grace <= 0:
+		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
+	case !now.Before(l.graceEndLocked()):
+		l.loseLocked(LossGrace, fmt.Sprintf("in jeopardy for the whole grace period (%s) without a successful renewal", l.cfg.Grace))
+	case !l.jeopardy:
+		l.jeopardy = true
+		reason := "renew-deadline passed without a successful renewal"
+		if l.apiErr != nil {
+			reason += " (the API server is unavailable: " + l.apiErr.Error() + ")"
+		}
+		reason += fmt.Sprintf("; do not rely on the hold: it resumes with the same token if a renewal lands within %s", l.cfg.Grace)
+		l.broadcastLocked()
+		l.emitEventLocked(Event{Type: EventJeopardy, Reason: reason})
+		l.cfg.Log.Info("Lock in jeopardy", "lock", l.cfg.Name, "token", l.token, "grace", l.cfg.Grace.String())
+	}
+}
+
+// renewedLocked takes a renewal that landed, sent at send: the hold is valid again
+// from send, and a hold in jeopardy resumes with the same token.
+func (l *Lock) renewedLocked(send time.Time) {
+	was := l.lastWrite
+	l.lastWrite = send
+	l.renewFailing = false
+	l.refused = nil
+	if !l.jeopardy {
+		return
+	}
+	l.jeopardy = false
+	in := max(0, l.cfg.Clock.Since(was.Add(l.cfg.RenewDeadline))).Round(time.Millisecond)
+	l.emitEventLocked(Event{Type: EventSafe, Reason: fmt.Sprintf(
+		"a renewal landed after %s in jeopardy: nobody held the lock in between, the hold goes on with token %d", in, l.token)})
+	l.cfg.Log.Info("Lock safe again", "lock", l.cfg.Name, "token", l.token, "inJeopardy", in.String())
+}
+
+// renewFailedLocked takes a renewal that failed with raw (the API's error): a refusal
+// is remembered (renew-deadline then loses the hold), unavailability is an outage.
+func (l *Lock) renewFailedLocked(raw error) {
+	if unavailable(raw) {
+		l.markOutageLocked()
+		return
+	}
+	l.refused = raw
+}
+
+// unavailable says whether err means that the API server could not be reached or could
+// not serve (no answer, a timeout, a 5xx, a 429), as opposed to an answer that refuses
+// the write (403, 409, another 4xx).
+func unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return true // no answer: refused, reset, timed out
+	}
+	code := status.Status().Code
+	return code >= http.StatusInternalServerError || code == http.StatusTooManyRequests ||
+		apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || apierrors.IsTooManyRequests(err)
+}
+
+// markOutageLocked notes that this agent lost the API server, and has the watch start
+// again: the watch of a black-holed connection says nothing, and only a new one shows
+// when the API server is back.
+func (l *Lock) markOutageLocked() {
+	if l.outage {
+		return
+	}
+	l.outage = true
+	close(l.rewatch)
+	l.rewatch = make(chan struct{})
+}
+
+// endOutageLocked is called when the Lease was read again (a watch's initial state, a
+// List): after an outage, the expiry of the holder restarts now, as does the turn of
+// the queue's head. The holder shared the outage; it may renew from now on.
+func (l *Lock) endOutageLocked(now time.Time) {
+	if !l.outage {
+		return
+	}
+	l.outage = false
+	l.observedAt = now
+	if !l.gone.heldUntil.IsZero() {
+		l.gone.heldUntil = now.Add(l.cfg.LeaseDuration)
+	}
+}
+
+// reread reads the Lease from the API server before an expired hold is taken over
+// (called with writeMu held, mu not held). It returns true when the record is still
+// the one that was judged expired. A read that fails is an outage (ErrUnavailable).
+func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, error) {
+	rctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
+	defer cancel()
+	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
+	list, err := l.cfg.Client.List(rctx, metav1.ListOptions{FieldSelector: sel})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err != nil {
+		if unavailable(err) {
+			l.markOutageLocked()
+		}
+		return false, l.writeFailedLocked("read", err)
+	}
+	var item *coordinationv1.Lease
+	if len(list.Items) > 0 {
+		item = &list.Items[0]
+	}
+	l.observeAbsentOrLocked(item, list.ResourceVersion)
+	l.endOutageLocked(l.cfg.Clock.Now())
+	same := l.lease != nil && l.lease.ResourceVersion == judged.ResourceVersion
+	if !same {
+		l.broadcastLocked()
+	}
+	return same, nil
+}
