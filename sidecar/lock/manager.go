@@ -28,8 +28,8 @@ type ManagerConfig struct {
 	// Grace is how long a hold may stay in jeopardy (Config.Grace).
 	Grace  time.Duration
 	Client LeaseClient
-	Clock                                     clock.WithDelayedExecution
-	Log                                       logr.Logger
+	Clock  clock.WithDelayedExecution
+	Log    logr.Logger
 	// OnEvent sees every event of every lock (metrics, Kubernetes Events, logs).
 	// It must not block.
 	OnEvent func(Event)
