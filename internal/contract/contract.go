@@ -41,12 +41,11 @@ const (
 
 	// DefaultGrace is how long a hold may stay in jeopardy (renew-deadline passed while
 	// the API server was unavailable) before it is lost. It covers a kube-apiserver
-	// restart with room to spare: the outages measured on a one-node control plane
-	// were 4-5 s for an in-place restart and up to 7 s for a restart under 1,000 Pods
-	// (BENCHMARKS.md, Jeopardy); 30 s is the time a managed control plane's rolling
-	// update takes to move one instance's clients to another. A longer grace costs
-	// nothing in safety (a resumed renewal is conditional): only how long an app under
-	// `leasehold run` may stay frozen. 0 turns jeopardy off.
+	// restart four times over: the outages measured on a one-node control plane were
+	// 4-5 s for an in-place restart and 6.9 s until ready under 1,000 Pods
+	// (BENCHMARKS.md, Scale). A longer grace costs nothing in safety (a resumed renewal
+	// is conditional on the agent's own last write): only how long an app under
+	// `leasehold run` may stay frozen. 0 turns jeopardy off (README, "Choices made").
 	DefaultGrace = 30 * time.Second
 
 	// MaxLeaseDuration bounds every timing the webhook accepts. It is the cap on
