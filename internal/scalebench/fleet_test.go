@@ -147,6 +147,8 @@ type agentLog struct {
 	ready    time.Time
 	acquired map[string][]time.Time
 	lost     []logLine
+	jeopardy []logLine // "Lock in jeopardy"
+	safe     []logLine // "Lock safe again"
 	watchErr []logLine
 	renewErr []logLine
 }
@@ -174,6 +176,10 @@ func readLog(path string) agentLog {
 			out.acquired[l.Lock] = append(out.acquired[l.Lock], l.TS)
 		case "Lost lock":
 			out.lost = append(out.lost, l)
+		case "Lock in jeopardy":
+			out.jeopardy = append(out.jeopardy, l)
+		case "Lock safe again":
+			out.safe = append(out.safe, l)
 		case "Failed to watch lease":
 			out.watchErr = append(out.watchErr, l)
 		case "Failed to renew lease":

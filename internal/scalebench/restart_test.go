@@ -34,6 +34,7 @@ type restartResult struct {
 	watchTimeline              string // agent watch opens per second from the exit
 	holderChanged              int
 	lost                       []string
+	jeopardy, safe             int // holds that went into jeopardy, and came back with their token
 	watchErrors, renewErrors   int
 	openAfter                  float64
 	expiry                     string
@@ -163,15 +164,25 @@ func runRestart(b *testing.B, c *cluster, f *fleet, ns string) *restartResult {
 				r.watchErrors++
 			}
 		}
+		for _, x := range l.jeopardy {
+			if x.TS.After(r.signalled) {
+				r.jeopardy++
+			}
+		}
+		for _, x := range l.safe {
+			if x.TS.After(r.signalled) {
+				r.safe++
+			}
+		}
 		for _, x := range l.renewErr {
 			if x.TS.After(r.signalled) {
 				r.renewErrors++
 			}
 		}
 	}
-	logf(b, "restart (times from the old process's exit): agents' watches: %d opened (p50 %s, p90 %s, last %s), open at the end %.0f; every held leader Lease renewed again %s (%d not); holders changed %d, lost %d; agents' requests SIGTERM → ready+%s: %s (%.2f per Pod); peak %d per 100 ms; per second: %s; watch opens per second: %s; logged watch failures %d, renew failures %d",
+	logf(b, "restart (times from the old process's exit): agents' watches: %d opened (p50 %s, p90 %s, last %s), open at the end %.0f; every held leader Lease renewed again %s (%d not); holders changed %d, lost %d, in jeopardy %d (safe again with the same token %d); agents' requests SIGTERM → ready+%s: %s (%.2f per Pod); peak %d per 100 ms; per second: %s; watch opens per second: %s; logged watch failures %d, renew failures %d",
 		len(opens), r.watchOpenP50.Round(time.Millisecond), r.watchOpenP90.Round(time.Millisecond), r.watchOpenMax.Round(time.Millisecond), r.openAfter,
-		r.renewedAll.Round(time.Millisecond), r.notRenewed, r.holderChanged, len(r.lost), observeRestart, summary(r.requests, 0), r.requestsPerPod,
+		r.renewedAll.Round(time.Millisecond), r.notRenewed, r.holderChanged, len(r.lost), r.jeopardy, r.safe, observeRestart, summary(r.requests, 0), r.requestsPerPod,
 		r.peak100ms, r.timeline, r.watchTimeline, r.watchErrors, r.renewErrors)
 	for i, l := range r.lost {
 		if i == 10 {
