@@ -315,15 +315,16 @@ func TestAdmissionPolicy(t *testing.T) {
 	})
 
 	t.Run("other Leases are not affected until the namespace opts in", func(t *testing.T) {
-		// A client-go leader elector's Lease: no label, a hostname as holder.
+		// A client-go leader elector's Lease: no label, a hostname as holder. (Its
+		// create is capped by leasehold-lease-create: TestEveryLeaseCreateIsCapped.)
 		other := lease(ns, "elector", "host-1", "", 5, time.Now(), false)
-		other.Spec.LeaseDurationSeconds = ptr.To(int32(1 << 20))
 		l, err := unbound.leases.Create(ctx, other, metav1.CreateOptions{})
 		allowed(t, "an unlabelled Lease written without a Pod", err)
 		l.Spec.HolderIdentity = ptr.To("host-2")
 		l.Spec.LeaseTransitions = ptr.To(int32(0))
+		l.Spec.LeaseDurationSeconds = ptr.To(int32(1 << 20))
 		l, err = a.leases.Update(ctx, l, metav1.UpdateOptions{})
-		allowed(t, "Pod A names another holder and resets the token of an unlabelled Lease", err)
+		allowed(t, "Pod A names another holder, resets the token and sets a long duration on an unlabelled Lease", err)
 
 		nsObj, err := client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		if err != nil {
