@@ -167,7 +167,7 @@ func TestAdmissionPolicy(t *testing.T) {
 	t.Run("a waiter queues on a held Lease only leaving the record as it is", func(t *testing.T) {
 		l := bHolds(t, "queue")
 		queued := l.DeepCopy()
-		queued.Annotations = map[string]string{lock.AnnotationQueue: a.id}
+		queued.Annotations[lock.AnnotationQueue] = a.id // its entry, the rest kept (as the agent writes it)
 		l, err := a.leases.Update(ctx, queued, metav1.UpdateOptions{})
 		allowed(t, "Pod A adds its entry to the queue of Pod B's Lease", err)
 		left := l.DeepCopy()
