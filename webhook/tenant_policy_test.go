@@ -122,7 +122,8 @@ func TestTenantsCannotBypassThePodPolicies(t *testing.T) {
 			if !apierrors.IsInvalid(err) {
 				t.Errorf("want 422 Invalid, got %v", err)
 			}
-			for _, w := range []string{"leasehold: a Binding would set " + AnnotationLocks, AnnotationStatus, "team-a/" + p.Name, "fix: bind without"} {
+			// (The keys come in the map's order.)
+			for _, w := range []string{"leasehold: a Binding would set ", AnnotationLocks, AnnotationStatus, "on Pod team-a/" + p.Name, "fix: bind without"} {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q\nlacks %q", err, w)
 				}
