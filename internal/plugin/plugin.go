@@ -136,10 +136,13 @@ get, list, watch and update of its own Leases by name (resourceNames), create of
 of the workload's own: the template's serviceAccountName, or else a new one named after the
 workload (never the namespace's default, which every Pod that names none runs as).
 
-With the admission policy of manifests/base, a Pod can write a Lease only under its own name;
-separate ServiceAccounts with these per-lock rights also keep other workloads away from the
-locks (the API server has no clock, so the policy cannot stop a Pod that may write a Lease
-from taking a live hold under its own name).`,
+With the admission policy of manifests/base, a Pod can write a Leasehold Lease only under its
+own name; separate ServiceAccounts with these per-lock rights also keep other workloads away
+from the locks (the API server has no clock, so the policy cannot stop a Pod that may write a
+Lease from taking a live hold under its own name). Since create cannot be narrowed, a workload
+can still create another lock's Lease before that lock's agents do; unless the namespace is
+labelled leasehold.io/bind-all-leases=true (then the policy checks it), such a Lease blocks the
+lock for at most an hour (every Lease create is capped, and agents wait no longer).`,
 		Example: `  kubectl leasehold rbac -f deployment.yaml | kubectl apply -f -
   kubectl get deployment api -o yaml | kubectl leasehold rbac -f -
   kubectl leasehold rbac -n shop --name api --locks db-migration --leader scheduler`,
