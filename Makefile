@@ -17,8 +17,8 @@ help: ## List the targets.
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: envtest
-envtest: ## Build kube-apiserver and etcd for the envtest suites (cached in ~/.cache/leasehold).
-	hack/build-k8s.sh kube-apiserver etcd >/dev/null
+envtest: ## Build kube-apiserver, etcd and kube-controller-manager (its garbage collector) for the envtest suites (cached in ~/.cache/leasehold).
+	hack/build-k8s.sh kube-apiserver etcd kube-controller-manager >/dev/null
 
 # The version every binary reports (--version) and logs at start: git describe, or dev.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

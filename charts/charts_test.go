@@ -232,7 +232,7 @@ agent:
 webhook:
   namespaceSelector: {matchLabels: {team: a}}
   extraArgs: [--debug]
-policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}}
+policies: {leaseHolder: {enabled: false}, leaseCreate: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}, priorityClass: {enabled: false}}
 `)
 	d := objs["Deployment/locks/leasehold-webhook"]
 	if d == nil {
@@ -313,7 +313,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 func TestChartRefusesWhatTheClusterCannotRun(t *testing.T) {
 	v129 := chartutil.KubeVersion{Version: "v1.29.9", Major: "1", Minor: "29"}
 	v128 := chartutil.KubeVersion{Version: "v1.28.15", Major: "1", Minor: "28"}
-	off := "policies: {leaseHolder: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}}\n"
+	off := "policies: {leaseHolder: {enabled: false}, leaseCreate: {enabled: false}, podAnnotations: {enabled: false}, webhookConfig: {enabled: false}, priorityClass: {enabled: false}}\n"
 	for _, tc := range []struct {
 		v      chartutil.KubeVersion
 		values string

@@ -723,6 +723,11 @@ func TestPodBoundTokenCannotTouchAnotherPodsHold(t *testing.T) {
 		"squat it for 68 years": func(l *coordinationv1.Lease) {
 			l.Spec.HolderIdentity, l.Spec.LeaseTransitions, l.Spec.LeaseDurationSeconds = &otherID, ptr.To(token0+1), ptr.To(int32(2147483647))
 		},
+		// The garbage collector would delete the Lease: its owner does not exist.
+		"give it an owner that does not exist": func(l *coordinationv1.Lease) {
+			l.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: "gone", UID: "0f8e2a4c-1111-4a4a-9c9c-123456789abc"}}
+		},
+		"give it a finalizer": func(l *coordinationv1.Lease) { l.Finalizers = []string{"example.com/keep"} },
 	}
 	for name, mutate := range attempts {
 		// The holder's agent renews meanwhile: a write based on a copy older than its

@@ -49,10 +49,13 @@ func TestKustomizeBuilds(t *testing.T) {
 		"NetworkPolicy/leasehold-webhook", "PodDisruptionBudget/leasehold-webhook", "PriorityClass/leasehold-webhook",
 		"Role/leasehold-webhook", "RoleBinding/leasehold-webhook",
 		"Secret/leasehold-webhook-tls", "Service/leasehold-webhook", "ServiceAccount/leasehold-webhook",
-		"ValidatingAdmissionPolicy/leasehold-lease-holder", "ValidatingAdmissionPolicy/leasehold-pod-annotations",
-		"ValidatingAdmissionPolicy/leasehold-webhook-cabundle-only",
-		"ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases", "ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
-		"ValidatingAdmissionPolicyBinding/leasehold-pod-annotations", "ValidatingAdmissionPolicyBinding/leasehold-webhook-cabundle-only",
+		"ValidatingAdmissionPolicy/leasehold-lease-create", "ValidatingAdmissionPolicy/leasehold-lease-holder",
+		"ValidatingAdmissionPolicy/leasehold-pod-annotations", "ValidatingAdmissionPolicy/leasehold-pod-binding",
+		"ValidatingAdmissionPolicy/leasehold-webhook-cabundle-only", "ValidatingAdmissionPolicy/leasehold-webhook-priorityclass",
+		"ValidatingAdmissionPolicyBinding/leasehold-bind-all-leases", "ValidatingAdmissionPolicyBinding/leasehold-lease-create",
+		"ValidatingAdmissionPolicyBinding/leasehold-managed-leases",
+		"ValidatingAdmissionPolicyBinding/leasehold-pod-annotations", "ValidatingAdmissionPolicyBinding/leasehold-pod-binding",
+		"ValidatingAdmissionPolicyBinding/leasehold-webhook-cabundle-only", "ValidatingAdmissionPolicyBinding/leasehold-webhook-priorityclass",
 	}
 	if got := kinds(base); !slices.Equal(got, want) {
 		t.Errorf("base renders %v\nwant %v", got, want)

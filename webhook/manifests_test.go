@@ -223,8 +223,8 @@ func TestManifests(t *testing.T) {
 		}
 		for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "secret.yaml", "service.yaml",
 			"deployment.yaml", "pdb.yaml", "mutatingwebhookconfiguration.yaml", "agent-clusterrole.yaml", "admission-policy.yaml",
-			"metrics-rbac.yaml", "networkpolicy.yaml", "priorityclass.yaml", "webhook-config-policy.yaml",
-			"pod-annotations-policy.yaml"} {
+			"metrics-rbac.yaml", "networkpolicy.yaml", "priorityclass.yaml", "priorityclass-policy.yaml",
+			"webhook-config-policy.yaml", "pod-annotations-policy.yaml"} {
 			if !slices.Contains(k.Resources, f) {
 				t.Errorf("kustomization.yaml lacks %s", f)
 			}

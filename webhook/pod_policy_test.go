@@ -32,7 +32,9 @@ func TestPodAnnotationsAreFixedAfterCreation(t *testing.T) {
 	own := &corev1.Namespace{}
 	policy, binding := &admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
 	decodeManifests(t, "namespace.yaml", own)
-	decodeManifests(t, "pod-annotations-policy.yaml", policy, binding)
+	// The policy on Bindings, also in this file: TestTenantsCannotBypassThePodPolicies.
+	decodeManifests(t, "pod-annotations-policy.yaml", policy, binding,
+		&admissionregistrationv1.ValidatingAdmissionPolicy{}, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{})
 	for _, o := range []client.Object{own, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, policy, binding} {
 		if err := c.Create(ctx, o); err != nil {
 			t.Fatalf("create %s: %v", o.GetName(), err)

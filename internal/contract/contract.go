@@ -49,9 +49,12 @@ const (
 	DefaultGrace = 30 * time.Second
 
 	// MaxLeaseDuration bounds every timing the webhook accepts. It is the cap on
-	// spec.leaseDurationSeconds of the admission policy in
+	// spec.leaseDurationSeconds of the admission policies in
 	// manifests/base/admission-policy.yaml (3600): a longer lease-duration would have
-	// every write of the agent refused.
+	// every write of the agent refused. It is also the longest the agent waits out
+	// another holder's Lease without a renew: a Lease that names a longer
+	// leaseDurationSeconds (written where no policy refused it) counts as this long,
+	// so that no Lease created once blocks a lock for longer (sidecar/lock).
 	MaxLeaseDuration = time.Hour
 
 	// JitterFactor is client-go's leaderelection.JitterFactor: renew-deadline must

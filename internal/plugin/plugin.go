@@ -8,9 +8,12 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -133,10 +136,13 @@ get, list, watch and update of its own Leases by name (resourceNames), create of
 of the workload's own: the template's serviceAccountName, or else a new one named after the
 workload (never the namespace's default, which every Pod that names none runs as).
 
-With the admission policy of manifests/base, a Pod can write a Lease only under its own name;
-separate ServiceAccounts with these per-lock rights also keep other workloads away from the
-locks (the API server has no clock, so the policy cannot stop a Pod that may write a Lease
-from taking a live hold under its own name).`,
+With the admission policy of manifests/base, a Pod can write a Leasehold Lease only under its
+own name; separate ServiceAccounts with these per-lock rights also keep other workloads away
+from the locks (the API server has no clock, so the policy cannot stop a Pod that may write a
+Lease from taking a live hold under its own name). Since create cannot be narrowed, a workload
+can still create another lock's Lease before that lock's agents do; unless the namespace is
+labelled leasehold.io/bind-all-leases=true (then the policy checks it), such a Lease blocks the
+lock for at most an hour (every Lease create is capped, and agents wait no longer).`,
 		Example: `  kubectl leasehold rbac -f deployment.yaml | kubectl apply -f -
   kubectl get deployment api -o yaml | kubectl leasehold rbac -f -
   kubectl leasehold rbac -n shop --name api --locks db-migration --leader scheduler`,
@@ -264,6 +270,22 @@ func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
 	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.Age, r.TimeLeft, r.Waiting)
 }
 
+// Printable is s as the plugin prints a string that anyone who may write a Lease
+// chose (an annotation, the holder identity): as it is when every rune is a visible
+// character, else quoted with Go's escapes (strconv.Quote), so that a control
+// character (an ESC sequence that drives the operator's terminal, a tab or newline
+// that fakes a column or a row) or a Unicode format character (a right-to-left
+// override) is shown, never obeyed. Spaces and quotes are quoted too, so that a value
+// can neither split into two columns nor pass for a quoted one.
+func Printable(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || r == '"' || r == '\\' || unicode.IsSpace(r) || !unicode.IsGraphic(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
 // Row is one lock as the listing shows it.
 type Row struct {
 	Mode, Holder, Age, TimeLeft string
@@ -274,20 +296,20 @@ type Row struct {
 
 // Describe turns a Lease into the listing's columns at time now.
 func Describe(l *coordinationv1.Lease, now time.Time) Row {
-	r := Row{Mode: l.Annotations[AnnotationMode], Holder: "<none>", Age: "-", TimeLeft: "free", Waiting: "-"}
+	r := Row{Mode: Printable(l.Annotations[AnnotationMode]), Holder: "<none>", Age: "-", TimeLeft: "free", Waiting: "-"}
 	if r.Mode == "" {
 		r.Mode = "-"
 	}
 	if q := l.Annotations[lock.AnnotationQueue]; q != "" {
 		ids := strings.Split(q, ",")
-		r.Waiting = fmt.Sprintf("%d (next %s)", len(ids), holderPod(ids[0]))
+		r.Waiting = fmt.Sprintf("%d (next %s)", len(ids), Printable(holderPod(ids[0])))
 	}
 	rec := lock.RecordOf(l)
 	r.Token = rec.Transitions
 	if rec.Holder == "" {
 		return r
 	}
-	r.Holder = holderPod(rec.Holder)
+	r.Holder = Printable(holderPod(rec.Holder))
 	if !rec.Acquired.IsZero() {
 		r.Age = shortDuration(now.Sub(rec.Acquired))
 	}

@@ -167,7 +167,7 @@ func TestAdmissionPolicy(t *testing.T) {
 	t.Run("a waiter queues on a held Lease only leaving the record as it is", func(t *testing.T) {
 		l := bHolds(t, "queue")
 		queued := l.DeepCopy()
-		queued.Annotations = map[string]string{lock.AnnotationQueue: a.id}
+		queued.Annotations[lock.AnnotationQueue] = a.id // its entry, the rest kept (as the agent writes it)
 		l, err := a.leases.Update(ctx, queued, metav1.UpdateOptions{})
 		allowed(t, "Pod A adds its entry to the queue of Pod B's Lease", err)
 		left := l.DeepCopy()
@@ -315,15 +315,16 @@ func TestAdmissionPolicy(t *testing.T) {
 	})
 
 	t.Run("other Leases are not affected until the namespace opts in", func(t *testing.T) {
-		// A client-go leader elector's Lease: no label, a hostname as holder.
+		// A client-go leader elector's Lease: no label, a hostname as holder. (Its
+		// create is capped by leasehold-lease-create: TestEveryLeaseCreateIsCapped.)
 		other := lease(ns, "elector", "host-1", "", 5, time.Now(), false)
-		other.Spec.LeaseDurationSeconds = ptr.To(int32(1 << 20))
 		l, err := unbound.leases.Create(ctx, other, metav1.CreateOptions{})
 		allowed(t, "an unlabelled Lease written without a Pod", err)
 		l.Spec.HolderIdentity = ptr.To("host-2")
 		l.Spec.LeaseTransitions = ptr.To(int32(0))
+		l.Spec.LeaseDurationSeconds = ptr.To(int32(1 << 20))
 		l, err = a.leases.Update(ctx, l, metav1.UpdateOptions{})
-		allowed(t, "Pod A names another holder and resets the token of an unlabelled Lease", err)
+		allowed(t, "Pod A names another holder, resets the token and sets a long duration on an unlabelled Lease", err)
 
 		nsObj, err := client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		if err != nil {

@@ -34,15 +34,21 @@ func ManifestsDir() string {
 }
 
 // AdmissionPolicy is what manifests/base installs for guarantee 4.7: the
-// ValidatingAdmissionPolicy, its bindings and the operators' ClusterRole.
+// ValidatingAdmissionPolicy, the one that caps every Lease create, their bindings and
+// the operators' ClusterRole.
 type AdmissionPolicy struct {
-	Policy   *admissionregistrationv1.ValidatingAdmissionPolicy
-	Bindings []*admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	Operator *rbacv1.ClusterRole
+	Policy       *admissionregistrationv1.ValidatingAdmissionPolicy
+	CreatePolicy *admissionregistrationv1.ValidatingAdmissionPolicy
+	Bindings     []*admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	Operator     *rbacv1.ClusterRole
 }
 
 // LeasePolicy is the name of the ValidatingAdmissionPolicy of guarantee 4.7.
 const LeasePolicy = "leasehold-lease-holder"
+
+// LeaseCreatePolicy is the name of the ValidatingAdmissionPolicy that caps the duration
+// and the token of every Lease a ServiceAccount creates, labelled or not.
+const LeaseCreatePolicy = "leasehold-lease-create"
 
 // OperatorClusterRole is the ClusterRole that grants the verb force-release.
 const OperatorClusterRole = "leasehold-operator"
@@ -69,9 +75,12 @@ func LoadAdmissionPolicy() (*AdmissionPolicy, error) {
 		case r.GetKind() == "ValidatingAdmissionPolicy" && r.GetName() == LeasePolicy:
 			p.Policy = &admissionregistrationv1.ValidatingAdmissionPolicy{}
 			into = p.Policy
+		case r.GetKind() == "ValidatingAdmissionPolicy" && r.GetName() == LeaseCreatePolicy:
+			p.CreatePolicy = &admissionregistrationv1.ValidatingAdmissionPolicy{}
+			into = p.CreatePolicy
 		case r.GetKind() == "ValidatingAdmissionPolicyBinding":
 			b := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
-			if err := yaml.Unmarshal(y, b); err != nil || b.Spec.PolicyName != LeasePolicy {
+			if err := yaml.Unmarshal(y, b); err != nil || (b.Spec.PolicyName != LeasePolicy && b.Spec.PolicyName != LeaseCreatePolicy) {
 				continue
 			}
 			p.Bindings = append(p.Bindings, b)
@@ -86,8 +95,9 @@ func LoadAdmissionPolicy() (*AdmissionPolicy, error) {
 			return nil, fmt.Errorf("decode %s/%s: %w", r.GetKind(), r.GetName(), err)
 		}
 	}
-	if p.Policy == nil || len(p.Bindings) == 0 || p.Operator == nil {
-		return nil, errors.New("manifests/base renders no ValidatingAdmissionPolicy, binding or ClusterRole " + OperatorClusterRole)
+	if p.Policy == nil || p.CreatePolicy == nil || len(p.Bindings) == 0 || p.Operator == nil {
+		return nil, errors.New("manifests/base renders no ValidatingAdmissionPolicy " + LeasePolicy + " or " +
+			LeaseCreatePolicy + ", no binding or no ClusterRole " + OperatorClusterRole)
 	}
 	return p, nil
 }
@@ -104,8 +114,10 @@ func InstallAdmissionPolicy(t testing.TB, cfg *rest.Config) *AdmissionPolicy {
 	}
 	cs := kubernetes.NewForConfigOrDie(cfg)
 	ar := cs.AdmissionregistrationV1()
-	if _, err := ar.ValidatingAdmissionPolicies().Create(ctx, p.Policy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create the admission policy: %v", err)
+	for _, vap := range []*admissionregistrationv1.ValidatingAdmissionPolicy{p.Policy, p.CreatePolicy} {
+		if _, err := ar.ValidatingAdmissionPolicies().Create(ctx, vap, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create the admission policy %s: %v", vap.Name, err)
+		}
 	}
 	for _, b := range p.Bindings {
 		if _, err := ar.ValidatingAdmissionPolicyBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil {
@@ -126,6 +138,7 @@ func InstallAdmissionPolicy(t testing.TB, cfg *rest.Config) *AdmissionPolicy {
 			_ = ar.ValidatingAdmissionPolicyBindings().Delete(ctx, b.Name, metav1.DeleteOptions{})
 		}
 		_ = ar.ValidatingAdmissionPolicies().Delete(ctx, p.Policy.Name, metav1.DeleteOptions{})
+		_ = ar.ValidatingAdmissionPolicies().Delete(ctx, p.CreatePolicy.Name, metav1.DeleteOptions{})
 		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 			refused, err := probe.refused(ctx)
 			return !refused, err

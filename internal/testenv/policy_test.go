@@ -14,8 +14,11 @@ func TestLoadAdmissionPolicyTakesTheLeasePolicy(t *testing.T) {
 	if p.Policy.Name != LeasePolicy {
 		t.Errorf("policy %q, want %q", p.Policy.Name, LeasePolicy)
 	}
+	if p.CreatePolicy.Name != LeaseCreatePolicy {
+		t.Errorf("create policy %q, want %q", p.CreatePolicy.Name, LeaseCreatePolicy)
+	}
 	for _, b := range p.Bindings {
-		if b.Spec.PolicyName != LeasePolicy {
+		if b.Spec.PolicyName != LeasePolicy && b.Spec.PolicyName != LeaseCreatePolicy {
 			t.Errorf("binding %s of policy %q", b.Name, b.Spec.PolicyName)
 		}
 	}

@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/clock"
+
+	"github.com/leasehold/leasehold/internal/contract"
 )
 
 // Mode says how a lock is taken.
@@ -405,7 +407,9 @@ type Lock struct {
 		heldUntil   time.Time
 		transitions int32
 	}
-	changed chan struct{}
+	// cappedRV is the last record whose leaseDurationSeconds was logged as capped.
+	cappedRV string
+	changed  chan struct{}
 	// closing is closed by Shutdown: waiters give up with ErrShutdown.
 	closing     chan struct{}
 	closingOnce sync.Once
@@ -659,11 +663,26 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 	}
 }
 
+// leaseDurationLocked is how long the Lease's holder may go without a renew before other
+// Pods may take it: its leaseDurationSeconds, but never more than
+// contract.MaxLeaseDuration, so that a Lease created with a squatter's 2^31-1 s (where
+// no admission policy refused it) blocks the lock at most that long. A capped record
+// is logged once.
 func (l *Lock) leaseDurationLocked() time.Duration {
 	if l.lease == nil || l.lease.Spec.LeaseDurationSeconds == nil {
 		return 0
 	}
-	return time.Duration(*l.lease.Spec.LeaseDurationSeconds) * time.Second
+	d := time.Duration(*l.lease.Spec.LeaseDurationSeconds) * time.Second
+	if d <= contract.MaxLeaseDuration {
+		return d
+	}
+	if l.cappedRV != l.lease.ResourceVersion {
+		l.cappedRV = l.lease.ResourceVersion
+		l.cfg.Log.Info("Capped the lease duration of a Lease at the longest lease-duration", "lock", l.cfg.Name,
+			"holder", holderOf(l.lease), "leaseDurationSeconds", *l.lease.Spec.LeaseDurationSeconds,
+			"maxLeaseDuration", contract.MaxLeaseDuration.String())
+	}
+	return contract.MaxLeaseDuration
 }
 
 // acquireRemote takes the Lease, waiting (if !try) for the watch to show it free or
@@ -904,6 +923,10 @@ func (l *Lock) writeFailedLocked(what string, err error) error {
 }
 
 func (l *Lock) stamp(lease *coordinationv1.Lease) {
+	// A lock's Lease is owned by nothing and kept by nothing: an owner's deletion would
+	// have the garbage collector delete it (restarting its tokens) and a finalizer would
+	// keep it after a delete. The admission policy lets a write remove them, never add.
+	lease.OwnerReferences, lease.Finalizers = nil, nil
 	if lease.Labels == nil {
 		lease.Labels = map[string]string{}
 	}

@@ -15,8 +15,8 @@ ValidatingAdmissionPolicy v1 (1.30), native sidecars need 1.29.
 {{- define "leasehold.checkKubeVersion" -}}
 {{- $v := .Capabilities.KubeVersion.Version -}}
 {{- $p := .Values.policies -}}
-{{- if and (semverCompare "<1.30.0-0" $v) (or $p.leaseHolder.enabled $p.podAnnotations.enabled $p.webhookConfig.enabled) -}}
-{{- fail (printf "Kubernetes %s has no ValidatingAdmissionPolicy v1 (1.30 or later): set policies.leaseHolder.enabled, policies.podAnnotations.enabled and policies.webhookConfig.enabled to false (and lose what they guarantee, manifests/README.md), or upgrade the cluster" $v) -}}
+{{- if and (semverCompare "<1.30.0-0" $v) (or $p.leaseHolder.enabled $p.leaseCreate.enabled $p.podAnnotations.enabled $p.webhookConfig.enabled $p.priorityClass.enabled) -}}
+{{- fail (printf "Kubernetes %s has no ValidatingAdmissionPolicy v1 (1.30 or later): set policies.leaseHolder.enabled, policies.leaseCreate.enabled, policies.podAnnotations.enabled, policies.webhookConfig.enabled and policies.priorityClass.enabled to false (and lose what they guarantee, manifests/README.md), or upgrade the cluster" $v) -}}
 {{- end -}}
 {{- if and (semverCompare "<1.29.0-0" $v) (not .Values.agent.plainContainer) -}}
 {{- fail (printf "Kubernetes %s has no native sidecars (1.29 or later): set agent.plainContainer=true, or upgrade the cluster" $v) -}}
