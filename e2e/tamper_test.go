@@ -70,7 +70,7 @@ func TestContainersCannotTamperWithTheAgent(t *testing.T) {
 			}
 		}
 		for _, want := range []*regexp.Regexp{
-			regexp.MustCompile(`(?m) /run/leasehold \S+ ro[, ]`),                    // mounted read-only
+			regexp.MustCompile(`(?m) /run/leasehold \S+ ro[, ]`),                  // mounted read-only
 			regexp.MustCompile(`(?m) s\S+\s+\d+\s+53530\s+53530 .*/agent\.sock$`), // the agent's UID and group
 			regexp.MustCompile(`(?m) -rwxr-xr-x\s+\d+\s+53530 .*/bin/leasehold$`),
 			regexp.MustCompile(`(?m) drwxr-xr-x\s+\d+\s+53530 .*/run/leasehold/bin$`),
