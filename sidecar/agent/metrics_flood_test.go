@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/leasehold/leasehold/sidecar/agent"
 	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/sidecar/lock"
 	"github.com/leasehold/leasehold/webhook"
@@ -33,6 +34,7 @@ type injectedAgent struct {
 	cmd    *exec.Cmd
 	c      *client.Client
 	limit  int64 // the container's memory limit, bytes
+	log    string
 	exited chan struct{}
 }
 
@@ -71,6 +73,7 @@ func startInjectedAgent(t *testing.T, pod *corev1.Pod, metricsAddr string) *inje
 	a.cmd = exec.Command(kubelet.Replace(agent.Command[0]), args...)
 	a.cmd.Env = env
 	logPath := filepath.Join(dir, "agent.log")
+	a.log = logPath
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -169,6 +172,10 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 	a := startInjectedAgent(t, pod, metricsAddr)
 	if a.limit != 64<<20 {
 		t.Fatalf("the webhook's default agent memory limit is %d bytes; this test measures against 64 Mi", a.limit)
+	}
+	// The agent took its Go memory limit from the limit the webhook passed it.
+	if b, _ := os.ReadFile(a.log); !strings.Contains(string(b), fmt.Sprintf(`"msg":"Set the Go memory limit","bytes":%d`, int64(float64(a.limit)*agent.MemoryLimitFraction))) {
+		t.Errorf("the agent did not log its Go memory limit as %v of %d bytes", agent.MemoryLimitFraction, a.limit)
 	}
 	ctx := context.Background()
 	var before lock.State
