@@ -18,10 +18,10 @@ func TestSetMemoryLimit(t *testing.T) {
 		wantError string
 	}{
 		"from the container's limit": {env: map[string]string{contract.EnvMemoryLimit: "67108864"}, want: 53687091, wantFrom: contract.EnvMemoryLimit},
-		"GOMEMLIMIT wins": {env: map[string]string{"GOMEMLIMIT": "40MiB", contract.EnvMemoryLimit: "67108864"}, want: -1, wantFrom: "GOMEMLIMIT"},
-		"no limit known":  {env: map[string]string{}, want: -1},
-		"not bytes":       {env: map[string]string{contract.EnvMemoryLimit: "64Mi"}, want: -1, wantError: "is not the container's memory limit in bytes"},
-		"zero":            {env: map[string]string{contract.EnvMemoryLimit: "0"}, want: -1, wantError: "resourceFieldRef limits.memory"},
+		"GOMEMLIMIT wins":            {env: map[string]string{"GOMEMLIMIT": "40MiB", contract.EnvMemoryLimit: "67108864"}, want: -1, wantFrom: "GOMEMLIMIT"},
+		"no limit known":             {env: map[string]string{}, want: -1},
+		"not bytes":                  {env: map[string]string{contract.EnvMemoryLimit: "64Mi"}, want: -1, wantError: "is not the container's memory limit in bytes"},
+		"zero":                       {env: map[string]string{contract.EnvMemoryLimit: "0"}, want: -1, wantError: "resourceFieldRef limits.memory"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
