@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/agent"
 	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/sidecar/lock"
@@ -158,12 +159,7 @@ func raiseOpenFiles(t *testing.T, n uint64) {
 func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 	const conns = 5000
 	raiseOpenFiles(t, conns+1000)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := l.Addr().String()
-	l.Close()
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "pod-flood", Namespace: "default",
 			Annotations: map[string]string{webhook.AnnotationLeader: "flood-leader"}},
@@ -179,6 +175,7 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 	}
 	ctx := context.Background()
 	var before lock.State
+	var err error
 	for deadline := time.Now().Add(20 * time.Second); !before.Held; time.Sleep(50 * time.Millisecond) {
 		if before, err = a.c.State(ctx, "flood-leader"); err != nil {
 			t.Fatal(err)
