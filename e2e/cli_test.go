@@ -58,7 +58,7 @@ var (
 	busyboxErr  error
 )
 
-// busyboxPod is appPod in the busybox image, with UID 1000 (the agent runs as 65532).
+// busyboxPod is appPod in the busybox image, with UID 1000 (the agent runs as 53530).
 func busyboxPod(name string, annotations map[string]string, script string) *corev1.Pod {
 	pod := appPod(name, annotations, script)
 	pod.Spec.Containers[0].Image = busyboxImage

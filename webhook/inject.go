@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/ptr"
 )
@@ -80,8 +81,14 @@ func Inject(pod *corev1.Pod, cfg *Config, opts Options) field.ErrorList {
 		env = append(env, corev1.EnvVar{Name: EnvURL, Value: agentURL(cfg.TCPPort)})
 	}
 	for _, c := range appContainers(spec) {
-		if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SocketVolumeName }) {
-			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: SocketVolumeName, MountPath: SocketDir})
+		// Read-only in every container but the agent's, a mount the user wrote too:
+		// connecting to the socket and running the client need no write access, and a
+		// container that could write there could replace the client that the other
+		// containers run, or the socket they trust.
+		if i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == SocketVolumeName }); i >= 0 {
+			c.VolumeMounts[i].ReadOnly = true
+		} else {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: SocketVolumeName, MountPath: SocketDir, ReadOnly: true})
 		}
 		for _, e := range env {
 			if !slices.ContainsFunc(c.Env, func(have corev1.EnvVar) bool { return have.Name == e.Name }) {
@@ -342,6 +349,10 @@ func agentContainer(cfg *Config, opts Options, token bool) corev1.Container {
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_UID", "metadata.uid"),
+			// The agent sets its Go memory limit from it (sidecar/agent.SetMemoryLimit).
+			{Name: EnvMemoryLimit, ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{
+				ContainerName: AgentContainerName, Resource: "limits.memory", Divisor: resource.MustParse("1"),
+			}}},
 		},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: opts.CPURequest, corev1.ResourceMemory: opts.MemoryRequest},
@@ -357,7 +368,7 @@ func agentContainer(cfg *Config, opts Options, token bool) corev1.Container {
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 			Privileged:               ptr.To(false),
 			RunAsUser:                ptr.To(AgentUID),
-			RunAsGroup:               ptr.To(AgentUID),
+			RunAsGroup:               ptr.To(opts.SocketGroup), // the socket's group
 			RunAsNonRoot:             ptr.To(true),
 			ReadOnlyRootFilesystem:   ptr.To(true),
 			AllowPrivilegeEscalation: ptr.To(false),

@@ -143,6 +143,13 @@ func TestInjectGoldenShape(t *testing.T) {
 				if !hasMount(c) {
 					t.Errorf("container %q lacks the socket mount", c.Name)
 				}
+				// Only the agent may write in the socket volume: any other container
+				// that could would replace the client the others run, or the socket.
+				for _, m := range c.VolumeMounts {
+					if m.Name == SocketVolumeName && m.ReadOnly != (c.Name != AgentContainerName) {
+						t.Errorf("container %q mounts the socket volume with readOnly %v, want %v", c.Name, m.ReadOnly, c.Name != AgentContainerName)
+					}
+				}
 				if c.Name != AgentContainerName && envValue(c, EnvSocket) != SocketPath {
 					t.Errorf("container %q: %s=%q", c.Name, EnvSocket, envValue(c, EnvSocket))
 				}
@@ -153,6 +160,15 @@ func TestInjectGoldenShape(t *testing.T) {
 				if c.Name != AgentContainerName && (envValue(c, EnvURL) != "") != (out.Annotations[AnnotationTCPPort] != "") {
 					t.Errorf("container %q: %s=%q with tcp-port %q", c.Name, EnvURL, envValue(c, EnvURL), out.Annotations[AnnotationTCPPort])
 				}
+			}
+			// The agent runs as a user of its own, not as distroless's nonroot
+			// (65532), the UID app containers run as most often.
+			if u := ptr.Deref(agent.SecurityContext.RunAsUser, 0); u != AgentUID || u == 65532 {
+				t.Errorf("agent runAsUser %d, want %d (not 65532)", u, AgentUID)
+			}
+			if f := envField(agent, EnvMemoryLimit); f == nil || f.ResourceFieldRef == nil || f.ResourceFieldRef.Resource != "limits.memory" ||
+				f.ResourceFieldRef.ContainerName != AgentContainerName || f.ResourceFieldRef.Divisor.String() != "1" {
+				t.Errorf("agent %s: %+v, want the downward API's limits.memory of %s in bytes", EnvMemoryLimit, f, AgentContainerName)
 			}
 			n := 0
 			for _, g := range out.Spec.SecurityContext.SupplementalGroups {
@@ -238,6 +254,27 @@ func envValue(c corev1.Container, name string) string {
 	return ""
 }
 
+func envField(c corev1.Container, name string) *corev1.EnvVarSource {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.ValueFrom
+		}
+	}
+	return nil
+}
+
+// TestInjectMakesUsersSocketMountReadOnly: a container that mounts the socket volume
+// itself (read-write) gets it read-only, as every container but the agent.
+func TestInjectMakesUsersSocketMountReadOnly(t *testing.T) {
+	pod := readPod(t, "testdata/golden/bare.in.yaml")
+	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir}}
+	got := mustInject(t, pod, DefaultOptions())
+	want := []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir, ReadOnly: true}}
+	if diff := cmp.Diff(want, got.Spec.Containers[0].VolumeMounts); diff != "" {
+		t.Errorf("the user's read-write mount of the socket volume (-want +got):\n%s", diff)
+	}
+}
+
 // stripInjected removes the socket mount and the LEASEHOLD_* env from containers.
 func stripInjected(cs []corev1.Container) []corev1.Container {
 	out := make([]corev1.Container, 0, len(cs))
@@ -273,7 +310,7 @@ func TestInjectReinvocation(t *testing.T) {
 	got := mustInject(t, later, opts)
 
 	want := later.DeepCopy()
-	want.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir}}
+	want.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: SocketVolumeName, MountPath: SocketDir, ReadOnly: true}}
 	want.Spec.Containers[1].Env = []corev1.EnvVar{{Name: EnvSocket, Value: SocketPath}, {Name: EnvCLI, Value: CLIPath}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("reinvocation (-want +got):\n%s", diff)

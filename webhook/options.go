@@ -39,7 +39,10 @@ const (
 	EnvSocket = contract.EnvSocket
 	EnvURL    = contract.EnvURL
 	EnvCLI    = contract.EnvCLI
-	// AgentUID is the user and group the agent runs as.
+	// EnvMemoryLimit gives the agent its container's memory limit (downward API).
+	EnvMemoryLimit = contract.EnvMemoryLimit
+	// AgentUID is the user the agent runs as, and its group unless --socket-group
+	// says otherwise.
 	AgentUID = contract.AgentUID
 
 	// DefaultAgentImage is the one project image.
@@ -54,8 +57,8 @@ type Options struct {
 	AgentImagePullPolicy corev1.PullPolicy
 	// CPURequest, MemoryRequest, CPULimit, MemoryLimit are the agent's resources.
 	CPURequest, MemoryRequest, CPULimit, MemoryLimit resource.Quantity
-	// SocketGroup is added to the Pod's supplementalGroups so that app containers
-	// of any UID can open the socket (mode 0660, group SocketGroup).
+	// SocketGroup is the agent's group (so the socket's, mode 0660), and is added to
+	// the Pod's supplementalGroups so that app containers of any UID can connect.
 	SocketGroup int64
 	// PlainContainer injects the agent as an ordinary container instead of a native
 	// sidecar, for clusters older than Kubernetes 1.29.
@@ -98,7 +101,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	quantity(fs, &o.CPULimit, "agent-cpu-limit", "CPU limit of the agent container.")
 	quantity(fs, &o.MemoryLimit, "agent-memory-limit", "Memory limit of the agent container.")
 	fs.Int64Var(&o.SocketGroup, "socket-group", o.SocketGroup,
-		"GID added to each injected Pod's supplementalGroups so app containers can open the agent socket.")
+		"The agent's GID, so its socket's (mode 0660), added to each injected Pod's supplementalGroups so that app containers of any UID can connect to the socket.")
 	fs.BoolVar(&o.PlainContainer, "plain-container", o.PlainContainer,
 		"Inject the agent as a plain container instead of a native sidecar (clusters older than 1.29).")
 	fs.StringVar(&o.AgentMetricsBindAddress, "agent-metrics-bind-address", o.AgentMetricsBindAddress,

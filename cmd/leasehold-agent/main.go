@@ -47,6 +47,13 @@ func main() {
 	}
 	log := zapr.NewLogger(zl)
 	log.Info("Starting leasehold-agent", "version", version.Version())
+	// Before anything allocates much: a memory limit the runtime knows of makes it
+	// collect garbage harder before the kernel's limit would kill the agent.
+	if limit, from, err := agent.SetMemoryLimit(os.Getenv); err != nil {
+		log.Error(err, "Failed to set the Go memory limit; running without one")
+	} else if limit > 0 {
+		log.Info("Set the Go memory limit", "bytes", limit, "from", from)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

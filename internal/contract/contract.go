@@ -29,8 +29,18 @@ const (
 	EnvURL    = "LEASEHOLD_URL"
 	EnvCLI    = "LEASEHOLD_CLI"
 
-	// AgentUID is the user and group the agent runs as; the socket's group.
-	AgentUID int64 = 65532
+	// EnvMemoryLimit carries the agent container's memory limit in bytes (the
+	// downward API's limits.memory), from which the agent sets its Go memory limit
+	// (sidecar/agent.SetMemoryLimit).
+	EnvMemoryLimit = "LEASEHOLD_MEMORY_LIMIT"
+
+	// AgentUID is the user and group the agent runs as; the socket's group. It is
+	// no UID that images commonly run as (0, 1000, 1001, 10001, 65532 for distroless's
+	// nonroot, 65534 for nobody) nor in the range systemd hands out on nodes
+	// (61184-65519), so that an app container does not run as the agent's user by
+	// chance: with a shared process namespace, a process of the same UID could reach
+	// into the agent (/proc/PID/root, signals, ptrace) and write where it writes.
+	AgentUID int64 = 53530
 )
 
 // Timings: client-go's leader election defaults and rules.

@@ -64,7 +64,9 @@ func Run(ctx context.Context, o *Options, log logr.Logger) error {
 
 	// The client for the Pod's containers, before the startup probe can pass: the
 	// containers that start after the agent find it in place.
-	installCLI(o, log)
+	if err := installCLI(o, log); err != nil {
+		return err
+	}
 
 	// Every listener before any part starts, so that /healthz answers while the locks
 	// sync, and a listener that cannot be opened stops the agent before it takes a lock.

@@ -74,7 +74,9 @@ func TestInstallCLIMissingSourceIsALogLine(t *testing.T) {
 	o.Socket = filepath.Join(dir, "agent.sock")
 	o.CLISource = filepath.Join(dir, "nope")
 	var logged bytes.Buffer
-	installCLI(o, funcr.New(func(prefix, args string) { logged.WriteString(args + "\n") }, funcr.Options{}))
+	if err := installCLI(o, funcr.New(func(prefix, args string) { logged.WriteString(args + "\n") }, funcr.Options{})); err != nil {
+		t.Fatalf("a missing source must not stop the agent: %v", err)
+	}
 	for _, want := range []string{"Failed to install the leasehold client", filepath.Join(dir, "nope"), filepath.Join(dir, "bin", "leasehold"), "--cli-source"} {
 		if !strings.Contains(logged.String(), want) {
 			t.Errorf("log does not mention %q:\n%s", want, logged.String())
@@ -86,5 +88,69 @@ func TestInstallCLIMissingSourceIsALogLine(t *testing.T) {
 
 	o.InstallCLI = false
 	o.CLISource = ""
-	installCLI(o, funcr.New(func(_, args string) { t.Errorf("--install-cli=false logged %s", args) }, funcr.Options{}))
+	_ = installCLI(o, funcr.New(func(_, args string) { t.Errorf("--install-cli=false logged %s", args) }, funcr.Options{}))
+}
+
+// Another container of the Pod that got to write into the socket volume before the agent
+// (an app container with a read-write mount, in plain-container mode where they start
+// together) made bin/ its own, or a link to a directory of its choosing: the agent
+// installs nothing there, and refuses to start (installCLI returns the error), with a
+// message naming the directory and the fix.
+func TestInstallCLIRefusesADirectoryItDoesNotOwn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to make a directory another UID owns")
+	}
+	tests := map[string]func(t *testing.T, bin string){
+		"bin owned by another UID": func(t *testing.T, bin string) {
+			if err := os.Mkdir(bin, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(bin, 1000, 1000); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"bin a link to another UID's directory": func(t *testing.T, bin string) {
+			theirs := filepath.Join(filepath.Dir(bin), "theirs")
+			if err := os.Mkdir(theirs, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(theirs, 1000, 1000); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(theirs, bin); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, prepare := range tests {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join(dir, "src")
+			if err := os.WriteFile(src, []byte("#!/bin/sh\necho agent's client\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			bin := filepath.Join(dir, "bin")
+			prepare(t, bin)
+
+			err := InstallCLI(src, filepath.Join(bin, CLIName))
+			if !errors.Is(err, ErrUnsafeCLIDir) {
+				t.Fatalf("install into %s: want ErrUnsafeCLIDir, got %v", bin, err)
+			}
+			for _, want := range []string{bin, "read-only"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not name %q", err, want)
+				}
+			}
+			if _, err := os.Lstat(filepath.Join(bin, CLIName)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("something was installed into %s: %v", bin, err)
+			}
+
+			o := NewOptions()
+			o.Socket = filepath.Join(dir, "agent.sock")
+			o.CLISource = src
+			if err := installCLI(o, funcr.New(func(_, _ string) {}, funcr.Options{})); !errors.Is(err, ErrUnsafeCLIDir) {
+				t.Errorf("installCLI: want the agent stopped with ErrUnsafeCLIDir, got %v", err)
+			}
+		})
+	}
 }

@@ -1,13 +1,17 @@
 // Package agent assembles the lock agent: Kubernetes clients, the lock engine, the
 // local API on the Unix socket (and loopback TCP), Prometheus metrics (GET /metrics only,
-// on the Pod's IP as injected),
+// on the Pod's IP as injected: at most --metrics-max-connections at once, apart from the
+// API's, each closed after MetricsIdleTimeout idle), the Go memory limit from the
+// container's (memlimit.go, called by cmd/leasehold-agent),
 // Kubernetes Events on the Pod, readiness (synced, and allowed by RBAC to list, watch
 // and update each lock's Lease by name and to create Leases, so that a Role narrowed
 // with resourceNames to the Pod's locks passes), SIGTERM handling, and, at start,
 // before the socket answers (so before the startup probe passes and the Pod's other
 // containers start), a copy of the leasehold client into the socket volume for every
-// container of the Pod (cli.go: InstallCLI, atomic, mode 0755; a failure is logged,
-// never fatal). cmd/leasehold-agent only parses flags into Options and calls Run.
+// container of the Pod (cli.go: InstallCLI, atomic, mode 0755, only into a directory the
+// agent owns; a failure is logged, not fatal, except a directory that is not the agent's
+// own, ErrUnsafeCLIDir, which stops it). cmd/leasehold-agent only parses flags into
+// Options, sets the memory limit and calls Run.
 //
 // Run (agent.go) opens every listener first (listeners.go), then starts the parts, each
 // a runnable with Start(ctx) as in controller-runtime (runnable.go): the lock manager,

@@ -40,6 +40,7 @@ type Options struct {
 	Burst                      int
 	ShutdownTimeout            time.Duration
 	MaxConnections             int
+	MetricsMaxConnections      int
 	ProbeSocket                string
 	// InstallCLI, CLISource and CLIPath: see installCLI.
 	InstallCLI bool
@@ -61,7 +62,10 @@ func NewOptions() *Options {
 		Burst:              100,
 		ShutdownTimeout:    5 * time.Second,
 		MaxConnections:     256,
-		InstallCLI:         true,
+		// Two Prometheus replicas and a person with curl need three; a Pod IP
+		// flooded with connections must not cost the agent its memory limit.
+		MetricsMaxConnections: 16,
+		InstallCLI:            true,
 	}
 }
 
@@ -155,6 +159,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client-side rate limit towards the API server (requests per second).")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client-side burst towards the API server.")
 	fs.IntVar(&o.MaxConnections, "max-connections", o.MaxConnections, "Connections served at once (socket and TCP together); beyond, a client gets 503 at once.")
+	fs.IntVar(&o.MetricsMaxConnections, "metrics-max-connections", o.MetricsMaxConnections, "Connections to the metrics endpoint served at once "+
+		"(counted apart from --max-connections); beyond, a client gets 503 at once. Each idle connection is closed after "+MetricsIdleTimeout.String()+".")
 	fs.StringVar(&o.ProbeSocket, "probe-socket", o.ProbeSocket, "Unix socket (mode 0600) serving only /healthz and /readyz, for exec probes "+
 		"(--probe=/healthz --socket=<this>); outside --max-connections, so a flood of clients cannot fail the probes. Empty = off.")
 	fs.BoolVar(&o.InstallCLI, "install-cli", o.InstallCLI, "At start, copy the leasehold client to --cli-path, for every container of the Pod "+
@@ -234,6 +240,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("--max-connections=%d must be at least 1", o.MaxConnections))
+	}
+	if o.MetricsMaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("--metrics-max-connections=%d must be at least 1", o.MetricsMaxConnections))
 	}
 	return errors.Join(errs...)
 }

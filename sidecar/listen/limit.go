@@ -26,10 +26,14 @@ type ConnLimit struct {
 // RefuseTimeout bounds how long a refused connection is kept to deliver its 503.
 const RefuseTimeout = 2 * time.Second
 
-// NewConnLimit allows n connections at once (n ≥ 1).
-func NewConnLimit(n int) *ConnLimit {
+// NewConnLimit allows n connections at once (n ≥ 1); the 503 names --max-connections.
+func NewConnLimit(n int) *ConnLimit { return NewConnLimitFor(n, "--max-connections") }
+
+// NewConnLimitFor allows n connections at once (n ≥ 1); the 503 names flag as the way
+// to raise the limit.
+func NewConnLimitFor(n int, flag string) *ConnLimit {
 	body, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("the agent is already serving its limit of %d connections: "+
-		"reuse a keep-alive connection or close idle ones, or raise the agent's --max-connections", n)})
+		"reuse a keep-alive connection or close idle ones, or raise the agent's %s", n, flag)})
 	body = append(body, '\n')
 	answer := fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"+
 		"Content-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)

@@ -99,3 +99,21 @@ func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T
 		})
 	}
 }
+
+// The 503 names the flag that raises the limit it enforces (the metrics port has its own).
+func TestConnLimitForNamesItsFlag(t *testing.T) {
+	l, err := Loopback("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(NewConnLimitFor(1, "--metrics-max-connections").Wrap(l))
+	defer srv.Close()
+	first, _, _ := dialAndAsk(t, "tcp", l.Addr().String(), "")
+	defer first.Close()
+	second, r, body := dialAndAsk(t, "tcp", l.Addr().String(), "")
+	second.Close()
+	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "--metrics-max-connections") || strings.Contains(body, "--max-connections") {
+		t.Fatalf("beyond the limit: %d %q, want 503 naming --metrics-max-connections alone", r.StatusCode, body)
+	}
+}
