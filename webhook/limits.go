@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -122,53 +123,109 @@ type guard struct {
 // name, which the API server writes before the object.
 const uidPrefix = 64 << 10
 
+// readChunk is the most the guard reads from a connection before reserving what it
+// read. Only what has arrived is reserved: a client that announces 4 MiB and sends
+// three bytes a second holds three bytes a second of the budget, not 4 MiB.
+const readChunk = 32 << 10
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Body == nil {
+	if r.Body == nil || r.Body == http.NoBody {
 		g.next.ServeHTTP(w, r)
 		return
 	}
-	size := r.ContentLength
-	if size > g.l.MaxReviewBytes {
-		g.tooLarge(w, r.Body, nil, size)
-		return
-	}
-	weight := max(size, MinReviewWeight)
-	if size < 0 {
-		weight = g.l.MaxReviewBytes // read below, within the limit
-	}
+	// Every wait for room ends QueueTimeout after the request came in; the server's
+	// read timeout (ServerOptions.ReadTimeout) ends a body that trickles in.
 	ctx, cancel := context.WithTimeout(r.Context(), g.l.QueueTimeout)
-	err := g.sem.Acquire(ctx, weight)
-	cancel()
-	if err != nil {
-		Refusals.WithLabelValues(RefusedBusy).Inc()
-		uid, pod := reviewOf(r.Body, nil)
-		refuse(w, uid, http.StatusTooManyRequests, fmt.Sprintf(
-			"leasehold: the webhook is busy: no room for the review of pod %s within %s (--max-in-flight-review-bytes=%s of reviews "+
-				"are handled at once); retry in a moment (controllers retry by themselves)",
-			pod, g.l.QueueTimeout, sizeString(g.l.MaxInFlightBytes)))
+	defer cancel()
+	if size := r.ContentLength; size > g.l.MaxReviewBytes {
+		// Refused unread, but for its UID, within the budget like any other bytes.
+		prefix, held, _ := g.read(ctx, r.Body, uidPrefix)
+		g.tooLarge(w, prefix, size)
+		g.sem.Release(held)
 		return
 	}
-	defer g.sem.Release(weight)
-	if size < 0 {
-		// No Content-Length: read it here, within the limit, before anything decodes it.
-		body, err := io.ReadAll(io.LimitReader(r.Body, g.l.MaxReviewBytes+1))
-		if err != nil {
-			http.Error(w, fmt.Sprintf("read the admission review: %v", err), http.StatusBadRequest)
-			return
-		}
-		if int64(len(body)) > g.l.MaxReviewBytes {
-			g.tooLarge(w, nil, body, -1)
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
+	body, held, err := g.read(ctx, http.MaxBytesReader(w, r.Body, g.l.MaxReviewBytes), g.l.MaxReviewBytes+1)
+	defer func() { g.sem.Release(held) }()
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		g.tooLarge(w, body, -1)
+		return
+	case errors.Is(err, errNoRoom):
+		g.busy(w, body)
+		return
+	case err != nil:
+		// Mostly the server's read timeout: the client sent too slowly.
+		http.Error(w, fmt.Sprintf("read the admission review: %v", err), http.StatusBadRequest)
+		return
 	}
+	// Handling allocates about MinReviewWeight even for a small review: hold that much.
+	if held < MinReviewWeight {
+		if err := g.sem.Acquire(ctx, MinReviewWeight-held); err != nil {
+			g.busy(w, body)
+			return
+		}
+		held = MinReviewWeight
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
 	g.next.ServeHTTP(w, r)
 }
 
-func (g *guard) tooLarge(w http.ResponseWriter, body io.Reader, read []byte, size int64) {
+// errNoRoom is read's error when the budget had no room for the bytes that arrived
+// before ctx ended.
+var errNoRoom = errors.New("no room in --max-in-flight-review-bytes")
+
+// read reads body up to limit bytes, reserving in g.sem each chunk as it arrives
+// (never a length the client announced), waiting for room until ctx ends. It returns
+// what it read and how much it holds (the caller releases it), also on error.
+func (g *guard) read(ctx context.Context, body io.Reader, limit int64) ([]byte, int64, error) {
+	chunk := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(chunk)
+	var (
+		buf  []byte
+		held int64
+	)
+	for int64(len(buf)) < limit {
+		n, err := body.Read((*chunk)[:min(int64(len(*chunk)), limit-int64(len(buf)))])
+		if n > 0 {
+			if err := g.sem.Acquire(ctx, int64(n)); err != nil {
+				return buf, held, errNoRoom
+			}
+			held += int64(n)
+			if len(buf)+n > cap(buf) {
+				// Double (append grows large slices by a quarter: five times the
+				// allocation for a 4 MiB review), never past limit.
+				grown := make([]byte, len(buf), min(max(2*cap(buf), len(buf)+n, readChunk), int(limit)))
+				copy(grown, buf)
+				buf = grown
+			}
+			buf = append(buf, (*chunk)[:n]...)
+		}
+		if errors.Is(err, io.EOF) {
+			return buf, held, nil
+		}
+		if err != nil {
+			return buf, held, err
+		}
+	}
+	return buf, held, nil
+}
+
+func (g *guard) busy(w http.ResponseWriter, read []byte) {
+	Refusals.WithLabelValues(RefusedBusy).Inc()
+	uid, pod := reviewOf(read)
+	refuse(w, uid, http.StatusTooManyRequests, fmt.Sprintf(
+		"leasehold: the webhook is busy: no room for the review of pod %s within %s (--max-in-flight-review-bytes=%s of reviews "+
+			"are handled at once); retry in a moment (controllers retry by themselves)",
+		pod, g.l.QueueTimeout, sizeString(g.l.MaxInFlightBytes)))
+}
+
+func (g *guard) tooLarge(w http.ResponseWriter, read []byte, size int64) {
 	Refusals.WithLabelValues(RefusedTooLarge).Inc()
-	uid, pod := reviewOf(body, read)
+	uid, pod := reviewOf(read)
 	what := "more than --max-review-bytes=" + sizeString(g.l.MaxReviewBytes)
 	if size > 0 {
 		what = fmt.Sprintf("%.1f MiB, more than --max-review-bytes=%s", float64(size)/(1<<20), sizeString(g.l.MaxReviewBytes))
@@ -202,15 +259,11 @@ func refuse(w http.ResponseWriter, uid types.UID, code int32, msg string) {
 	_ = json.NewEncoder(w).Encode(review)
 }
 
-// reviewOf reads the UID, namespace and name of an AdmissionReview from its first
-// uidPrefix bytes (read, then more from body), which is where the API server writes
-// them: request.uid comes first, the object last. It returns "" and "(unknown)" for
-// what it does not find.
-func reviewOf(body io.Reader, read []byte) (types.UID, string) {
-	if len(read) < uidPrefix && body != nil {
-		more, _ := io.ReadAll(io.LimitReader(body, int64(uidPrefix-len(read))))
-		read = append(read[:len(read):len(read)], more...)
-	}
+// reviewOf reads the UID, namespace and name of an AdmissionReview from the first
+// uidPrefix bytes of read, which is where the API server writes them: request.uid
+// comes first, the object last. It returns "" and "(unknown)" for what it does not
+// find.
+func reviewOf(read []byte) (types.UID, string) {
 	if len(read) > uidPrefix {
 		read = read[:uidPrefix]
 	}
