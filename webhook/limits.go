@@ -191,7 +191,9 @@ func (g *guard) read(ctx context.Context, body io.Reader, limit int64) ([]byte, 
 	for int64(len(buf)) < limit {
 		n, err := body.Read((*chunk)[:min(int64(len(*chunk)), limit-int64(len(buf)))])
 		if n > 0 {
-			if err := g.sem.Acquire(ctx, int64(n)); err != nil {
+			// Wait only when there is no room: a client that merely sends slowly is
+			// the server's read timeout's to end, not a "busy" refusal.
+			if !g.sem.TryAcquire(int64(n)) && g.sem.Acquire(ctx, int64(n)) != nil {
 				return buf, held, errNoRoom
 			}
 			held += int64(n)
