@@ -77,7 +77,10 @@ func TestSlowClientsDoNotStopPodCreatesOnAPIServer(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the attack opened %d connections, want 600", opened.Load())
 	}
-	failures := createInjected(ctx, c, "team-a", "during-attack", 40)
+	// Bounded: without the defences, the client's retries of 429s would take minutes.
+	createCtx, cancel := context.WithTimeout(ctx, 45*time.Second)
+	defer cancel()
+	failures := createInjected(createCtx, c, "team-a", "during-attack", 40)
 	stop()
 	t.Logf("attack connections opened: %d", opened.Load())
 	if len(failures) > 0 {
