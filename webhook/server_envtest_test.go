@@ -100,16 +100,18 @@ func TestAPIServerPresentsClientCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, certPEM, keyPEM := clientCA.issue(t, "kube-apiserver", true)
-	// The user "*" matches every webhook; in a cluster, name it after the webhook's
-	// Service: leasehold-webhook.leasehold-system.svc (README).
+	// The API server picks the kubeconfig user named after the webhook it calls: here
+	// the URL envtest writes (host:port); in a cluster, the Service:
+	// leasehold-webhook.leasehold-system.svc (README).
+	port := freePort(t)
 	kubeconfig := fmt.Sprintf(`apiVersion: v1
 kind: Config
 users:
-- name: "*"
+- name: "127.0.0.1:%d"
   user:
     client-certificate-data: %s
     client-key-data: %s
-`, base64.StdEncoding.EncodeToString(certPEM), base64.StdEncoding.EncodeToString(keyPEM))
+`, port, base64.StdEncoding.EncodeToString(certPEM), base64.StdEncoding.EncodeToString(keyPEM))
 	kubeconfigFile := filepath.Join(dir, "admission-kubeconfig.yaml")
 	admissionFile := filepath.Join(dir, "admission-configuration.yaml")
 	admission := fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
@@ -129,6 +131,7 @@ plugins:
 	defence := DefaultServerOptions()
 	defence.ClientCAFile = caFile
 	c, addr, _, _ := startDefendedWebhookEnv(t, DefaultReviewLimits(), defence, func(env *envtest.Environment) {
+		env.WebhookInstallOptions.LocalServingHost, env.WebhookInstallOptions.LocalServingPort = "127.0.0.1", port
 		env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", admissionFile)
 	}, nil)
 	ctx := context.Background()
