@@ -37,8 +37,12 @@ type ServerOptions struct {
 	// arrive in milliseconds, are never the ones cut off.
 	ReadTimeout time.Duration
 	// MaxConnsPerPeer caps the connections open at once from one remote address; the
-	// excess is closed as soon as it is accepted. The API server keeps at most a few
-	// dozen (its webhook client keeps 25 idle per host).
+	// excess is closed as soon as it is accepted. The API server's webhook client
+	// keeps 25 idle connections per webhook and opens one per review in flight beyond;
+	// the default stays above the 200 mutating requests a kube-apiserver handles at
+	// once by default (--max-mutating-requests-inflight), so that even a burst of Pod
+	// creates through one API server is not cut, while one other client holds at most
+	// some 12 MiB of connection buffers.
 	MaxConnsPerPeer int
 	// ClientCAFile, when set, makes the server require a client certificate signed by
 	// one of the CAs in this PEM file: the API server presents one when its admission
@@ -50,7 +54,7 @@ type ServerOptions struct {
 // Defaults of ServerOptions and the server's other limits.
 const (
 	DefaultReadTimeout     = 2 * time.Second
-	DefaultMaxConnsPerPeer = 128
+	DefaultMaxConnsPerPeer = 256
 	// writeTimeout bounds handling plus writing the answer; the API server has given
 	// up long before (timeoutSeconds 5, 30 at most).
 	writeTimeout = 30 * time.Second
