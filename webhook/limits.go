@@ -32,9 +32,11 @@ type ReviewLimits struct {
 	// server's own limit for a request body, which assumes JSON at most twice
 	// protobuf), plus the rest of the review.
 	MaxReviewBytes int64
-	// MaxInFlightBytes bounds the total size of the reviews being handled at once
-	// (each counts at least MinReviewWeight). A review beyond waits up to QueueTimeout,
-	// then is refused (429, retry after a second). At least MaxReviewBytes.
+	// MaxInFlightBytes bounds the total size of the reviews being received and handled
+	// at once: a review counts by the bytes that have arrived, reserved as they are
+	// read (never by the Content-Length it announces), and at least MinReviewWeight
+	// once whole. A review that finds no room waits up to QueueTimeout, then is
+	// refused (429, retry after a second). At least MaxReviewBytes.
 	MaxInFlightBytes int64
 	// QueueTimeout is how long a review waits for room; well within the webhook
 	// configuration's timeoutSeconds (5).
@@ -104,11 +106,18 @@ func init() {
 	Refusals.WithLabelValues(RefusedBusy)
 }
 
-// Guard puts l in front of next (the admission webhook): it refuses a review larger
-// than l.MaxReviewBytes before reading it, and lets reviews in only while their sizes
-// in flight stay within l.MaxInFlightBytes. Refusals are AdmissionReview answers for the
-// request's UID (read from the start of the body), so the API server shows their
-// message: "admission webhook ... denied the request: leasehold: ...".
+// Guard puts l in front of next (the admission webhook): it refuses a review that
+// announces more than l.MaxReviewBytes before reading it (or once it has read that
+// much), reads every other review whole before next sees it, reserving its bytes in
+// l.MaxInFlightBytes as they arrive, and holds them until next has answered. Refusals
+// are AdmissionReview answers for the request's UID (read from the start of the body),
+// so the API server shows their message: "admission webhook ... denied the request:
+// leasehold: ...".
+//
+// A client that sends slowly holds only what it sent; the server's read timeout
+// (ServerOptions.ReadTimeout) ends it. Two large reviews arriving together may each
+// hold part of the budget and wait for the rest: the first to reach QueueTimeout is
+// refused, which lets the other in.
 func Guard(next http.Handler, l ReviewLimits) http.Handler {
 	return &guard{next: next, l: l, sem: semaphore.NewWeighted(l.MaxInFlightBytes)}
 }
@@ -163,7 +172,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// Handling allocates about MinReviewWeight even for a small review: hold that much.
 	if held < MinReviewWeight {
-		if err := g.sem.Acquire(ctx, MinReviewWeight-held); err != nil {
+		if more := MinReviewWeight - held; !g.sem.TryAcquire(more) && g.sem.Acquire(ctx, more) != nil {
 			g.busy(w, body)
 			return
 		}
