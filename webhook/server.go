@@ -46,8 +46,8 @@ type ServerOptions struct {
 	MaxConnsPerPeer int
 	// ClientCAFile, when set, makes the server require a client certificate signed by
 	// one of the CAs in this PEM file: the API server presents one when its admission
-	// configuration names a kubeconfig for the webhook (README, "Authenticating the
-	// API server to the webhook").
+	// configuration names a kubeconfig for the webhook (README, "Who may call the
+	// webhook").
 	ClientCAFile string
 }
 
