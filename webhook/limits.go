@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -132,12 +131,9 @@ type guard struct {
 // name, which the API server writes before the object.
 const uidPrefix = 64 << 10
 
-// readChunk is the most the guard reads from a connection before reserving what it
-// read. Only what has arrived is reserved: a client that announces 4 MiB and sends
-// three bytes a second holds three bytes a second of the budget, not 4 MiB.
-const readChunk = 32 << 10
-
-var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+// firstBuffer is the most the guard allocates for a review before any of it has
+// arrived; the buffer then doubles as bytes arrive (at most twice what arrived).
+const firstBuffer = 4 << 10
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body == nil || r.Body == http.NoBody {
@@ -150,12 +146,16 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if size := r.ContentLength; size > g.l.MaxReviewBytes {
 		// Refused unread, but for its UID, within the budget like any other bytes.
-		prefix, held, _ := g.read(ctx, r.Body, uidPrefix)
+		prefix, held, _ := g.read(ctx, r.Body, uidPrefix, firstBuffer)
 		g.tooLarge(w, prefix, size)
 		g.sem.Release(held)
 		return
 	}
-	body, held, err := g.read(ctx, http.MaxBytesReader(w, r.Body, g.l.MaxReviewBytes), g.l.MaxReviewBytes+1)
+	first := int64(firstBuffer)
+	if r.ContentLength >= 0 && r.ContentLength < first {
+		first = r.ContentLength + 1 // room for the EOF: no second buffer
+	}
+	body, held, err := g.read(ctx, http.MaxBytesReader(w, r.Body, g.l.MaxReviewBytes), g.l.MaxReviewBytes+1, first)
 	defer func() { g.sem.Release(held) }()
 	var tooBig *http.MaxBytesError
 	switch {
@@ -187,18 +187,22 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // before ctx ended.
 var errNoRoom = errors.New("no room in --max-in-flight-review-bytes")
 
-// read reads body up to limit bytes, reserving in g.sem each chunk as it arrives
-// (never a length the client announced), waiting for room until ctx ends. It returns
-// what it read and how much it holds (the caller releases it), also on error.
-func (g *guard) read(ctx context.Context, body io.Reader, limit int64) ([]byte, int64, error) {
-	chunk := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(chunk)
-	var (
-		buf  []byte
-		held int64
-	)
+// read reads body up to limit bytes, reserving in g.sem what each read brought as it
+// arrives (never a length the client announced), waiting for room until ctx ends. It
+// reads into a buffer of first bytes, doubled when full. It returns what it read and
+// how much it holds (the caller releases it), also on error.
+func (g *guard) read(ctx context.Context, body io.Reader, limit, first int64) ([]byte, int64, error) {
+	buf := make([]byte, 0, min(first, limit))
+	var held int64
 	for int64(len(buf)) < limit {
-		n, err := body.Read((*chunk)[:min(int64(len(*chunk)), limit-int64(len(buf)))])
+		if len(buf) == cap(buf) {
+			// Double (append grows large slices by a quarter: five times the
+			// allocation for a 4 MiB review), never past limit.
+			grown := make([]byte, len(buf), min(2*int64(cap(buf)), limit))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
 		if n > 0 {
 			// Wait only when there is no room: a client that merely sends slowly is
 			// the server's read timeout's to end, not a "busy" refusal.
@@ -206,14 +210,7 @@ func (g *guard) read(ctx context.Context, body io.Reader, limit int64) ([]byte, 
 				return buf, held, errNoRoom
 			}
 			held += int64(n)
-			if len(buf)+n > cap(buf) {
-				// Double (append grows large slices by a quarter: five times the
-				// allocation for a 4 MiB review), never past limit.
-				grown := make([]byte, len(buf), min(max(2*cap(buf), len(buf)+n, readChunk), int(limit)))
-				copy(grown, buf)
-				buf = grown
-			}
-			buf = append(buf, (*chunk)[:n]...)
+			buf = buf[:len(buf)+n]
 		}
 		if errors.Is(err, io.EOF) {
 			return buf, held, nil
