@@ -119,12 +119,18 @@ func freePort(t testing.TB) int {
 // port, with a serving certificate from ca. It returns the server's address.
 func startTestServer(t testing.TB, ca *testCA, defence ServerOptions, limits ReviewLimits) string {
 	t.Helper()
+	return startServerWith(t, ca, func(o crwebhook.Options) crwebhook.Server { return NewServer(o, defence) }, limits)
+}
+
+// startServerWith is startTestServer with the server newServer makes.
+func startServerWith(t testing.TB, ca *testCA, newServer func(crwebhook.Options) crwebhook.Server, limits ReviewLimits) string {
+	t.Helper()
 	serving, _, _ := ca.issue(t, "leasehold-webhook", false)
 	port := freePort(t)
-	server := NewServer(crwebhook.Options{Host: "127.0.0.1", Port: port, TLSOpts: []func(*tls.Config){SecureTLS,
+	server := newServer(crwebhook.Options{Host: "127.0.0.1", Port: port, TLSOpts: []func(*tls.Config){SecureTLS,
 		func(c *tls.Config) {
 			c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &serving, nil }
-		}}}, defence)
+		}}})
 	server.Register(Path, Instrument(Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
