@@ -20,11 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
@@ -264,6 +266,7 @@ const benchMemLimit = 90 << 20
 // controller-runtime's DefaultServer, which it replaced. It reports the client-side
 // p50 and p99.
 func BenchmarkServerConcurrent100(b *testing.B) {
+	logf.SetLogger(logr.Discard()) // the servers' start and stop, in the benchmark's output
 	servers := map[string]func(crwebhook.Options) crwebhook.Server{
 		"defended":           func(o crwebhook.Options) crwebhook.Server { return NewServer(o, DefaultServerOptions()) },
 		"controller-runtime": func(o crwebhook.Options) crwebhook.Server { return crwebhook.NewServer(o) },

@@ -143,7 +143,8 @@ func startServerWith(t testing.TB, ca *testCA, newServer func(crwebhook.Options)
 	})
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		c, err := net.Dial("tcp", addr)
+		// A whole handshake: a bare TCP connection would be logged as a failed one.
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.pool(), ServerName: "127.0.0.1"})
 		if err == nil {
 			_ = c.Close()
 		}
