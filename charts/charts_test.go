@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -182,6 +183,8 @@ func TestChartMatchesKustomize(t *testing.T) {
 	same(t, "defaults vs manifests/base", mustRender(t, ""), kustomize(t, "base"))
 	same(t, "cert-manager vs manifests/overlays/cert-manager", mustRender(t, "certificates: {mode: cert-manager}"),
 		kustomize(t, "overlays/cert-manager"))
+	same(t, "webhook.clientCA vs manifests/overlays/apiserver-client-auth",
+		mustRender(t, "webhook: {clientCA: {secretName: leasehold-apiserver-client-ca}}"), kustomize(t, "overlays/apiserver-client-auth"))
 	// monitoring.enabled adds the objects of manifests/monitoring, no more, no less.
 	withMonitoring := mustRender(t, "monitoring: {enabled: true}")
 	for k := range kustomize(t, "base") {
@@ -350,5 +353,58 @@ func TestHelmLint(t *testing.T) {
 				t.Logf("helm lint (values %q): %s", values, m)
 			}
 		}
+	}
+}
+
+// TestWebhookIngressFrom: webhook.networkPolicy.from limits the webhook port (and only
+// it) to the peers listed, as manifests/examples/webhook-ingress-from-apiserver.yaml
+// does to the base: object for object.
+func TestWebhookIngressFrom(t *testing.T) {
+	dir := t.TempDir()
+	base, err := filepath.Abs(filepath.Join("..", "manifests", "base"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := os.ReadFile(filepath.Join("..", "manifests", "examples", "webhook-ingress-from-apiserver.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(dir, base) // kustomize takes no absolute base
+	if err != nil {
+		t.Fatal(err)
+	}
+	kustomization := "resources: [" + rel + "]\npatches:\n- path: patch.yaml\n  target: {kind: NetworkPolicy, name: leasehold-webhook}\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "patch.yaml"), patch, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rm, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build the base with the example patch: %v", err)
+	}
+	patched := map[string]object{}
+	for _, r := range rm.Resources() {
+		m, err := r.Map()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := normalize(t, m)
+		patched[key(o)] = o
+	}
+	chart := mustRender(t, "webhook: {networkPolicy: {from: [{ipBlock: {cidr: 10.244.0.1/32}}]}}")
+	same(t, "webhook.networkPolicy.from vs the base with manifests/examples/webhook-ingress-from-apiserver.yaml", chart, patched)
+
+	np := chart["NetworkPolicy/leasehold-system/leasehold-webhook"]
+	spec, _ := np["spec"].(map[string]any)
+	ingress, _ := spec["ingress"].([]any)
+	want := []any{
+		map[string]any{"ports": []any{map[string]any{"port": float64(9443), "protocol": "TCP"}},
+			"from": []any{map[string]any{"ipBlock": map[string]any{"cidr": "10.244.0.1/32"}}}},
+		map[string]any{"ports": []any{map[string]any{"port": float64(8443), "protocol": "TCP"}}},
+	}
+	if d := cmp.Diff(want, ingress); d != "" {
+		t.Errorf("ingress of the webhook Pods (-want +got):\n%s", d)
 	}
 }

@@ -20,11 +20,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
@@ -255,3 +258,60 @@ func BenchmarkLargeReview(b *testing.B) {
 
 // benchMemLimit is GOMEMLIMIT in manifests/base/deployment.yaml.
 const benchMemLimit = 90 << 20
+
+// BenchmarkServerConcurrent100 serves reviews of an annotated Pod through the whole
+// stack cmd/leasehold-webhook runs (TLS server, Instrument, Guard, admission.Webhook,
+// PodInjector) to 100 concurrent keep-alive clients, on this package's Server (read
+// timeout, per-peer cap, budget by bytes received) and, for comparison, on
+// controller-runtime's DefaultServer, which it replaced. It reports the client-side
+// p50 and p99.
+func BenchmarkServerConcurrent100(b *testing.B) {
+	logf.SetLogger(logr.Discard()) // the servers' start and stop, in the benchmark's output
+	servers := map[string]func(crwebhook.Options) crwebhook.Server{
+		"defended":           func(o crwebhook.Options) crwebhook.Server { return NewServer(o, DefaultServerOptions()) },
+		"controller-runtime": func(o crwebhook.Options) crwebhook.Server { return crwebhook.NewServer(o) },
+	}
+	for _, name := range []string{"defended", "controller-runtime"} {
+		b.Run(name, func(b *testing.B) {
+			ca := newTestCA(b, "serving-ca")
+			addr := startServerWith(b, ca, servers[name], DefaultReviewLimits())
+			hc := apiServerClient(ca, nil)
+			hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 100
+			body := annotatedReview(b, "pod-1")
+			var (
+				mu   sync.Mutex
+				lats []time.Duration
+			)
+			b.SetParallelism((100 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				var mine []time.Duration
+				for pb.Next() {
+					start := time.Now()
+					resp, err := hc.Post("https://"+addr+Path, "application/json", bytes.NewReader(body))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					_ = resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("HTTP %d", resp.StatusCode)
+						return
+					}
+					mine = append(mine, time.Since(start))
+				}
+				mu.Lock()
+				lats = append(lats, mine...)
+				mu.Unlock()
+			})
+			b.StopTimer()
+			if len(lats) > 0 {
+				slices.Sort(lats)
+				b.ReportMetric(float64(lats[len(lats)/2].Microseconds()), "client-p50-µs")
+				b.ReportMetric(float64(lats[len(lats)*99/100].Microseconds()), "client-p99-µs")
+			}
+		})
+	}
+}

@@ -13,7 +13,12 @@
 //     init container; the socket group in supplementalGroups; leasehold.io/status.
 //   - handler.go: PodInjector, the admission.Handler: HTTP in, JSON patch out.
 //   - limits.go: Guard, in front of the handler: reviews over --max-review-bytes are
-//     refused unread, and those in flight are bounded by their total size (429 beyond).
+//     refused unread, and those in flight are bounded by their total size, counted as
+//     their bytes arrive, never by the length they announce (429 beyond).
+//   - server.go: Server, controller-runtime's webhook server with a listener and an
+//     http.Server that defend themselves: a read timeout on the TLS handshake and on
+//     each whole request, a per-peer connection cap (PeerLimitListener) and, with
+//     --client-ca-file, client certificates required.
 //   - tls.go, version.go: the servers' TLS settings (1.2+, ECDHE+AEAD, no HTTP/2) and
 //     the API server versions the webhook runs with (1.28+, 1.29+ for native sidecars).
 //

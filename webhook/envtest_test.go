@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +55,15 @@ func startWebhookEnv(t *testing.T, configure func(*envtest.Environment), extra m
 // cmd/leasehold-webhook serves it.
 func startWebhookEnvWith(t *testing.T, limits ReviewLimits, configure func(*envtest.Environment), extra map[string]http.Handler) (client.Client, context.CancelFunc, <-chan error) {
 	t.Helper()
+	c, _, stop, done := startDefendedWebhookEnv(t, limits, DefaultServerOptions(), configure, extra)
+	return c, stop, done
+}
+
+// startDefendedWebhookEnv is startWebhookEnvWith with the server's defences set; it
+// also returns the webhook server's address.
+func startDefendedWebhookEnv(t *testing.T, limits ReviewLimits, defence ServerOptions, configure func(*envtest.Environment),
+	extra map[string]http.Handler) (client.Client, string, context.CancelFunc, <-chan error) {
+	t.Helper()
 	env, err := testenv.New()
 	if err != nil {
 		t.Fatal(err)
@@ -77,9 +88,9 @@ func startWebhookEnvWith(t *testing.T, limits ReviewLimits, configure func(*envt
 	}
 
 	wo := env.WebhookInstallOptions
-	server := crwebhook.NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir,
-		TLSOpts: []func(*tls.Config){SecureTLS}}) // as cmd/leasehold-webhook: the API server must get along with it
-	server.Register(Path, Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits))
+	server := NewServer(crwebhook.Options{Host: wo.LocalServingHost, Port: wo.LocalServingPort, CertDir: wo.LocalServingCertDir,
+		TLSOpts: []func(*tls.Config){SecureTLS}}, defence) // as cmd/leasehold-webhook: the API server must get along with it
+	server.Register(Path, Instrument(Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits)))
 	for path, h := range extra {
 		server.Register(path, h)
 	}
@@ -97,7 +108,7 @@ func startWebhookEnvWith(t *testing.T, limits ReviewLimits, configure func(*envt
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, stopServer, serverDone
+	return c, net.JoinHostPort(wo.LocalServingHost, strconv.Itoa(wo.LocalServingPort)), stopServer, serverDone
 }
 
 // TestAdmissionOnAPIServer runs the injector behind controller-runtime's TLS webhook

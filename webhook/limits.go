@@ -31,9 +31,11 @@ type ReviewLimits struct {
 	// server's own limit for a request body, which assumes JSON at most twice
 	// protobuf), plus the rest of the review.
 	MaxReviewBytes int64
-	// MaxInFlightBytes bounds the total size of the reviews being handled at once
-	// (each counts at least MinReviewWeight). A review beyond waits up to QueueTimeout,
-	// then is refused (429, retry after a second). At least MaxReviewBytes.
+	// MaxInFlightBytes bounds the total size of the reviews being received and handled
+	// at once: a review counts by the bytes that have arrived, reserved as they are
+	// read (never by the Content-Length it announces), and at least MinReviewWeight
+	// once whole. A review that finds no room waits up to QueueTimeout, then is
+	// refused (429, retry after a second). At least MaxReviewBytes.
 	MaxInFlightBytes int64
 	// QueueTimeout is how long a review waits for room; well within the webhook
 	// configuration's timeoutSeconds (5).
@@ -103,11 +105,18 @@ func init() {
 	Refusals.WithLabelValues(RefusedBusy)
 }
 
-// Guard puts l in front of next (the admission webhook): it refuses a review larger
-// than l.MaxReviewBytes before reading it, and lets reviews in only while their sizes
-// in flight stay within l.MaxInFlightBytes. Refusals are AdmissionReview answers for the
-// request's UID (read from the start of the body), so the API server shows their
-// message: "admission webhook ... denied the request: leasehold: ...".
+// Guard puts l in front of next (the admission webhook): it refuses a review that
+// announces more than l.MaxReviewBytes before reading it (or once it has read that
+// much), reads every other review whole before next sees it, reserving its bytes in
+// l.MaxInFlightBytes as they arrive, and holds them until next has answered. Refusals
+// are AdmissionReview answers for the request's UID (read from the start of the body),
+// so the API server shows their message: "admission webhook ... denied the request:
+// leasehold: ...".
+//
+// A client that sends slowly holds only what it sent; the server's read timeout
+// (ServerOptions.ReadTimeout) ends it. Two large reviews arriving together may each
+// hold part of the budget and wait for the rest: the first to reach QueueTimeout is
+// refused, which lets the other in.
 func Guard(next http.Handler, l ReviewLimits) http.Handler {
 	return &guard{next: next, l: l, sem: semaphore.NewWeighted(l.MaxInFlightBytes)}
 }
@@ -122,53 +131,109 @@ type guard struct {
 // name, which the API server writes before the object.
 const uidPrefix = 64 << 10
 
+// firstBuffer is the most the guard allocates for a review before any of it has
+// arrived; the buffer then doubles as bytes arrive (at most twice what arrived).
+const firstBuffer = 4 << 10
+
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Body == nil {
+	if r.Body == nil || r.Body == http.NoBody {
 		g.next.ServeHTTP(w, r)
 		return
 	}
-	size := r.ContentLength
-	if size > g.l.MaxReviewBytes {
-		g.tooLarge(w, r.Body, nil, size)
-		return
-	}
-	weight := max(size, MinReviewWeight)
-	if size < 0 {
-		weight = g.l.MaxReviewBytes // read below, within the limit
-	}
+	// Every wait for room ends QueueTimeout after the request came in; the server's
+	// read timeout (ServerOptions.ReadTimeout) ends a body that trickles in.
 	ctx, cancel := context.WithTimeout(r.Context(), g.l.QueueTimeout)
-	err := g.sem.Acquire(ctx, weight)
-	cancel()
-	if err != nil {
-		Refusals.WithLabelValues(RefusedBusy).Inc()
-		uid, pod := reviewOf(r.Body, nil)
-		refuse(w, uid, http.StatusTooManyRequests, fmt.Sprintf(
-			"leasehold: the webhook is busy: no room for the review of pod %s within %s (--max-in-flight-review-bytes=%s of reviews "+
-				"are handled at once); retry in a moment (controllers retry by themselves)",
-			pod, g.l.QueueTimeout, sizeString(g.l.MaxInFlightBytes)))
+	defer cancel()
+	if size := r.ContentLength; size > g.l.MaxReviewBytes {
+		// Refused unread, but for its UID, within the budget like any other bytes.
+		prefix, held, _ := g.read(ctx, r.Body, uidPrefix, firstBuffer)
+		g.tooLarge(w, prefix, size)
+		g.sem.Release(held)
 		return
 	}
-	defer g.sem.Release(weight)
-	if size < 0 {
-		// No Content-Length: read it here, within the limit, before anything decodes it.
-		body, err := io.ReadAll(io.LimitReader(r.Body, g.l.MaxReviewBytes+1))
-		if err != nil {
-			http.Error(w, fmt.Sprintf("read the admission review: %v", err), http.StatusBadRequest)
-			return
-		}
-		if int64(len(body)) > g.l.MaxReviewBytes {
-			g.tooLarge(w, nil, body, -1)
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.ContentLength = int64(len(body))
+	first := int64(firstBuffer)
+	if r.ContentLength >= 0 && r.ContentLength < first {
+		first = r.ContentLength + 1 // room for the EOF: no second buffer
 	}
+	body, held, err := g.read(ctx, http.MaxBytesReader(w, r.Body, g.l.MaxReviewBytes), g.l.MaxReviewBytes+1, first)
+	defer func() { g.sem.Release(held) }()
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		g.tooLarge(w, body, -1)
+		return
+	case errors.Is(err, errNoRoom):
+		g.busy(w, body)
+		return
+	case err != nil:
+		// Mostly the server's read timeout: the client sent too slowly.
+		http.Error(w, fmt.Sprintf("read the admission review: %v", err), http.StatusBadRequest)
+		return
+	}
+	// Handling allocates about MinReviewWeight even for a small review: hold that much.
+	if held < MinReviewWeight {
+		if more := MinReviewWeight - held; !g.sem.TryAcquire(more) && g.sem.Acquire(ctx, more) != nil {
+			g.busy(w, body)
+			return
+		}
+		held = MinReviewWeight
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
 	g.next.ServeHTTP(w, r)
 }
 
-func (g *guard) tooLarge(w http.ResponseWriter, body io.Reader, read []byte, size int64) {
+// errNoRoom is read's error when the budget had no room for the bytes that arrived
+// before ctx ended.
+var errNoRoom = errors.New("no room in --max-in-flight-review-bytes")
+
+// read reads body up to limit bytes, reserving in g.sem what each read brought as it
+// arrives (never a length the client announced), waiting for room until ctx ends. It
+// reads into a buffer of first bytes, doubled when full. It returns what it read and
+// how much it holds (the caller releases it), also on error.
+func (g *guard) read(ctx context.Context, body io.Reader, limit, first int64) ([]byte, int64, error) {
+	buf := make([]byte, 0, min(first, limit))
+	var held int64
+	for int64(len(buf)) < limit {
+		if len(buf) == cap(buf) {
+			// Double (append grows large slices by a quarter: five times the
+			// allocation for a 4 MiB review), never past limit.
+			grown := make([]byte, len(buf), min(2*int64(cap(buf)), limit))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		if n > 0 {
+			// Wait only when there is no room: a client that merely sends slowly is
+			// the server's read timeout's to end, not a "busy" refusal.
+			if !g.sem.TryAcquire(int64(n)) && g.sem.Acquire(ctx, int64(n)) != nil {
+				return buf, held, errNoRoom
+			}
+			held += int64(n)
+			buf = buf[:len(buf)+n]
+		}
+		if errors.Is(err, io.EOF) {
+			return buf, held, nil
+		}
+		if err != nil {
+			return buf, held, err
+		}
+	}
+	return buf, held, nil
+}
+
+func (g *guard) busy(w http.ResponseWriter, read []byte) {
+	Refusals.WithLabelValues(RefusedBusy).Inc()
+	uid, pod := reviewOf(read)
+	refuse(w, uid, http.StatusTooManyRequests, fmt.Sprintf(
+		"leasehold: the webhook is busy: no room for the review of pod %s within %s (--max-in-flight-review-bytes=%s of reviews "+
+			"are handled at once); retry in a moment (controllers retry by themselves)",
+		pod, g.l.QueueTimeout, sizeString(g.l.MaxInFlightBytes)))
+}
+
+func (g *guard) tooLarge(w http.ResponseWriter, read []byte, size int64) {
 	Refusals.WithLabelValues(RefusedTooLarge).Inc()
-	uid, pod := reviewOf(body, read)
+	uid, pod := reviewOf(read)
 	what := "more than --max-review-bytes=" + sizeString(g.l.MaxReviewBytes)
 	if size > 0 {
 		what = fmt.Sprintf("%.1f MiB, more than --max-review-bytes=%s", float64(size)/(1<<20), sizeString(g.l.MaxReviewBytes))
@@ -202,15 +267,11 @@ func refuse(w http.ResponseWriter, uid types.UID, code int32, msg string) {
 	_ = json.NewEncoder(w).Encode(review)
 }
 
-// reviewOf reads the UID, namespace and name of an AdmissionReview from its first
-// uidPrefix bytes (read, then more from body), which is where the API server writes
-// them: request.uid comes first, the object last. It returns "" and "(unknown)" for
-// what it does not find.
-func reviewOf(body io.Reader, read []byte) (types.UID, string) {
-	if len(read) < uidPrefix && body != nil {
-		more, _ := io.ReadAll(io.LimitReader(body, int64(uidPrefix-len(read))))
-		read = append(read[:len(read):len(read)], more...)
-	}
+// reviewOf reads the UID, namespace and name of an AdmissionReview from the first
+// uidPrefix bytes of read, which is where the API server writes them: request.uid
+// comes first, the object last. It returns "" and "(unknown)" for what it does not
+// find.
+func reviewOf(read []byte) (types.UID, string) {
 	if len(read) > uidPrefix {
 		read = read[:uidPrefix]
 	}

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -9,10 +10,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
@@ -173,5 +177,52 @@ func TestGuardBoundsReviewsInFlight(t *testing.T) {
 	wg.Wait()
 	if rec, _ := serve(t, h, body, false); rec.Code != http.StatusOK {
 		t.Errorf("after the others were answered: HTTP %d", rec.Code)
+	}
+}
+
+// TestGuardReservesBytesAsTheyArrive: a review is counted against MaxInFlightBytes by
+// the bytes that have arrived, never by the length it announces: while ten requests
+// announce 4 MiB each (the whole budget, ten times over) and have sent a few bytes, a
+// review of an annotated Pod gets in at once and is patched, not refused as busy.
+func TestGuardReservesBytesAsTheyArrive(t *testing.T) {
+	limits := DefaultReviewLimits()
+	h := Guard(&admission.Webhook{Handler: NewPodInjector(DefaultOptions())}, limits)
+	var (
+		wg      sync.WaitGroup
+		writers []*io.PipeWriter
+		sent    atomic.Int32
+	)
+	t.Cleanup(func() {
+		for _, w := range writers {
+			_ = w.CloseWithError(io.ErrUnexpectedEOF)
+		}
+		wg.Wait()
+	})
+	for range 10 {
+		r, w := io.Pipe()
+		writers = append(writers, w)
+		req := httptest.NewRequest(http.MethodPost, Path, r)
+		req.ContentLength = limits.MaxReviewBytes
+		wg.Go(func() { h.ServeHTTP(httptest.NewRecorder(), req) })
+		wg.Go(func() { _, _ = w.Write([]byte(`{"apiVersion":`)); sent.Add(1) })
+	}
+	// Until the guard has read what they sent (a guard that reserves the announced
+	// length reads only the first: give it a second).
+	_ = wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, time.Second, true,
+		func(context.Context) (bool, error) { return sent.Load() == 10, nil })
+	busy := testutil.ToFloat64(Refusals.WithLabelValues(RefusedBusy))
+	rec, resp := serve(t, h, annotatedReview(t, "pod-1"), false)
+	if resp == nil {
+		t.Fatalf("HTTP %d, no AdmissionReview: %.300s", rec.Code, rec.Body)
+	}
+	if !resp.Allowed || len(resp.Patch) == 0 {
+		msg := ""
+		if resp.Result != nil {
+			msg = resp.Result.Message
+		}
+		t.Errorf("want allowed with a patch while slow requests announce 4 MiB each, got allowed=%v patch=%dB: %s", resp.Allowed, len(resp.Patch), msg)
+	}
+	if n := testutil.ToFloat64(Refusals.WithLabelValues(RefusedBusy)) - busy; n != 0 {
+		t.Errorf("%v busy refusals, want none", n)
 	}
 }

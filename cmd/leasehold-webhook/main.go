@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string) error {
 				"Always on with --self-signed-certs; set it with cert-manager.")
 		certs  = webhook.CertOptions{}
 		limits = webhook.DefaultReviewLimits()
+		srvOpt = webhook.DefaultServerOptions()
 		debug  = fs.Bool("debug", false, "Log at debug level (V(1): every injection).")
 		showV  = fs.Bool("version", false, "Print the version and exit.")
 	)
@@ -74,6 +75,7 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&certs.RenewBefore, "cert-renew-before", webhook.DefaultRenewBefore, "With --self-signed-certs: renew a certificate this long before it expires.")
 	fs.DurationVar(&certs.CheckEvery, "cert-check-interval", webhook.DefaultCheckEvery, "With --self-signed-certs: how often expiry is checked.")
 	limits.BindFlags(fs)
+	srvOpt.BindFlags(fs)
 	kubeconfig := fs.String("kubeconfig", "", "Path to a kubeconfig; only outside a cluster (default: in-cluster config, or $KUBECONFIG).")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -82,7 +84,7 @@ func run(ctx context.Context, args []string) error {
 		fmt.Println(version.String("leasehold-webhook"))
 		return nil
 	}
-	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate()); err != nil {
+	if err := errors.Join(opts.Validate(), certs.Validate(), limits.Validate(), srvOpt.Validate()); err != nil {
 		return err
 	}
 	certs.Namespace = opts.Namespace
@@ -186,7 +188,9 @@ func run(ctx context.Context, args []string) error {
 	} else {
 		close(certsReady)
 	}
-	server := crwebhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: serverTLS})
+	// controller-runtime's webhook server, with a read timeout on every request, a
+	// per-peer connection cap and, with --client-ca-file, client certificates required.
+	server := webhook.NewServer(crwebhook.Options{Port: *port, CertDir: certs.CertDir, TLSOpts: serverTLS}, srvOpt)
 
 	// Serve once the certificate is there and the caBundle written: the server cannot
 	// start without a certificate, and must not report ready before the API server
