@@ -278,9 +278,9 @@ func TestHoldsRideOutAKubeAPIServerRestart(t *testing.T) {
 	// The outage: stop kube-apiserver, see both holds go into jeopardy (asked from the
 	// node, through the agents' sockets), keep it down for longer than lease-duration,
 	// start it again with the same flags.
-	// The stop runs while the test watches: the agents lose kube-apiserver within a second
-	// (its shutdown begins by emptying the kubernetes Service's endpoints), but its
-	// graceful shutdown takes seconds more (about 12 s here).
+	// The stop runs while the test watches: kube-apiserver empties the kubernetes Service's
+	// endpoints and stops listening within moments of SIGTERM, but its process lingers
+	// (on this node until stop-apiserver's SIGKILL, 10 s later).
 	stopAt := time.Now()
 	stop := exec.Command(filepath.Join(repoRoot, "hack", "cluster.sh"), "stop-apiserver")
 	stop.Dir = repoRoot
