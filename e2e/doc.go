@@ -13,6 +13,8 @@
 // expiry after lease-duration when an agent is killed, exactly one leader, RBAC readiness,
 // webhook denials through the real API server, the client at $LEASEHOLD_CLI in an image
 // that never had it (run as another UID, in an init and an app container), and Jobs
-// (also one made from a CronJob) that complete with their Lease already free. It does not measure speed: see
-// BENCHMARKS.md.
+// (also one made from a CronJob) that complete with their Lease already free, and holds
+// that ride out an in-place kube-apiserver restart longer than lease-duration (jeopardy,
+// then safe with the same fencing tokens; the waiters take nothing over). It does not
+// measure speed: see BENCHMARKS.md.
 package e2e

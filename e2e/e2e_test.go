@@ -95,14 +95,20 @@ func install() error {
 		return err
 	}
 	// The Deployment is Available once a replica is ready (its certificates are in place);
-	// wait until the API server's calls reach it too: a dry-run Pod comes back injected.
+	// wait until the API server's calls reach it too.
+	return webhookInjects(120 * time.Second)
+}
+
+// webhookInjects waits until the API server's calls reach the webhook: a dry-run Pod
+// comes back injected.
+func webhookInjects(timeout time.Duration) error {
 	probe := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "webhook-probe", Namespace: "default",
 			Annotations: map[string]string{"leasehold.io/locks": "probe"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: appImage}}},
 	}
 	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), time.Second, 120*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
 		got, err := cs.CoreV1().Pods("default").Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		if err != nil {
 			last = err
@@ -111,7 +117,7 @@ func install() error {
 		return got.Annotations["leasehold.io/status"] == "injected", nil
 	})
 	if err != nil {
-		return fmt.Errorf("the webhook did not inject a dry-run Pod within 120s (last error: %v): %w", last, err)
+		return fmt.Errorf("the webhook did not inject a dry-run Pod within %s (last error: %v): %w", timeout, last, err)
 	}
 	return nil
 }

@@ -6,6 +6,9 @@
 #   hack/cluster.sh down     stop everything and remove every trace (idempotent)
 #   hack/cluster.sh status   what is running
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` (use: eval "$(hack/cluster.sh env)")
+#   hack/cluster.sh stop-apiserver / start-apiserver
+#                            restart kube-apiserver in place (same flags, etcd, certificates;
+#                            start waits for /readyz): a control-plane outage for the e2e suite
 #
 # Pieces: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 # and kubectl built from the Go module proxy by hack/build-k8s.sh (cached per version in
@@ -88,6 +91,41 @@ LIB=$REPO/hack/lib/cluster
 # shellcheck source=hack/lib/cluster/configs.sh
 . "$LIB/configs.sh"     # detect_restrict_oom_score_adj, write_configs
 
+# start_apiserver: start kube-apiserver on the cluster's etcd, certificates and flags, and
+# wait until it is ready. `up` and `start-apiserver` (an in-place restart) both use it, so
+# a restarted API server is the same one.
+start_apiserver() {
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://$ETCD_CLIENT" \
+    --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port "$API_PORT" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --client-ca-file "$PKI/ca.crt" \
+    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    `# (InternalIP: the node name is never looked up in the machine's DNS)` \
+    --allow-privileged=true --enable-aggregator-routing=true --profiling=false
+  wait_for "kube-apiserver /readyz" 90 kubectl_ get --raw /readyz || { check_alive kube-apiserver; die "kube-apiserver not ready"; }
+}
+
+# stop_apiserver: stop the running kube-apiserver (SIGTERM, its graceful shutdown; SIGKILL
+# after 10 s), leaving everything else running: the first half of an in-place restart.
+stop_apiserver() {
+  alive kube-apiserver || die "kube-apiserver is not running (start the cluster with: $0 up)"
+  local pid
+  pid=$(cat "$PIDS/kube-apiserver.pid")
+  log "stopping kube-apiserver (pid $pid)"
+  kill_wait TERM 10 "$pid" || kill_wait KILL 5 "$pid" || die "kube-apiserver (pid $pid) did not stop"
+}
+
 # ---------------------------------------------------------------------------------------
 # up
 # ---------------------------------------------------------------------------------------
@@ -146,25 +184,7 @@ up() {
 
   wait_for "etcd" 30 curl -sf "http://$ETCD_CLIENT/health" || { check_alive etcd; die "etcd not healthy"; }
 
-  start kube-apiserver "$BIN/kube-apiserver" \
-    --etcd-servers "http://$ETCD_CLIENT" \
-    --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port "$API_PORT" \
-    --service-cluster-ip-range "$SERVICE_CIDR" \
-    --client-ca-file "$PKI/ca.crt" \
-    --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
-    --kubelet-preferred-address-types InternalIP \
-    `# (InternalIP: the node name is never looked up in the machine's DNS)` \
-    --allow-privileged=true --enable-aggregator-routing=true --profiling=false
-  wait_for "kube-apiserver /readyz" 90 kubectl_ get --raw /readyz || { check_alive kube-apiserver; die "kube-apiserver not ready"; }
+  start_apiserver
 
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
@@ -252,7 +272,17 @@ case "${1:-}" in
     leftovers || die "down did not remove everything (see above)"
     log "down: nothing left running"
     ;;
+  # An in-place restart of the API server (the e2e suite's control-plane outage): stop it,
+  # later start it again with the same flags, etcd and certificates. `down` stops a
+  # restarted one like any other (PID file, command line naming $STATE).
+  stop-apiserver) lock; stop_apiserver ;;
+  start-apiserver)
+    lock
+    alive etcd || die "etcd is not running (start the cluster with: $0 up)"
+    alive kube-apiserver && die "kube-apiserver is already running (pid $(cat "$PIDS/kube-apiserver.pid"))"
+    start_apiserver
+    ;;
   status) status ;;
   env) env_ ;;
-  *) echo "usage: $0 up|down [--purge]|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [--purge]|status|env|stop-apiserver|start-apiserver" >&2; exit 2 ;;
 esac
