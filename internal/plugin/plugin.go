@@ -259,7 +259,7 @@ func (o *Options) printHeader(w io.Writer) {
 	if o.AllNamespaces {
 		fmt.Fprint(w, "NAMESPACE\t")
 	}
-	fmt.Fprintln(w, "LOCK\tMODE\tHOLDER\tTOKEN\tAGE\tTIME LEFT\tWAITING")
+	fmt.Fprintln(w, "LOCK\tMODE\tHOLDER\tTOKEN\tSTATE\tAGE\tTIME LEFT\tWAITING")
 }
 
 func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
@@ -267,7 +267,7 @@ func (o *Options) printRow(w io.Writer, l *coordinationv1.Lease) {
 	if o.AllNamespaces {
 		fmt.Fprintf(w, "%s\t", l.Namespace)
 	}
-	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.Age, r.TimeLeft, r.Waiting)
+	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.Name, r.Mode, r.Holder, r.Token, r.State, r.Age, r.TimeLeft, r.Waiting)
 }
 
 // Printable is s as the plugin prints a string that anyone who may write a Lease
@@ -289,14 +289,16 @@ func Printable(s string) string {
 // Row is one lock as the listing shows it.
 type Row struct {
 	Mode, Holder, Age, TimeLeft string
-	Token                       int32
+	// State is held, jeopardy, lost, expired or free (the State* constants).
+	State string
+	Token int32
 	// Waiting counts the Pods queued for a mutex, with the next one: "2 (next api-x2)".
 	Waiting string
 }
 
 // Describe turns a Lease into the listing's columns at time now.
 func Describe(l *coordinationv1.Lease, now time.Time) Row {
-	r := Row{Mode: Printable(l.Annotations[AnnotationMode]), Holder: "<none>", Age: "-", TimeLeft: "free", Waiting: "-"}
+	r := Row{Mode: Printable(l.Annotations[AnnotationMode]), Holder: "<none>", State: StateFree, Age: "-", TimeLeft: "free", Waiting: "-"}
 	if r.Mode == "" {
 		r.Mode = "-"
 	}
@@ -313,15 +315,57 @@ func Describe(l *coordinationv1.Lease, now time.Time) Row {
 	if !rec.Acquired.IsZero() {
 		r.Age = shortDuration(now.Sub(rec.Acquired))
 	}
+	r.State = StateHeld
 	if end := rec.Expires(); !end.IsZero() {
 		left := end.Sub(now)
 		if left > 0 {
 			r.TimeLeft = shortDuration(left)
 		} else {
 			r.TimeLeft = "expired"
+			r.State = StateExpired
 		}
 	}
+	if r.State == StateHeld {
+		r.State = holdState(l, rec, now)
+	}
 	return r
+}
+
+// The STATE column.
+const (
+	// StateFree: no holder.
+	StateFree = "free"
+	// StateHeld: the holder renewed within its renew-deadline (as far as this machine's
+	// clock and the holder's renewTime tell).
+	StateHeld = "held"
+	// StateJeopardy: an agent holder's renewal is overdue by more than its
+	// renew-deadline, within its grace period: it does not say held now, and resumes
+	// with the same token if a renewal lands (or the Pod is gone: then it expires).
+	StateJeopardy = "jeopardy"
+	// StateLost: an agent holder's renewal is overdue past renew-deadline and its grace
+	// (0 with grace off): it has given the hold up; the Lease expires at TIME LEFT.
+	StateLost = "lost"
+	// StateExpired: lease-duration passed since the last renewal: anyone may take it.
+	StateExpired = "expired"
+)
+
+// holdState tells held, jeopardy and lost apart for an agent's hold, from the
+// renew-deadline and grace the agent records on the Lease. Other holders (client-go
+// electors) are held until they expire.
+func holdState(l *coordinationv1.Lease, rec lock.Record, now time.Time) string {
+	if _, ok := lock.PodOf(rec.Holder); !ok || rec.Renewed.IsZero() {
+		return StateHeld
+	}
+	renew, err1 := time.ParseDuration(l.Annotations[lock.AnnotationRenewDeadline])
+	grace, err2 := time.ParseDuration(l.Annotations[lock.AnnotationGrace])
+	overdue := now.Sub(rec.Renewed)
+	switch {
+	case err1 != nil || renew <= 0 || overdue < renew:
+		return StateHeld
+	case err2 == nil && overdue < renew+grace:
+		return StateJeopardy
+	}
+	return StateLost
 }
 
 // holderPod shows the Pod name of an agent identity "<pod>_<uid>"; other identities

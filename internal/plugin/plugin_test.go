@@ -241,6 +241,41 @@ func TestDescribeTimeLeft(t *testing.T) {
 	}
 }
 
+// An agent's hold whose renewal is overdue by more than the renew-deadline it recorded
+// on the Lease is in jeopardy until its grace period ends, then lost; a client-go
+// holder (no agent identity) is held until it expires.
+func TestDescribeState(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	agent := "api-1_00000000-0000-0000-0000-000000000001"
+	tests := map[string]struct {
+		renewed      time.Duration // before now
+		holder       string
+		renew, grace string
+		want         string
+	}{
+		"renewed":              {renewed: 3 * time.Second, holder: agent, renew: "10s", grace: "30s", want: StateHeld},
+		"overdue: jeopardy":    {renewed: 12 * time.Second, holder: agent, renew: "10s", grace: "30s", want: StateJeopardy},
+		"jeopardy near expiry": {renewed: 14 * time.Second, holder: agent, renew: "10s", grace: "30s", want: StateJeopardy},
+		"grace 0: lost":        {renewed: 12 * time.Second, holder: agent, renew: "10s", grace: "0s", want: StateLost},
+		"expired":              {renewed: 20 * time.Second, holder: agent, renew: "10s", grace: "30s", want: StateExpired},
+		"client-go holder":     {renewed: 12 * time.Second, holder: "node-a", renew: "10s", grace: "30s", want: StateHeld},
+		"no timings recorded":  {renewed: 12 * time.Second, holder: agent, want: StateHeld},
+		"free":                 {renewed: 0, holder: "", want: StateFree},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			l := lease("ns", "x", tc.holder, "mutex", 1, now.Add(-tc.renewed), true)
+			if tc.renew != "" {
+				l.Annotations[lock.AnnotationRenewDeadline] = tc.renew
+				l.Annotations[lock.AnnotationGrace] = tc.grace
+			}
+			if got := Describe(l, now).State; got != tc.want {
+				t.Errorf("State = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestDescribeWaiting(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	l := lease("ns", "x", "api-1_00000000-0000-0000-0000-000000000001", "mutex", 3, now, true)

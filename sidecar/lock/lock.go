@@ -44,6 +44,12 @@ const (
 	AnnotationMode = "leasehold.io/mode"
 	// AnnotationSemaphore names, on a slot's Lease, the semaphore it belongs to.
 	AnnotationSemaphore = "leasehold.io/semaphore"
+	// AnnotationRenewDeadline and AnnotationGrace record on the Lease the holder's
+	// renew-deadline and grace period (Go durations), so that `kubectl leasehold` can
+	// tell a hold in jeopardy (its renewal overdue by more than renew-deadline, within
+	// the grace period) from one held or expired.
+	AnnotationRenewDeadline = "leasehold.io/renew-deadline"
+	AnnotationGrace         = "leasehold.io/grace"
 )
 
 // LeaseClient is the part of the Kubernetes API the engine uses: the Leases of one
@@ -935,6 +941,8 @@ func (l *Lock) stamp(lease *coordinationv1.Lease) {
 		lease.Annotations = map[string]string{}
 	}
 	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
+	lease.Annotations[AnnotationRenewDeadline] = l.cfg.RenewDeadline.String()
+	lease.Annotations[AnnotationGrace] = l.cfg.Grace.String()
 	if l.cfg.Semaphore != "" {
 		lease.Annotations[AnnotationSemaphore] = l.cfg.Semaphore
 	}
