@@ -136,8 +136,8 @@ func TestListShowsManagedLocks(t *testing.T) {
 	if f := strings.Fields(lines[1]); f[0] != "db-migration" || f[1] != "mutex" || f[2] != "web-7d9f" || f[3] != "7" {
 		t.Errorf("db-migration row = %q, want lock, mode mutex, holder Pod web-7d9f, token 7", lines[1])
 	}
-	if f := strings.Fields(lines[2]); f[0] != "shard-0" || f[2] != "<none>" || f[5] != "free" || f[6] != "-" {
-		t.Errorf("shard-0 row = %q, want no holder, free, nobody waiting", lines[2])
+	if f := strings.Fields(lines[2]); f[0] != "shard-0" || f[2] != "<none>" || f[4] != "free" || f[6] != "free" || f[7] != "-" {
+		t.Errorf("shard-0 row = %q, want no holder, state free, time left free, nobody waiting", lines[2])
 	}
 
 	out, _, err = run(t, "", "-n", ns, "--all-leases")
