@@ -25,6 +25,7 @@ type report struct {
 	steps    []stepResult
 	clientGo []clientGoResult
 	restart  *restartResult
+	blips    []*blipResult
 }
 
 var rawLines []string
@@ -133,6 +134,13 @@ func (r *report) write(b *testing.B) {
 		p("| failures the agents logged after SIGTERM | %d watch, %d renew |\n", rs.watchErrors, rs.renewErrors)
 		if rs.expiry != "" {
 			p("| watch re-opening from 1 minute after the restart (expiry, 5–10 min per watch) | %s |\n", rs.expiry)
+		}
+	}
+	if len(r.blips) > 0 {
+		p("\n**kube-apiserver frozen under %d Pods** (SIGSTOP, then SIGCONT: every agent cut off at once, connections open; the agents' defaults 15s/10s/2s, grace 30s):\n\n", r.blips[0].pods)
+		p("| frozen for | every held leader Lease renewed again, from SIGCONT | holders or tokens changed | agents' log: lost, in jeopardy, safe again |\n|---|---|---|---|\n")
+		for _, bl := range r.blips {
+			p("| %s | %s (%d not within %s) | %d | %d, %d, %d |\n", bl.length, fmtD(bl.renewedAll), bl.notRenewed, blipObserve, bl.holderChanged, bl.lost, bl.jeopardy, bl.safe)
 		}
 	}
 	p("\nRaw output:\n\n```\n%s\n```\n%s", strings.Join(rawLines, "\n"), reportEnd)

@@ -149,6 +149,10 @@ func runStep(b *testing.B, c *cluster, bin, dir string, n int, restart bool, rep
 		rs = runRestart(b, c, f, ns)
 		rep.restart = rs
 		time.Sleep(10 * time.Second)
+		for _, d := range blips {
+			rep.blips = append(rep.blips, runBlip(b, c, f, ns, d))
+			time.Sleep(10 * time.Second)
+		}
 	}
 
 	// Steady state.
