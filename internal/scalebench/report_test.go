@@ -127,6 +127,7 @@ func (r *report) write(b *testing.B) {
 		p("| agents' watches open again (%d), from the old process's exit (the new one answers before its /readyz) | last at %s (watch opens p50 %s, p90 %s); open at the end: %.0f |\n", 2*rs.pods, fmtD(rs.watchesBack), fmtD(rs.watchOpenP50), fmtD(rs.watchOpenP90), rs.openAfter)
 		p("| every held leader Lease renewed again, from the exit | %s (%d not) |\n", fmtD(rs.renewedAll), rs.notRenewed)
 		p("| healthy holders that lost their lock | %d Leases changed holder or token; %d \"Lost lock\" in the agents' logs |\n", rs.holderChanged, len(rs.lost))
+		p("| holds in jeopardy, and safe again with their token (agents' logs) | %d, %d |\n", rs.jeopardy, rs.safe)
 		p("| what the reconnection cost (agents' requests, SIGTERM → ready + %s) | %s; %.2f per Pod |\n", observeRestart, summary(rs.requests, 0), rs.requestsPerPod)
 		p("| busiest 100 ms after the exit | %d requests |\n", rs.peak100ms)
 		p("| agents' requests per second from the exit | %s |\n", rs.timeline)
