@@ -17,11 +17,23 @@
 //     entry in the queue may have been added to it): an acquire whose answer was
 //     overtaken by a watch event (the Lease deleted, or written by someone else) never
 //     holds, and a cache that shows no Lease or another record while held ends the hold.
+//   - A hold whose renew-deadline passes while the API server is unavailable (no
+//     answer, a timeout, a 5xx, a 429) is in jeopardy (PhaseJeopardy, jeopardy.go): not
+//     held, validFor 0, but kept: the same conditional renewal goes on every
+//     retry-period, and one that lands within Config.Grace resumes the hold with the
+//     same token (nobody wrote the Lease since this agent's last write, so nobody else
+//     held it). A refusal (403, another 4xx) among the failures, a conflict, another
+//     holder, a deletion, the ttl or the grace running out end it as lost. Nothing is
+//     promised past renew-deadline without a successful write.
+//   - A waiter that lost the API server (a watch or a request got no answer) takes over
+//     no hold it judged expired until its watch is back, and restarts the holder's
+//     expiry then; before it takes an expired hold over it reads the Lease once.
 //   - Every write is conditional on the resourceVersion it was based on. A Lease found
 //     deleted ends the hold at once. A conflict (409) makes the agent read the Lease
 //     again: a renew or release goes on on the current copy only when the record is
-//     still this hold's (a waiter queued on it), and the hold ends otherwise. A 403, a
-//     timeout or any other failure counts as "not written".
+//     still this hold's (a waiter queued on it, or this agent's own renewal that landed
+//     unseen), and the hold ends otherwise; a conflict whose Lease cannot be read counts
+//     as unavailability. A 403, a timeout or any other failure counts as "not written".
 //   - Release and Renew act only on the hold their fencing token names: a late call of a
 //     client whose hold already ended changes nothing (StaleTokenError). Every end of a
 //     hold (release, ttl, loss, shutdown) is an event, even when the clearing write fails.
