@@ -83,8 +83,8 @@ type Result struct {
 	// (a single agent cut off for longer than lease-duration is rightly replaced); the
 	// properties above say whether anything was promised twice.
 	Holds map[HoldKey]HoldCount
-	// Jeopardy counts the answers that said a client's hold was in jeopardy; Resumed
-	// the holds (lock, holder, token) that answered held again after such an answer.
+	// Jeopardy counts the answers that said a hold was in jeopardy; Resumed the times a
+	// hold (lock, holder, token) was answered held again after such an answer.
 	Jeopardy, Resumed int
 	// Records is the number of records checked.
 	Records int
@@ -232,8 +232,7 @@ func Check(recs []Record, cfg CheckConfig) *Result {
 // server away (Result.Holds), and the jeopardy answers and resumed holds.
 func countHolds(res *Result, recs []Record, cfg CheckConfig) {
 	releases := map[string][]int64{} // lock#token -> send times of the holder's releases
-	jeopardy := map[string]int64{}   // lock/holder#token -> first jeopardy answer's receive time
-	resumed := map[string]bool{}
+	jeopardy := map[string]int64{}   // lock/holder#token -> receive time of the first jeopardy answer since it was last held
 	for _, r := range recs {
 		if r.Op == OpRelease {
 			k := fmt.Sprintf("%s#%d", r.Lock, r.ReqToken)
@@ -248,11 +247,11 @@ func countHolds(res *Result, recs []Record, cfg CheckConfig) {
 			}
 		case heldAnswer(r):
 			if at, ok := jeopardy[k]; ok && at < r.Send {
-				resumed[k] = true
+				res.Resumed++
+				delete(jeopardy, k)
 			}
 		}
 	}
-	res.Resumed = len(resumed)
 	for _, r := range recs {
 		if r.Op != OpFault || r.Status != 200 {
 			continue

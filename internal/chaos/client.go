@@ -377,7 +377,12 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 		}
 		return true
 	}
+	// Most holds are short (1-3 writes); one in four is long (4-12 writes, about 0.5-3
+	// seconds), so that a fault often finds a client in the middle of its hold.
 	writes := 1 + c.rng.IntN(3)
+	if c.rng.Float64() < 0.25 {
+		writes = 4 + c.rng.IntN(9)
+	}
 	for i := 0; i < writes && !lost && ctx.Err() == nil; i++ {
 		switch p := c.rng.Float64(); {
 		case i == 0 || p < 0.25:
