@@ -267,7 +267,7 @@ func countHolds(res *Result, recs []Record, cfg CheckConfig) {
 			}
 			c := res.Holds[key]
 			switch f.Outcome {
-			case HoldFree:
+			case HoldFree, HoldGone:
 				continue
 			case HoldKept:
 				c.Kept++

@@ -417,6 +417,7 @@ func TestCheckCountsHolds(t *testing.T) {
 		withHolds(fault(FaultPartition, "", 9500, 12000), fate(mu, b, 8, HoldChanged, 12100), fate(ldr, a, 2, HoldChanged, 11000)),
 		release("cc", mu, 9, 15100, 15110, 200), // after the change: not the hold's end
 		withHolds(fault(FaultAPIRestart, "", 13000, 15000), fate(mu, c, 9, HoldChanged, 15050), fate(ldr, "", 3, HoldFree, 0)),
+		withHolds(fault(FaultBlip, "", 15500, 15900), fate(mu, "killed-pod", 9, HoldGone, 0), fate(ldr, ThirdParty+"-1", 3, HoldGone, 0)),
 		withHolds(fault(FaultAPIRestart, "", 16000, 18000), fate(mu, c, 10, HoldUndecided, 0), fate(ldr, c, 4, HoldUndecided, 0)),
 	), testCfg)
 	if res.Failed() {

@@ -44,7 +44,7 @@
 //   - The fate of holds across the faults that take the API server away (partition,
 //     blip, blip-long, apiserver-restart; HoldFate): the mutex's and the leader lock's
 //     Leases are read with the admin client just before the fault and then every 20 ms
-//     until each hold named is decided (renewed with the same token after the fault
+//     until each hold named (by a running agent) is decided (renewed with the same token after the fault
 //     began: kept; cleared by its holder or changed hands) or retry-period + 1 s after
 //     the fault was healed. The checker counts them per fault as kept, released (by its
 //     own holder) or lost; a lost hold is no violation (a Pod cut off alone for longer

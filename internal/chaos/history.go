@@ -109,6 +109,9 @@ const (
 	HoldUndecided HoldOutcome = "undecided"
 	// HoldFree: the Lease named no holder when the fault began.
 	HoldFree HoldOutcome = "free"
+	// HoldGone: the Lease named a holder that was not running when the fault began (a
+	// Pod killed by an earlier fault, a third party's rewrite): no hold to keep.
+	HoldGone HoldOutcome = "gone"
 )
 
 // HoldFate is what became of the hold of one lock across a fault that took the API

@@ -57,6 +57,10 @@ func (h *Harness) getLease(ctx context.Context, lock string) (*coordinationv1.Le
 // and follows them until finish.
 func (h *Harness) observeHolds(ctx context.Context) *holdObserver {
 	o := &holdObserver{h: h, stop: make(chan struct{}), done: make(chan struct{})}
+	running := map[string]bool{}
+	for _, s := range h.slots {
+		running[s.identity()] = true
+	}
 	for _, lock := range []string{h.cfg.Mutex, h.cfg.Leader} {
 		f := HoldFate{Lock: lock, Outcome: HoldFree}
 		var rv string
@@ -64,8 +68,11 @@ func (h *Harness) observeHolds(ctx context.Context) *holdObserver {
 			f.Holder, f.Token = leaseHold(l)
 			f.AfterHolder, f.AfterToken = f.Holder, f.Token
 			rv = l.ResourceVersion
-			if f.Holder != "" {
+			switch {
+			case f.Holder != "" && running[f.Holder]:
 				f.Outcome = HoldUndecided
+			case f.Holder != "":
+				f.Outcome = HoldGone
 			}
 		}
 		o.fates = append(o.fates, f)

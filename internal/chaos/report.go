@@ -68,7 +68,7 @@ func Summary(info RunInfo, res *Result) string {
 	fmt.Fprintf(&b, "| crashes (unexpected exits, panics) | %d |\n", res.Crashes)
 	fmt.Fprintf(&b, "| history records checked | %d |\n", res.Records)
 	b.WriteString("\nHolds across a fault that took the API server away (every agent's for a blip, a blip-long or a kube-apiserver restart; one agent's for a partition): " +
-		"the mutex's and the leader lock's holds named by their Leases when it began, followed until at most retry-period + 1 s after it was healed. " +
+		"the mutex's and the leader lock's holds named by their Leases when it began (holds of a running agent; a Pod killed by an earlier fault keeps nothing), followed until at most retry-period + 1 s after it was healed. " +
 		"Kept: the holder renewed with the same token after the fault began, before anyone else wrote the Lease. " +
 		"Released: its holder ended it (a client's release; the mutex's holds are short). " +
 		"Lost: the Lease changed hands without a release, or was not renewed in time; no violation by itself " +
