@@ -114,7 +114,8 @@ func (r *Result) Failed() bool { return len(r.Violations) > 0 }
 // answer that says held with validFor V, sent at s and received at r, promises the hold
 // over [r, s+V), ended early by the same client's next release or renew of that token
 // (its send time): a release ends the hold, a renew may shorten its ttl and answers
-// with a promise of its own. A third party's lease-rewrite promises its foreign holder renew-deadline from
+// with a promise of its own. A client that checks its own hold of a mutex and is shown
+// another client's (Record.Own) is promised nothing. A third party's lease-rewrite promises its foreign holder renew-deadline from
 // the write's send time, as a client-go elector with the agents' timings would rely on.
 type Promise struct {
 	Lock, Holder string
@@ -171,6 +172,10 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 	for _, r := range recs {
 		var p Promise
 		switch {
+		case heldAnswer(r) && r.ValidFor > 0 && r.Own != 0 && r.Own != r.Token && r.Lock != cfg.Leader:
+			// A client checking its own hold was shown another client's (of the same
+			// agent): it relies on nothing; that hold's owner has promises of its own.
+			continue
 		case heldAnswer(r) && r.ValidFor > 0:
 			p = Promise{Lock: r.Lock, Holder: holderOf(r), Token: r.Token, Start: r.Recv, End: r.Send + r.ValidFor, Rec: r}
 			for _, q := range ends[fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.Token)] {
@@ -623,6 +628,9 @@ func Format(r Record) string {
 	}
 	if r.ReqToken != 0 {
 		fmt.Fprintf(&b, " reqToken=%d", r.ReqToken)
+	}
+	if r.Own != 0 && r.Own != r.Token {
+		fmt.Fprintf(&b, " own=%d", r.Own)
 	}
 	if r.Conn {
 		b.WriteString(" hold=connection")

@@ -144,6 +144,25 @@ func TestCheck(t *testing.T) {
 			),
 			want: []string{PropExclusion},
 		},
+		"a client shown another client's hold relies on nothing": {
+			// Found by a 10-minute run: ca2's own hold (token 4) had ended by its ttl
+			// and its check was answered with ca's hold (token 5) of the same agent,
+			// which ca released before b acquired.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca2", OpGet, mu, a, 5, 100, 101, 1900); r.Own = 4; return r }(),
+				release("ca", mu, 5, 500, 510, 200),
+				held("cb", OpAcquire, mu, b, 6, 400, 600, 2000),
+			),
+		},
+		"a client shown its own hold relies on it": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca", OpGet, mu, a, 5, 100, 101, 1900); r.Own = 5; return r }(),
+				held("cb", OpAcquire, mu, b, 6, 400, 600, 2000),
+			),
+			want: []string{PropExclusion},
+		},
 		"two clients of one agent: the earlier one's promise outlives its ttl": {
 			recs: seq(
 				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000), // validFor ignored a 500ms ttl

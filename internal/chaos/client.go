@@ -362,7 +362,7 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	// check asks whether the hold is still this loop's: it updates until and says
 	// whether the hold goes on.
 	check := func() bool {
-		g := c.get(ctx, m)
+		g := c.get(ctx, m, tok)
 		switch {
 		case g.Status == 200 && g.Held && g.Token == tok:
 			until = g.Send + g.ValidFor
@@ -455,10 +455,11 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	c.add(r)
 }
 
-// get asks about the loop's lock and records the answer (on a semaphore, about the
-// loop's slot).
-func (c *clientLoop) get(ctx context.Context, m string) Record {
+// get asks about the loop's lock, whose hold of token own it is checking, and records
+// the answer (on a semaphore, about the loop's slot).
+func (c *clientLoop) get(ctx context.Context, m string, own int64) Record {
 	g := c.call(ctx, OpGet, http.MethodGet, m, "", nil, 5*time.Second)
+	g.Own = own
 	if c.sem {
 		g.Lock = c.slot
 	}
@@ -474,7 +475,7 @@ func (c *clientLoop) rideOut(ctx context.Context, m string, tok int64) (Record, 
 	var g Record
 	for Now() < deadline && ctx.Err() == nil {
 		c.sleep(ctx, c.dur(100*time.Millisecond, 250*time.Millisecond))
-		g = c.get(ctx, m)
+		g = c.get(ctx, m, tok)
 		switch {
 		case g.Status == 0:
 			// No answer (the agent restarting): ask again.

@@ -58,7 +58,9 @@
 //   - Mutual exclusion, for the mutex and the leader lock separately. An answer that
 //     says held with validFor V, sent at s and received at r, promises the hold over
 //     [r, s+V), ended early by the same client's next release or renew of that token (its
-//     send time: a renew may shorten the ttl, and its answer promises anew).
+//     send time: a renew may shorten the ttl, and its answer promises anew). A client
+//     that checks its own hold and is shown another client's hold of the same agent
+//     (Record.Own) is promised nothing by that answer.
 //     No two promises of different holds may overlap. A mutex's hold is (agent identity,
 //     token), since two clients of one agent exclude each other too; a leader lock's is
 //     the agent identity (the whole Pod leads, across its terms). A third party's

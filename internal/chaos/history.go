@@ -168,6 +168,10 @@ type Record struct {
 
 	// ReqToken is the token the request named (release, renew, writes).
 	ReqToken int64 `json:"reqToken,omitempty"`
+	// Own is, for a client's GET of the mutex or semaphore it holds, the token of its
+	// own hold: an answer that shows another token (another client of the same agent
+	// holds the lock by now) promises this client nothing.
+	Own int64 `json:"own,omitempty"`
 	// Conn: an acquire with ?hold=connection, or the release that closed its connection.
 	Conn bool `json:"conn,omitempty"`
 	// Wait and TTL of an acquire or renew, nanoseconds.
