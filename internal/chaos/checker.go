@@ -657,6 +657,9 @@ func Format(r Record) string {
 		}
 		b.WriteString("]")
 	}
+	if r.Sent {
+		b.WriteString(" (sent, answer not yet recorded)")
+	}
 	if r.Displaced != "" {
 		fmt.Fprintf(&b, " displaced=%s#%d", r.Displaced, r.DisplacedToken)
 	}

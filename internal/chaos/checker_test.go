@@ -163,6 +163,16 @@ func TestCheck(t *testing.T) {
 			),
 			want: []string{PropExclusion},
 		},
+		"a release whose answer was never recorded ends the promise": {
+			// Found by a 10-minute run: the holder's client sent its release and was
+			// killed (a kill fault) before it recorded the answer; the release landed and
+			// another Pod took the lock 9 ms later.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				Record{Proc: "ca", Op: OpRelease, Lock: mu, ReqToken: 5, Send: ms(500), Recv: ms(500), Sent: true},
+				held("cb", OpAcquire, mu, b, 6, 400, 510, 2000),
+			),
+		},
 		"two clients of one agent: the earlier one's promise outlives its ttl": {
 			recs: seq(
 				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000), // validFor ignored a 500ms ttl

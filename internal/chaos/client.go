@@ -395,6 +395,7 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 			if nt > 0 {
 				q.Set("ttl", nt.String())
 			}
+			c.sent(OpRenew, tok)
 			r := c.call(ctx, OpRenew, http.MethodPost, m, "/renew", q, 5*time.Second)
 			r.ReqToken, r.TTL, r.Lock = tok, int64(nt), c.recordLock(tok)
 			c.add(r)
@@ -444,15 +445,26 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	if conn != nil {
 		// The hold ends when the agent sees the connection close; the client stops
 		// relying on it now.
+		c.sent(OpRelease, tok)
 		r := Record{Op: OpRelease, Lock: c.recordLock(tok), ReqToken: tok, Conn: true, Send: Now(), Agent: *c.agent.Load()}
 		conn.Close()
 		r.Recv = Now()
 		c.add(r)
 		return
 	}
+	c.sent(OpRelease, tok)
 	r := c.call(ctx, OpRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(tok)}}, 5*time.Second)
 	r.ReqToken, r.Lock = tok, c.recordLock(tok)
 	c.add(r)
+}
+
+// sent records that the loop is about to call op (release or renew) with its token
+// tok, before it calls: the client stops relying on its hold (or on its ttl) from here,
+// and a client killed before it records the answer leaves this record behind (without
+// it, the checker would let the hold's promise run on after a release that landed).
+func (c *clientLoop) sent(op Op, tok int64) {
+	now := Now()
+	c.log.Add(Record{Op: op, Lock: c.recordLock(tok), ReqToken: tok, Send: now, Recv: now, Sent: true, Agent: *c.agent.Load()})
 }
 
 // get asks about the loop's lock, whose hold of token own it is checking, and records

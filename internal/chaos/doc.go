@@ -101,5 +101,8 @@
 //     lock package documents as not guaranteed): the harness avoids it.
 //   - Overlapping faults: faults run one after the other.
 //   - Writes by a client that was killed before it recorded the answer it acted on: a
-//     lost record can only hide a violation, never invent one.
+//     lost record can only hide a violation, never invent one. A lost release or renew
+//     could invent one (the hold's promise would run on after a release that landed,
+//     and another holder took over at once), so the client records those before it
+//     sends them too (Record.Sent).
 package chaos

@@ -168,6 +168,9 @@ type Record struct {
 
 	// ReqToken is the token the request named (release, renew, writes).
 	ReqToken int64 `json:"reqToken,omitempty"`
+	// Sent marks a release or renew recorded as the client was about to send it (Send
+	// only, no answer): the answer's record follows unless the client was killed first.
+	Sent bool `json:"sent,omitempty"`
 	// Own is, for a client's GET of the mutex or semaphore it holds, the token of its
 	// own hold: an answer that shows another token (another client of the same agent
 	// holds the lock by now) promises this client nothing.
