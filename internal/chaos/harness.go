@@ -99,7 +99,10 @@ type slot struct {
 	pod, uid   string
 	agent      *proc
 	clients    []*proc
-	http       *http.Client
+	// started is when the slot's agent process was started (wall clock): a Lease it
+	// renewed before then is a previous incarnation's (a restarted container).
+	started time.Time
+	http    *http.Client
 }
 
 func (s *slot) identity() string { return s.pod + "_" + s.uid }
@@ -283,6 +286,7 @@ func (h *Harness) startAgent(s *slot) error {
 	if c.Grace > 0 {
 		argv = append(argv, "--grace="+c.Grace.String())
 	}
+	s.started = time.Now()
 	p, err := h.start(fmt.Sprintf("agent-a%d-r%d", s.i, s.inc), argv, nil)
 	if err != nil {
 		return err

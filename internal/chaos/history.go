@@ -110,7 +110,8 @@ const (
 	// HoldFree: the Lease named no holder when the fault began.
 	HoldFree HoldOutcome = "free"
 	// HoldGone: the Lease named a holder that was not running when the fault began (a
-	// Pod killed by an earlier fault, a third party's rewrite): no hold to keep.
+	// Pod killed by an earlier fault, a third party's rewrite, or a restarted
+	// container's previous incarnation, which renewed it last): no hold to keep.
 	HoldGone HoldOutcome = "gone"
 )
 

@@ -57,9 +57,9 @@ func (h *Harness) getLease(ctx context.Context, lock string) (*coordinationv1.Le
 // and follows them until finish.
 func (h *Harness) observeHolds(ctx context.Context) *holdObserver {
 	o := &holdObserver{h: h, stop: make(chan struct{}), done: make(chan struct{})}
-	running := map[string]bool{}
+	started := map[string]time.Time{} // running agents: identity -> process start
 	for _, s := range h.slots {
-		running[s.identity()] = true
+		started[s.identity()] = s.started
 	}
 	for _, lock := range []string{h.cfg.Mutex, h.cfg.Leader} {
 		f := HoldFate{Lock: lock, Outcome: HoldFree}
@@ -68,11 +68,15 @@ func (h *Harness) observeHolds(ctx context.Context) *holdObserver {
 			f.Holder, f.Token = leaseHold(l)
 			f.AfterHolder, f.AfterToken = f.Holder, f.Token
 			rv = l.ResourceVersion
+			at, running := started[f.Holder]
 			switch {
-			case f.Holder != "" && running[f.Holder]:
-				f.Outcome = HoldUndecided
-			case f.Holder != "":
+			case f.Holder == "":
+			case !running || l.Spec.RenewTime == nil || l.Spec.RenewTime.Time.Before(at):
+				// Not a running agent's, or renewed last by an earlier incarnation of a
+				// restarted container: nobody is there to keep it.
 				f.Outcome = HoldGone
+			default:
+				f.Outcome = HoldUndecided
 			}
 		}
 		o.fates = append(o.fates, f)
