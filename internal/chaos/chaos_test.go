@@ -32,10 +32,22 @@ var (
 )
 
 // Timings of the agents: short, so that faults resolve in seconds.
+//
+// The grace period, 4 x lease-duration (12s), must outlast every outage of the whole
+// control plane that the suite makes, with room for the renewal to land after it: a
+// blip-long lasts at most lease-duration + chaos.MaxExtra (6s), and a kube-apiserver
+// restart here takes 4-5s to exit (up to apiServerStopGrace, then killed) and 3s to be
+// ready (about 7s, more under the load of `make unit`). A hold in jeopardy is lost at
+// renew-deadline + grace after its last write, so up to 14s of outage can be ridden
+// out. A shorter grace would turn a slow restart into lost holds that say nothing about
+// the engine; a longer one would change nothing that the suite checks (a Pod cut off
+// alone is replaced after lease-duration whatever its grace: its waiters still see the
+// API server) but let a hold in jeopardy after a restart that failed linger longer.
 const (
 	leaseDuration = 3 * time.Second
 	renewDeadline = 2 * time.Second
 	retryPeriod   = 250 * time.Millisecond
+	grace         = 4 * leaseDuration
 )
 
 func TestMain(m *testing.M) {
@@ -165,7 +177,7 @@ func TestChaos(t *testing.T) {
 		Clients: clients, AgentBinary: agentBin, ClientCommand: []string{os.Args[0]},
 		Dir: dir, Rest: restCfg, RestartAPIServer: restartAPIServer, Namespace: "default",
 		Mutex: "chaos-mutex", Leader: "chaos-leader", Semaphore: "chaos-sem", SemaphoreSize: 2,
-		LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
+		LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod, Grace: grace,
 		Logf: t.Logf,
 	}
 	h, err := chaos.New(cfg)
@@ -190,7 +202,7 @@ func TestChaos(t *testing.T) {
 	info := chaos.RunInfo{
 		Command: "go test ./internal/chaos/", Seed: seed, Duration: dur, Elapsed: elapsed,
 		Agents: len(clients), Clients: clients[0] + clients[1] + clients[2],
-		Timings: fmt.Sprintf("lease-duration %s, renew-deadline %s, retry-period %s", leaseDuration, renewDeadline, retryPeriod),
+		Timings: fmt.Sprintf("lease-duration %s, renew-deadline %s, retry-period %s, grace %s", leaseDuration, renewDeadline, retryPeriod, grace),
 	}
 	if os.Getenv("CHAOS_COMMAND") != "" {
 		info.Command = os.Getenv("CHAOS_COMMAND")

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
 // The properties the checker verifies; a Violation names one of them.
@@ -75,8 +77,34 @@ type Result struct {
 	StaleCalls int
 	// Crashes counts processes that ended unexpectedly or logged a panic.
 	Crashes int
+	// Holds counts, per kind of fault that took the API server away and per lock
+	// ("mutex", "leader"), what became of the holds named when such a fault began
+	// (Record.Holds): kept, released by their holder, lost. A lost hold is no violation
+	// (a single agent cut off for longer than lease-duration is rightly replaced); the
+	// properties above say whether anything was promised twice.
+	Holds map[HoldKey]HoldCount
+	// Jeopardy counts the answers that said a hold was in jeopardy; Resumed the times a
+	// hold (lock, holder, token) was answered held again after such an answer.
+	Jeopardy, Resumed int
 	// Records is the number of records checked.
 	Records int
+}
+
+// HoldKey names a count of Result.Holds: a kind of fault and a lock ("mutex" or
+// "leader").
+type HoldKey struct {
+	Fault FaultKind
+	Lock  string
+}
+
+// HoldCount is what became of the holds of one lock across faults of one kind.
+type HoldCount struct {
+	// Kept: renewed with the same token after the fault began, before anyone else
+	// wrote the Lease (HoldKept). Released: ended by its holder (the Lease cleared by
+	// it, or a release of that token sent before the Lease changed hands). Lost: the
+	// Lease changed hands (or its holder did not renew within retry-period + 1 s after
+	// the fault) without a release.
+	Kept, Released, Lost int
 }
 
 // Failed says whether any property was violated.
@@ -86,7 +114,8 @@ func (r *Result) Failed() bool { return len(r.Violations) > 0 }
 // answer that says held with validFor V, sent at s and received at r, promises the hold
 // over [r, s+V), ended early by the same client's next release or renew of that token
 // (its send time): a release ends the hold, a renew may shorten its ttl and answers
-// with a promise of its own. A third party's lease-rewrite promises its foreign holder renew-deadline from
+// with a promise of its own. A client that checks its own hold of a mutex and is shown
+// another client's (Record.Own) is promised nothing. A third party's lease-rewrite promises its foreign holder renew-deadline from
 // the write's send time, as a client-go elector with the agents' timings would rely on.
 type Promise struct {
 	Lock, Holder string
@@ -143,6 +172,10 @@ func Promises(recs []Record, cfg CheckConfig) []Promise {
 	for _, r := range recs {
 		var p Promise
 		switch {
+		case heldAnswer(r) && r.ValidFor > 0 && r.Own != 0 && r.Own != r.Token && r.Lock != cfg.Leader:
+			// A client checking its own hold was shown another client's (of the same
+			// agent): it relies on nothing; that hold's owner has promises of its own.
+			continue
 		case heldAnswer(r) && r.ValidFor > 0:
 			p = Promise{Lock: r.Lock, Holder: holderOf(r), Token: r.Token, Start: r.Recv, End: r.Send + r.ValidFor, Rec: r}
 			for _, q := range ends[fmt.Sprintf("%s/%s/%d", r.Proc, r.Lock, r.Token)] {
@@ -189,14 +222,78 @@ func holdKey(p Promise) string { return fmt.Sprintf("%s#%d", p.Holder, p.Token) 
 // Check checks a history: recs from every process of a run, in any order.
 func Check(recs []Record, cfg CheckConfig) *Result {
 	recs = Merge(recs)
-	res := &Result{Faults: map[FaultKind]int{}, Promises: map[string]int{}, Records: len(recs)}
+	res := &Result{Faults: map[FaultKind]int{}, Promises: map[string]int{}, Holds: map[HoldKey]HoldCount{}, Records: len(recs)}
 	promises := Promises(recs, cfg)
 	checkExclusion(res, promises)
 	checkTokens(res, recs, cfg)
 	checkStore(res, recs, promises)
 	checkCalls(res, recs, cfg)
 	checkLiveness(res, recs, cfg)
+	countHolds(res, recs, cfg)
 	return res
+}
+
+// countHolds counts what became of the holds across the faults that took the API
+// server away (Result.Holds), and the jeopardy answers and resumed holds.
+func countHolds(res *Result, recs []Record, cfg CheckConfig) {
+	releases := map[string][]int64{} // lock#token -> send times of the holder's releases
+	jeopardy := map[string]int64{}   // lock/holder#token -> receive time of the first jeopardy answer since it was last held
+	for _, r := range recs {
+		if r.Op == OpRelease {
+			k := fmt.Sprintf("%s#%d", r.Lock, r.ReqToken)
+			releases[k] = append(releases[k], r.Send)
+		}
+		k := fmt.Sprintf("%s/%s#%d", r.Lock, holderOf(r), r.Token)
+		switch {
+		case isAnswer(r) && r.Status == 200 && !r.Held && r.State == string(lock.PhaseJeopardy):
+			res.Jeopardy++
+			if _, ok := jeopardy[k]; !ok {
+				jeopardy[k] = r.Recv
+			}
+		case heldAnswer(r):
+			if at, ok := jeopardy[k]; ok && at < r.Send {
+				res.Resumed++
+				delete(jeopardy, k)
+			}
+		}
+	}
+	for _, r := range recs {
+		if r.Op != OpFault || r.Status != 200 {
+			continue
+		}
+		for _, f := range r.Holds {
+			key := HoldKey{Fault: r.Fault, Lock: "mutex"}
+			switch f.Lock {
+			case cfg.Mutex:
+			case cfg.Leader:
+				key.Lock = "leader"
+			default:
+				key.Lock = f.Lock
+			}
+			c := res.Holds[key]
+			switch f.Outcome {
+			case HoldFree, HoldGone:
+				continue
+			case HoldKept:
+				c.Kept++
+			case HoldCleared:
+				c.Released++
+			default: // changed, undecided: released if its holder had asked for that
+				ownRelease := false
+				for _, at := range releases[fmt.Sprintf("%s#%d", f.Lock, f.Token)] {
+					if f.Decided == 0 || at <= f.Decided {
+						ownRelease = true
+					}
+				}
+				if ownRelease {
+					c.Released++
+				} else {
+					c.Lost++
+				}
+			}
+			res.Holds[key] = c
+		}
+	}
 }
 
 // checkExclusion: no two promises of different holds of one lock overlap.
@@ -516,6 +613,9 @@ func Format(r Record) string {
 	}
 	if isAnswer(r) && r.Status == 200 {
 		fmt.Fprintf(&b, " held=%t", r.Held)
+		if r.State == string(lock.PhaseJeopardy) {
+			b.WriteString(" state=jeopardy")
+		}
 	}
 	if r.Holder != "" {
 		fmt.Fprintf(&b, " holder=%s", r.Holder)
@@ -528,6 +628,9 @@ func Format(r Record) string {
 	}
 	if r.ReqToken != 0 {
 		fmt.Fprintf(&b, " reqToken=%d", r.ReqToken)
+	}
+	if r.Own != 0 && r.Own != r.Token {
+		fmt.Fprintf(&b, " own=%d", r.Own)
 	}
 	if r.Conn {
 		b.WriteString(" hold=connection")
@@ -546,6 +649,16 @@ func Format(r Record) string {
 		if r.Op == OpStore {
 			fmt.Fprintf(&b, " highestBefore=%d", r.Highest)
 		}
+	}
+	for _, f := range r.Holds {
+		fmt.Fprintf(&b, " hold[%s %s#%d: %s", f.Lock, f.Holder, f.Token, f.Outcome)
+		if f.Outcome == HoldChanged || f.Outcome == HoldCleared {
+			fmt.Fprintf(&b, ", then %s#%d", f.AfterHolder, f.AfterToken)
+		}
+		b.WriteString("]")
+	}
+	if r.Sent {
+		b.WriteString(" (sent, answer not yet recorded)")
 	}
 	if r.Displaced != "" {
 		fmt.Fprintf(&b, " displaced=%s#%d", r.Displaced, r.DisplacedToken)

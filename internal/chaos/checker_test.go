@@ -28,6 +28,13 @@ func held(proc string, op Op, lock, holder string, tok, send, recv, validFor int
 		Holder: holder, Token: tok, ValidFor: ms(validFor), Agent: holder}
 }
 
+// jeopardyAnswer is an answer of GET that says the hold of holder (token tok) is in
+// jeopardy: not held, validFor 0.
+func jeopardyAnswer(proc, lock, holder string, tok, send, recv int64) Record {
+	return Record{Proc: proc, Op: OpGet, Lock: lock, Send: ms(send), Recv: ms(recv), Status: 200, State: "jeopardy",
+		Holder: holder, Token: tok, Agent: holder}
+}
+
 func release(proc, lock string, tok, send, recv int64, status int) Record {
 	return Record{Proc: proc, Op: OpRelease, Lock: lock, ReqToken: tok, Send: ms(send), Recv: ms(recv), Status: status}
 }
@@ -136,6 +143,35 @@ func TestCheck(t *testing.T) {
 				held("cb", OpAcquire, mu, b, 6, 50, 200, 2000),
 			),
 			want: []string{PropExclusion},
+		},
+		"a client shown another client's hold relies on nothing": {
+			// Found by a 10-minute run: ca2's own hold (token 4) had ended by its ttl
+			// and its check was answered with ca's hold (token 5) of the same agent,
+			// which ca released before b acquired.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca2", OpGet, mu, a, 5, 100, 101, 1900); r.Own = 4; return r }(),
+				release("ca", mu, 5, 500, 510, 200),
+				held("cb", OpAcquire, mu, b, 6, 400, 600, 2000),
+			),
+		},
+		"a client shown its own hold relies on it": {
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				func() Record { r := held("ca", OpGet, mu, a, 5, 100, 101, 1900); r.Own = 5; return r }(),
+				held("cb", OpAcquire, mu, b, 6, 400, 600, 2000),
+			),
+			want: []string{PropExclusion},
+		},
+		"a release whose answer was never recorded ends the promise": {
+			// Found by a 10-minute run: the holder's client sent its release and was
+			// killed (a kill fault) before it recorded the answer; the release landed and
+			// another Pod took the lock 9 ms later.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				Record{Proc: "ca", Op: OpRelease, Lock: mu, ReqToken: 5, Send: ms(500), Recv: ms(500), Sent: true},
+				held("cb", OpAcquire, mu, b, 6, 400, 510, 2000),
+			),
 		},
 		"two clients of one agent: the earlier one's promise outlives its ttl": {
 			recs: seq(
@@ -269,6 +305,41 @@ func TestCheck(t *testing.T) {
 				}(),
 			),
 		},
+		"a hold resumed with the same token after jeopardy": {
+			// The API server was away from 1500 to 4000: a's answers said held until
+			// renew-deadline, then jeopardy (held false, its token), then, once a
+			// renewal landed, held again with the same token; its writes go on.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				store(1, mu, a, 5, 20, 0, true),
+				jeopardyAnswer("ca", mu, a, 5, 2100, 2101),
+				jeopardyAnswer("ca", mu, a, 5, 3000, 3001),
+				held("ca", OpGet, mu, a, 5, 4100, 4101, 1990),
+				store(2, mu, a, 5, 4200, 5, true),
+				release("ca", mu, 5, 4300, 4310, 200),
+				held("cb", OpAcquire, mu, b, 6, 1000, 4320, 2000), // waited out the outage
+				store(3, mu, b, 6, 4330, 5, true),
+			),
+		},
+		"a leader resumed with the same token after jeopardy": {
+			recs: seq(
+				held("ca", OpGet, ldr, a, 3, 0, 10, 2000),
+				jeopardyAnswer("ca", ldr, a, 3, 2100, 2101),
+				held("ca", OpGet, ldr, a, 3, 4100, 4101, 1990),
+				held("cb", OpGet, ldr, a, 3, 4200, 4201, 1890), // b's client asks about a
+			),
+		},
+		"another holder's promise overlaps a resumed hold": {
+			// b took the lock while a was in jeopardy, and a resumed anyway: the
+			// resumed promise overlaps b's, and a's token 5 shows after b's 6.
+			recs: seq(
+				held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+				jeopardyAnswer("ca", mu, a, 5, 2100, 2101),
+				held("cb", OpAcquire, mu, b, 6, 3000, 3010, 2000),
+				held("ca", OpGet, mu, a, 5, 4000, 4001, 1990),
+			),
+			want: []string{PropExclusion, PropTokenOrder},
+		},
 		"an agent takes the lock within renew-deadline of a third party's write": {
 			recs: seq(
 				func() Record {
@@ -356,6 +427,51 @@ func TestCheckCounts(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+}
+
+func TestCheckCountsHolds(t *testing.T) {
+	fate := func(lock, holder string, tok int64, out HoldOutcome, decided int64) HoldFate {
+		return HoldFate{Lock: lock, Holder: holder, Token: tok, Outcome: out, Decided: ms(decided)}
+	}
+	withHolds := func(r Record, fs ...HoldFate) Record { r.Holds = fs; return r }
+	res := Check(seq(
+		held("ca", OpAcquire, mu, a, 5, 0, 10, 2000),
+		jeopardyAnswer("ca", mu, a, 5, 2100, 2101),
+		held("ca", OpGet, mu, a, 5, 4100, 4101, 1990),
+		jeopardyAnswer("ca", ldr, a, 2, 2200, 2201), // never held again: not resumed
+		withHolds(fault(FaultBlip, "", 1500, 4000), fate(mu, a, 5, HoldKept, 4050), fate(ldr, a, 2, HoldKept, 4060)),
+		withHolds(fault(FaultBlipLong, "", 5000, 9000), fate(mu, b, 7, HoldCleared, 9100), fate(ldr, a, 2, HoldKept, 9050)),
+		release("cb", mu, 8, 10000, 10010, 200),
+		withHolds(fault(FaultPartition, "", 9500, 12000), fate(mu, b, 8, HoldChanged, 12100), fate(ldr, a, 2, HoldChanged, 11000)),
+		release("cc", mu, 9, 15100, 15110, 200), // after the change: not the hold's end
+		withHolds(fault(FaultAPIRestart, "", 13000, 15000), fate(mu, c, 9, HoldChanged, 15050), fate(ldr, "", 3, HoldFree, 0)),
+		withHolds(fault(FaultBlip, "", 15500, 15900), fate(mu, "killed-pod", 9, HoldGone, 0), fate(ldr, ThirdParty+"-1", 3, HoldGone, 0)),
+		withHolds(fault(FaultAPIRestart, "", 16000, 18000), fate(mu, c, 10, HoldUndecided, 0), fate(ldr, c, 4, HoldUndecided, 0)),
+	), testCfg)
+	if res.Failed() {
+		t.Fatalf("unexpected violations: %+v", res.Violations)
+	}
+	want := map[HoldKey]HoldCount{
+		{FaultBlip, "mutex"}: {Kept: 1}, {FaultBlip, "leader"}: {Kept: 1},
+		{FaultBlipLong, "mutex"}: {Released: 1}, {FaultBlipLong, "leader"}: {Kept: 1},
+		{FaultPartition, "mutex"}: {Released: 1}, {FaultPartition, "leader"}: {Lost: 1},
+		{FaultAPIRestart, "mutex"}: {Lost: 2}, {FaultAPIRestart, "leader"}: {Lost: 1},
+	}
+	if diff := cmp.Diff(want, res.Holds); diff != "" {
+		t.Errorf("holds (-want +got):\n%s", diff)
+	}
+	if res.Jeopardy != 2 || res.Resumed != 1 {
+		t.Errorf("jeopardy answers %d, resumed %d: want 2 and 1", res.Jeopardy, res.Resumed)
+	}
+	sum := Summary(RunInfo{}, res)
+	for _, line := range []string{
+		"| holds across blip faults, kept / released by their holder / lost: mutex; leader lock | 1 / 0 / 0; 1 / 0 / 0 |",
+		"| holds across apiserver-restart faults, kept / released by their holder / lost: mutex; leader lock | 0 / 0 / 2; 0 / 0 / 1 |",
+	} {
+		if !strings.Contains(sum, line) {
+			t.Errorf("summary lacks %q:\n%s", line, sum)
+		}
 	}
 }
 

@@ -50,6 +50,9 @@ type ClientConfig struct {
 	Seed uint64 `json:"seed"`
 	// RenewDeadline of the agents: ttls are chosen around it.
 	RenewDeadline time.Duration `json:"renewDeadline"`
+	// Grace is the agents' grace period: a loop that rides out a jeopardy (see hold)
+	// waits for the hold to resume at most this long plus renew-deadline.
+	Grace time.Duration `json:"grace"`
 }
 
 // RunClientFromEnv runs the client loop configured by $LEASEHOLD_CHAOS_CLIENT_CONFIG
@@ -135,6 +138,7 @@ type answer struct {
 	Holder         string   `json:"holder"`
 	Token          int64    `json:"token"`
 	ValidForMillis int64    `json:"validForMillis"`
+	State          string   `json:"state"`
 	Error          string   `json:"error"`
 	Reason         string   `json:"reason"`
 	Slots          []answer `json:"slots"`
@@ -183,6 +187,7 @@ func (c *clientLoop) call(ctx context.Context, op Op, method, lock, suffix strin
 			a = a.about(c.slot)
 		}
 		r.Held, r.Holder, r.Token, r.ValidFor, r.Reason = a.Held, a.Holder, a.Token, a.ValidForMillis*int64(time.Millisecond), a.Reason
+		r.State = a.State
 		if a.Error != "" {
 			r.Detail = a.Error
 		}
@@ -350,29 +355,47 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	until := a.Send + a.ValidFor // by this client's clock, the hold may be relied on until then
 	started := a.Recv            // the agent started the ttl before it answered
 	overstay := ttl > 0 && c.rng.Float64() < 0.12
+	// ride: in jeopardy, wait for the hold to resume (as `leasehold run` freezes its
+	// command until "safe"), rather than give it up at once.
+	ride := c.rng.Float64() < 0.8
 	lost := false
+	// check asks whether the hold is still this loop's: it updates until and says
+	// whether the hold goes on.
+	check := func() bool {
+		g := c.get(ctx, m, tok)
+		switch {
+		case g.Status == 200 && g.Held && g.Token == tok:
+			until = g.Send + g.ValidFor
+		case g.Status == 200 && g.State == string(lock.PhaseJeopardy) && g.Token == tok && ride:
+			if g, ok := c.rideOut(ctx, m, tok); ok {
+				until = g.Send + g.ValidFor
+			} else {
+				return false
+			}
+		case g.Status == 200:
+			return false
+		}
+		return true
+	}
+	// Most holds are short (1-3 writes); one in four is long (4-12 writes, about 0.5-3
+	// seconds), so that a fault often finds a client in the middle of its hold.
 	writes := 1 + c.rng.IntN(3)
+	if c.rng.Float64() < 0.25 {
+		writes = 4 + c.rng.IntN(9)
+	}
 	for i := 0; i < writes && !lost && ctx.Err() == nil; i++ {
 		switch p := c.rng.Float64(); {
 		case i == 0 || p < 0.25:
 			// Check it holds: an acquire that waited answers late, and its validFor,
 			// counted from the send time, may be spent already.
-			g := c.call(ctx, OpGet, http.MethodGet, m, "", nil, 5*time.Second)
-			if c.sem {
-				g.Lock = c.slot
-			}
-			g = c.add(g)
-			if g.Status == 200 && g.Held && g.Token == tok {
-				until = g.Send + g.ValidFor
-			} else if g.Status == 200 {
-				lost = true
-			}
+			lost = !check()
 		case p < 0.35:
 			nt := c.pickTTL()
 			q := url.Values{"token": {fmt.Sprint(tok)}}
 			if nt > 0 {
 				q.Set("ttl", nt.String())
 			}
+			c.sent(OpRenew, tok)
 			r := c.call(ctx, OpRenew, http.MethodPost, m, "/renew", q, 5*time.Second)
 			r.ReqToken, r.TTL, r.Lock = tok, int64(nt), c.recordLock(tok)
 			c.add(r)
@@ -397,6 +420,10 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 		if lost || ctx.Err() != nil {
 			break
 		}
+		if Now()+int64(50*time.Millisecond) >= until && ride && !check() {
+			lost = true // asked again, as a client that depends on its hold would
+			break
+		}
 		if Now()+int64(50*time.Millisecond) >= until {
 			break // the hold may end before the write arrives: stop relying on it
 		}
@@ -418,15 +445,60 @@ func (c *clientLoop) hold(ctx context.Context, a Record, ttl time.Duration, conn
 	if conn != nil {
 		// The hold ends when the agent sees the connection close; the client stops
 		// relying on it now.
+		c.sent(OpRelease, tok)
 		r := Record{Op: OpRelease, Lock: c.recordLock(tok), ReqToken: tok, Conn: true, Send: Now(), Agent: *c.agent.Load()}
 		conn.Close()
 		r.Recv = Now()
 		c.add(r)
 		return
 	}
+	c.sent(OpRelease, tok)
 	r := c.call(ctx, OpRelease, http.MethodPost, m, "/release", url.Values{"token": {fmt.Sprint(tok)}}, 5*time.Second)
 	r.ReqToken, r.Lock = tok, c.recordLock(tok)
 	c.add(r)
+}
+
+// sent records that the loop is about to call op (release or renew) with its token
+// tok, before it calls: the client stops relying on its hold (or on its ttl) from here,
+// and a client killed before it records the answer leaves this record behind (without
+// it, the checker would let the hold's promise run on after a release that landed).
+func (c *clientLoop) sent(op Op, tok int64) {
+	now := Now()
+	c.log.Add(Record{Op: op, Lock: c.recordLock(tok), ReqToken: tok, Send: now, Recv: now, Sent: true, Agent: *c.agent.Load()})
+}
+
+// get asks about the loop's lock, whose hold of token own it is checking, and records
+// the answer (on a semaphore, about the loop's slot).
+func (c *clientLoop) get(ctx context.Context, m string, own int64) Record {
+	g := c.call(ctx, OpGet, http.MethodGet, m, "", nil, 5*time.Second)
+	g.Own = own
+	if c.sem {
+		g.Lock = c.slot
+	}
+	return c.add(g)
+}
+
+// rideOut waits while the hold of token tok is in jeopardy, asking every 100-250 ms,
+// and returns the answer that says held again with the same token (true), or the
+// answer that says anything else (false): lost, another holder. It waits at most the
+// grace period plus renew-deadline (the agent ends the jeopardy within the grace).
+func (c *clientLoop) rideOut(ctx context.Context, m string, tok int64) (Record, bool) {
+	deadline := Now() + int64(c.cfg.Grace+c.cfg.RenewDeadline)
+	var g Record
+	for Now() < deadline && ctx.Err() == nil {
+		c.sleep(ctx, c.dur(100*time.Millisecond, 250*time.Millisecond))
+		g = c.get(ctx, m, tok)
+		switch {
+		case g.Status == 0:
+			// No answer (the agent restarting): ask again.
+		case g.Status == 200 && g.Held && g.Token == tok:
+			return g, true
+		case g.Status == 200 && g.State == string(lock.PhaseJeopardy) && g.Token == tok:
+		default:
+			return g, false
+		}
+	}
+	return g, false
 }
 
 // write writes to the fenced store with token tok and records it.

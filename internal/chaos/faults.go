@@ -12,17 +12,34 @@ type Step struct {
 	// Gap is the pause before the fault.
 	Gap  time.Duration
 	Kind FaultKind
-	// Pick chooses a target in [0, 1) when no holder decides.
+	// Pick chooses a target in [0, 1) when no holder decides; for a blip (which has no
+	// target) it places the blip's length between renew-deadline and lease-duration.
 	Pick float64
 	// Leader aims the fault at the leader lock (its holder, its Lease) instead of the
 	// mutex, for the kinds that can aim at either (partition, lease-rewrite).
 	Leader bool
-	// Extra is added to the least length of a stop (lease-duration) or a partition
-	// (renew-deadline).
+	// Extra is added to the least length of a stop (lease-duration), a partition
+	// (renew-deadline) or a blip-long (lease-duration).
 	Extra time.Duration
 	// NewPod: a killed agent comes back as a new Pod (new name and UID, new client
 	// loops) rather than as a restarted container of the same Pod.
 	NewPod bool
+}
+
+// MaxExtra bounds Step.Extra: a step's Extra is in [500ms, MaxExtra].
+const MaxExtra = 3 * time.Second
+
+// BlipLength is how long a fault of kind blip or blip-long cuts every agent off from
+// the API server, with the agents' lease-duration ld and renew-deadline rd: a blip lasts
+// renew-deadline plus 15 to 85 % (Pick) of the way to lease-duration, so that every hold
+// passes its renew-deadline without a write (it goes into jeopardy) and the outage stays
+// shorter than lease-duration; a blip-long lasts lease-duration plus Extra, at most
+// lease-duration + MaxExtra (the agents' grace period must be longer than that).
+func (st Step) BlipLength(ld, rd time.Duration) time.Duration {
+	if st.Kind == FaultBlipLong {
+		return ld + st.Extra
+	}
+	return rd + time.Duration((0.15+0.7*st.Pick)*float64(ld-rd))
 }
 
 // Schedule returns the fault schedule of a seed: each call of the returned function
@@ -65,7 +82,7 @@ func Schedule(seed uint64) func() Step {
 			Kind:   kind,
 			Pick:   rng.Float64(),
 			Leader: rng.IntN(2) == 0,
-			Extra:  500*time.Millisecond + time.Duration(rng.Int64N(int64(2500*time.Millisecond))),
+			Extra:  500*time.Millisecond + time.Duration(rng.Int64N(int64(MaxExtra-500*time.Millisecond))),
 			NewPod: rng.IntN(2) == 0,
 		}
 	}

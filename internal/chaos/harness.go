@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/leasehold/leasehold/internal/contract"
 	"github.com/leasehold/leasehold/internal/testenv"
 )
 
@@ -60,6 +61,11 @@ type Config struct {
 	Semaphore                                 string
 	SemaphoreSize                             int
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// Grace is the agents' grace period (--grace): how long a hold may stay in
+	// jeopardy after renew-deadline while the API server is unavailable, and still
+	// resume with its token. It must be longer than the longest blip-long
+	// (lease-duration + MaxExtra); 0 leaves the agents' default.
+	Grace time.Duration
 	// Logf reports progress (t.Logf).
 	Logf func(format string, args ...any)
 }
@@ -93,7 +99,10 @@ type slot struct {
 	pod, uid   string
 	agent      *proc
 	clients    []*proc
-	http       *http.Client
+	// started is when the slot's agent process was started (wall clock): a Lease it
+	// renewed before then is a previous incarnation's (a restarted container).
+	started time.Time
+	http    *http.Client
 }
 
 func (s *slot) identity() string { return s.pod + "_" + s.uid }
@@ -151,6 +160,10 @@ func New(cfg Config) (*Harness, error) {
 	}
 	if h.store, err = NewStore(h.slog); err != nil {
 		return nil, err
+	}
+	if cfg.Grace != 0 && cfg.Grace <= cfg.LeaseDuration+MaxExtra {
+		return nil, fmt.Errorf("grace %s must be longer than the longest blip-long fault (lease-duration + %s = %s): "+
+			"raise Config.Grace", cfg.Grace, MaxExtra, cfg.LeaseDuration+MaxExtra)
 	}
 	u, err := url.Parse(cfg.Rest.Host)
 	if err != nil {
@@ -270,6 +283,10 @@ func (h *Harness) startAgent(s *slot) error {
 	if c.Semaphore != "" {
 		argv = append(argv, fmt.Sprintf("--semaphores=%s=%d", c.Semaphore, c.SemaphoreSize))
 	}
+	if c.Grace > 0 {
+		argv = append(argv, "--grace="+c.Grace.String())
+	}
+	s.started = time.Now()
 	p, err := h.start(fmt.Sprintf("agent-a%d-r%d", s.i, s.inc), argv, nil)
 	if err != nil {
 		return err
@@ -305,7 +322,7 @@ func (h *Harness) startClients(s *slot) error {
 		cc := ClientConfig{
 			Proc: name, Socket: s.socket, Agent: s.identity(), Mutex: h.cfg.Mutex, Leader: h.cfg.Leader, Semaphore: h.cfg.Semaphore,
 			Store: h.store.URL(), History: filepath.Join(h.hist, name+".jsonl"), Seed: h.cfg.Seed,
-			RenewDeadline: h.cfg.RenewDeadline,
+			RenewDeadline: h.cfg.RenewDeadline, Grace: h.grace(),
 		}
 		b, _ := json.Marshal(cc)
 		p, err := h.start("client-"+name, h.cfg.ClientCommand, []string{ClientEnv + "=1", ClientConfigEnv + "=" + string(b)})
@@ -527,7 +544,29 @@ func (h *Harness) target(ctx context.Context, st Step) *slot {
 	return h.slots[int(st.Pick*float64(len(h.slots)))%len(h.slots)]
 }
 
+// grace is the agents' grace period: Config.Grace, else the agent's default.
+func (h *Harness) grace() time.Duration {
+	if h.cfg.Grace > 0 {
+		return h.cfg.Grace
+	}
+	return contract.DefaultGrace
+}
+
+// fault makes one fault; for one that takes the API server away it also records what
+// became of the holds named when it began (Record.Holds).
 func (h *Harness) fault(ctx context.Context, st Step) Record {
+	var obs *holdObserver
+	if st.Kind.TakesAPIServer() {
+		obs = h.observeHolds(ctx)
+	}
+	r := h.inflict(ctx, st)
+	if obs != nil {
+		r.Holds = obs.finish(h.cfg.RetryPeriod + time.Second)
+	}
+	return r
+}
+
+func (h *Harness) inflict(ctx context.Context, st Step) Record {
 	r := Record{Op: OpFault, Fault: st.Kind, Status: 200}
 	switch st.Kind {
 	case FaultKill:
@@ -581,6 +620,19 @@ func (h *Harness) fault(ctx context.Context, st Step) Record {
 		s.proxy.SetFrozen(false)
 		r.Recv = Now()
 		r.Detail = fmt.Sprintf("cut off from the API server for %s", time.Duration(r.Recv-r.Send).Round(time.Millisecond))
+	case FaultBlip, FaultBlipLong:
+		r.Target = "every agent"
+		d := st.BlipLength(h.cfg.LeaseDuration, h.cfg.RenewDeadline)
+		r.Send = Now()
+		for _, s := range h.slots {
+			s.proxy.SetFrozen(true)
+		}
+		sleepCtx(ctx, d)
+		for _, s := range h.slots {
+			s.proxy.SetFrozen(false)
+		}
+		r.Recv = Now()
+		r.Detail = fmt.Sprintf("every agent cut off from the API server for %s", time.Duration(r.Recv-r.Send).Round(time.Millisecond))
 	case FaultAPIRestart:
 		r.Target = "kube-apiserver"
 		r.Send = Now()

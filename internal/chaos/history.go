@@ -58,6 +58,13 @@ const (
 	// FaultPartition: the agent's proxy to the API server black-holes traffic, sockets
 	// open, for longer than renew-deadline, then forwards again.
 	FaultPartition FaultKind = "partition"
+	// FaultBlip: the whole control plane unreachable for every agent at once (every
+	// agent's proxy black-holes traffic, sockets open) for longer than renew-deadline
+	// but shorter than lease-duration, then every proxy forwards again.
+	FaultBlip FaultKind = "blip"
+	// FaultBlipLong: the same for longer than lease-duration, but within the agents'
+	// grace period.
+	FaultBlipLong FaultKind = "blip-long"
 	// FaultAPIRestart: kube-apiserver stops and starts again on the same port (etcd
 	// stays).
 	FaultAPIRestart FaultKind = "apiserver-restart"
@@ -73,7 +80,61 @@ const (
 )
 
 // FaultKinds lists every kind of fault, in the order reports show them.
-var FaultKinds = []FaultKind{FaultKill, FaultStop, FaultPartition, FaultAPIRestart, FaultRewrite, FaultDelete, FaultStaleRelease}
+var FaultKinds = []FaultKind{FaultKill, FaultStop, FaultPartition, FaultBlip, FaultBlipLong, FaultAPIRestart, FaultRewrite, FaultDelete, FaultStaleRelease}
+
+// TakesAPIServer says whether a fault takes the API server away from agents holding
+// locks (all of them or one): for those the harness records whether the holds named
+// at its start were kept (Record.Holds).
+func (k FaultKind) TakesAPIServer() bool {
+	return k == FaultBlip || k == FaultBlipLong || k == FaultAPIRestart || k == FaultPartition
+}
+
+// HoldOutcome is what became of a hold named by a Lease when a fault began, as the
+// Lease showed it afterwards.
+type HoldOutcome string
+
+// The outcomes the harness records (HoldFate); the checker turns them into kept,
+// released and lost (HoldCount).
+const (
+	// HoldKept: the holder renewed the Lease with the same token after the fault had
+	// begun (a renewal sent after its start landed) before anyone else wrote a new
+	// holder or token into it: the hold rode out the fault.
+	HoldKept HoldOutcome = "kept"
+	// HoldCleared: the Lease was first cleared by its holder (a release, the end of a
+	// ttl or of a connection hold): the hold ended by its holder's own choice.
+	HoldCleared HoldOutcome = "cleared"
+	// HoldChanged: the Lease first named another holder or token (or was deleted).
+	HoldChanged HoldOutcome = "changed"
+	// HoldUndecided: neither within retry-period + 1 s after the fault was healed.
+	HoldUndecided HoldOutcome = "undecided"
+	// HoldFree: the Lease named no holder when the fault began.
+	HoldFree HoldOutcome = "free"
+	// HoldGone: the Lease named a holder that was not running when the fault began (a
+	// Pod killed by an earlier fault, a third party's rewrite, or a restarted
+	// container's previous incarnation, which renewed it last): no hold to keep.
+	HoldGone HoldOutcome = "gone"
+)
+
+// HoldFate is what became of the hold of one lock across a fault that took the API
+// server away: the Lease's holder and token (leaseTransitions) read with the admin
+// client just before the fault, then followed (read every 20 ms) until a version of the
+// Lease decided the outcome or retry-period + 1 s passed after the fault was healed.
+// Two writes within one read interval show as the second: a renewal then a release
+// then another holder within 20 ms would read as changed (the checker looks for the
+// holder's own release then, see Check).
+type HoldFate struct {
+	Lock    string      `json:"lock"`
+	Holder  string      `json:"holder,omitempty"`
+	Token   int64       `json:"token,omitempty"`
+	Outcome HoldOutcome `json:"outcome"`
+	// AfterHolder and AfterToken are the Lease's holder and token in the version that
+	// decided the outcome (or the last one read).
+	AfterHolder string `json:"afterHolder,omitempty"`
+	AfterToken  int64  `json:"afterToken,omitempty"`
+	// Decided is when the deciding version was read (the history's clock); 0 when
+	// undecided.
+	Decided int64 `json:"decided,omitempty"`
+}
 
 // Record is one line of a history: a request and its answer, a fault, a store decision.
 // Times are nanoseconds on CLOCK_MONOTONIC (Now), shared by every process of the run.
@@ -101,9 +162,20 @@ type Record struct {
 	Holder   string `json:"holder,omitempty"`
 	Token    int64  `json:"token,omitempty"`
 	ValidFor int64  `json:"validFor,omitempty"` // nanoseconds
+	// State is the answer's state field: held, not-held, or jeopardy (this agent's
+	// hold is past renew-deadline because the API server was unavailable, and may
+	// resume with the same token).
+	State string `json:"state,omitempty"`
 
 	// ReqToken is the token the request named (release, renew, writes).
 	ReqToken int64 `json:"reqToken,omitempty"`
+	// Sent marks a release or renew recorded as the client was about to send it (Send
+	// only, no answer): the answer's record follows unless the client was killed first.
+	Sent bool `json:"sent,omitempty"`
+	// Own is, for a client's GET of the mutex or semaphore it holds, the token of its
+	// own hold: an answer that shows another token (another client of the same agent
+	// holds the lock by now) promises this client nothing.
+	Own int64 `json:"own,omitempty"`
 	// Conn: an acquire with ?hold=connection, or the release that closed its connection.
 	Conn bool `json:"conn,omitempty"`
 	// Wait and TTL of an acquire or renew, nanoseconds.
@@ -129,6 +201,10 @@ type Record struct {
 	// Displaced is the holder a lease-rewrite replaced, DisplacedToken its token.
 	Displaced      string `json:"displaced,omitempty"`
 	DisplacedToken int64  `json:"displacedToken,omitempty"`
+
+	// Holds: for a fault that took the API server away (TakesAPIServer), what became
+	// of the holds of the mutex and the leader lock named when it began.
+	Holds []HoldFate `json:"holds,omitempty"`
 
 	// Expected: an exit the harness caused.
 	Expected bool   `json:"expected,omitempty"`

@@ -56,8 +56,23 @@ func Summary(info RunInfo, res *Result) string {
 	fmt.Fprintf(&b, "| stale writes rejected by the fence | %d |\n", res.StaleRejected)
 	fmt.Fprintf(&b, "| writes made after the writer's hold ended by its own clock (of them rejected) | %d (%d) |\n", res.LateWrites, res.LateRejected)
 	fmt.Fprintf(&b, "| release/renew calls with a stale token | %d |\n", res.StaleCalls)
+	for _, k := range FaultKinds {
+		if !k.TakesAPIServer() {
+			continue
+		}
+		m, l := res.Holds[HoldKey{k, "mutex"}], res.Holds[HoldKey{k, "leader"}]
+		fmt.Fprintf(&b, "| holds across %s faults, kept / released by their holder / lost: mutex; leader lock | %d / %d / %d; %d / %d / %d |\n",
+			k, m.Kept, m.Released, m.Lost, l.Kept, l.Released, l.Lost)
+	}
+	fmt.Fprintf(&b, "| answers \"in jeopardy\" to a client's check of its hold; holds resumed with the same token after one | %d; %d |\n", res.Jeopardy, res.Resumed)
 	fmt.Fprintf(&b, "| crashes (unexpected exits, panics) | %d |\n", res.Crashes)
 	fmt.Fprintf(&b, "| history records checked | %d |\n", res.Records)
+	b.WriteString("\nHolds across a fault that took the API server away (every agent's for a blip, a blip-long or a kube-apiserver restart; one agent's for a partition): " +
+		"the mutex's and the leader lock's holds named by their Leases when it began (holds of a running agent; a Pod killed by an earlier fault keeps nothing), followed until at most retry-period + 1 s after it was healed. " +
+		"Kept: the holder renewed with the same token after the fault began, before anyone else wrote the Lease. " +
+		"Released: its holder ended it (a client's release; the mutex's holds are short). " +
+		"Lost: the Lease changed hands without a release, or was not renewed in time; no violation by itself " +
+		"(a Pod cut off alone for longer than lease-duration is rightly replaced), the checks above say whether anything was promised twice.\n")
 	if res.Failed() {
 		b.WriteString("\nViolations:\n\n")
 		for i, v := range res.Violations {
