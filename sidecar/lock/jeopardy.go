@@ -177,10 +177,19 @@ func (l *Lock) endOutageLocked(now time.Time) {
 // reread reads the Lease from the API server before an expired hold is taken over
 // (called with writeMu held, mu not held). It returns true when the record is still
 // the one that was judged expired. A read that fails is an outage (ErrUnavailable).
+//
+// A read that was slow (slowRead or more) is an outage too, though it was answered: it
+// waited for an API server that was away (a blip of the whole control plane, which the
+// silent watch did not show), and the holder's renewals may be waiting behind it in the
+// same way. The answer is not proof that the holder is dead: its expiry restarts from
+// the answer, and a live holder's renewal lands meanwhile (found by the chaos suite: a
+// waiter's read sent into a blip, answered right after it, took a live leader's lock
+// before the leader's own renewal landed).
 func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
+	sent := l.cfg.Clock.Now()
 	list, err := l.cfg.Client.List(rctx, metav1.ListOptions{FieldSelector: sel})
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -194,11 +203,22 @@ func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, 
 	if len(list.Items) > 0 {
 		item = &list.Items[0]
 	}
+	now := l.cfg.Clock.Now()
 	l.observeAbsentOrLocked(item, list.ResourceVersion)
-	l.endOutageLocked(l.cfg.Clock.Now())
+	l.endOutageLocked(now)
 	same := l.lease != nil && l.lease.ResourceVersion == judged.ResourceVersion
+	if same && now.Sub(sent) >= l.slowRead() {
+		l.observedAt = now
+		same = false
+		l.cfg.Log.V(1).Info("Waiting a lease-duration more: the read before a takeover was slow", "lock", l.cfg.Name,
+			"took", now.Sub(sent).String(), "holder", holderOf(l.lease))
+	}
 	if !same {
 		l.broadcastLocked()
 	}
 	return same, nil
 }
+
+// slowRead is how long a read may take and still show the API server available: half
+// of retry-period (1 s by default), many times what a read of one Lease takes.
+func (l *Lock) slowRead() time.Duration { return l.cfg.RetryPeriod / 2 }

@@ -385,3 +385,55 @@ func TestWaiterThatSharedTheOutageLetsALiveHolderRenew(t *testing.T) {
 		t.Fatalf("holder %q, want other_pod", s.Holder)
 	}
 }
+
+// A waiter whose read before a takeover was slow (it waited for an API server that was
+// away: a blip the silent watch did not show) does not take over on its answer: the
+// holder's renewals were held up the same way. The holder's expiry restarts from the
+// answer. Found by the chaos suite (seed 1540733055375751695): the read answered right
+// after the blip, and the waiter took a live leader's lock 32 ms later.
+func TestSlowReadBeforeATakeoverRestartsTheHoldersExpiry(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := heldByOther()
+	l, _ := startGraceLock(t, c, clk)
+	got := make(chan State, 1)
+	go func() {
+		_, s, err := l.Acquire(context.Background(), AcquireOptions{Wait: 10 * time.Minute})
+		if err != nil {
+			t.Errorf("acquire: %v", err)
+		}
+		got <- s
+	}()
+	eventually(t, "the waiter waits", clk.HasWaiters)
+	c.mu.Lock()
+	writes := c.updates // its entry in the queue
+	c.beforeList = func() {
+		c.mu.Lock()
+		c.beforeList = nil // once
+		c.mu.Unlock()
+		clk.Step(3 * time.Second) // the read waits 3 s for the API server
+	}
+	c.mu.Unlock()
+	clk.Step(15 * time.Second) // the holder expired by the waiter's clock: it reads before taking over
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case s := <-got:
+		t.Fatalf("took the lock over on the answer of a read that waited 3 s: %+v", s)
+	default:
+	}
+	c.mu.Lock()
+	after := c.updates
+	c.mu.Unlock()
+	if after != writes {
+		t.Fatalf("%d writes after a slow read", after-writes)
+	}
+	// A dead holder is replaced lease-duration after the answer.
+	stepUntil(clk, 500*time.Millisecond, 16*time.Second, func() bool { return len(got) > 0 })
+	select {
+	case s := <-got:
+		if !s.Held || s.Token != 5 {
+			t.Fatalf("want acquired with token 5, got %+v", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a dead holder was never replaced after the slow read")
+	}
+}

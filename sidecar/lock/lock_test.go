@@ -48,9 +48,18 @@ type memClient struct {
 	// listFail and watchFail, when set, answer every List and Watch (an API server
 	// that is unavailable to reads too).
 	listFail, watchFail error
+	// beforeList, when set, runs before a List is answered (without the client's lock):
+	// a read that waits.
+	beforeList func()
 }
 
 func (m *memClient) List(ctx context.Context, _ metav1.ListOptions) (*coordinationv1.LeaseList, error) {
+	m.mu.Lock()
+	before := m.beforeList
+	m.mu.Unlock()
+	if before != nil {
+		before()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	_, ok := ctx.Deadline()
