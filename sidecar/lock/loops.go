@@ -103,9 +103,17 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		acquired = next.Spec.AcquireTime.Time
 	}
 	next.Spec = l.spec(acquired, send, int32(l.token))
+	inJeopardy := l.phaseLocked(send) == PhaseJeopardy
 	l.mu.Unlock()
 
-	wctx, cancel := context.WithTimeout(ctx, min(left, l.writeTimeout()))
+	timeout := min(left, l.writeTimeout())
+	if inJeopardy {
+		// In jeopardy the renewal is sent every retry-period, not every write timeout
+		// plus retry-period: when the API server is back, one is there within
+		// retry-period.
+		timeout = min(timeout, l.cfg.RetryPeriod)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// A renewal still in flight at renew-deadline must not hold the jeopardy back: the
 	// state says jeopardy from that moment (phaseLocked), and so do the events.
