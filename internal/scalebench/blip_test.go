@@ -35,6 +35,9 @@ type blipResult struct {
 	// holderChanged counts leader Leases whose holder or token changed; lost, jeopardy
 	// and safe count the agents' "Lost lock", "Lock in jeopardy", "Lock safe again".
 	holderChanged, lost, jeopardy, safe int
+	// safeAll is from SIGCONT until the last hold in jeopardy was safe again (the
+	// agents' log).
+	safeAll time.Duration
 }
 
 // blipObserve is how long after SIGCONT the renewals are waited for.
@@ -115,11 +118,12 @@ func runBlip(b *testing.B, c *cluster, f *fleet, ns string, length time.Duration
 		for _, x := range l.safe {
 			if x.TS.After(stopped) {
 				r.safe++
+				r.safeAll = max(r.safeAll, x.TS.Sub(resumed))
 			}
 		}
 	}
-	logf(b, "kube-apiserver frozen %s under %d Pods: %d held leader Leases; every one renewed again %s after SIGCONT (%d not within %s); holders or tokens changed %d; agents' log: lost %d, in jeopardy %d, safe again %d",
-		length, r.pods, len(snap), fmtD(r.renewedAll), r.notRenewed, blipObserve, r.holderChanged, r.lost, r.jeopardy, r.safe)
+	logf(b, "kube-apiserver frozen %s under %d Pods: %d held leader Leases; every one renewed again %s after SIGCONT (%d not within %s); holders or tokens changed %d; agents' log: lost %d, in jeopardy %d, safe again %d (the last %s after SIGCONT)",
+		length, r.pods, len(snap), fmtD(r.renewedAll), r.notRenewed, blipObserve, r.holderChanged, r.lost, r.jeopardy, r.safe, fmtD(r.safeAll))
 	return r
 }
 

@@ -139,9 +139,9 @@ func (r *report) write(b *testing.B) {
 	}
 	if len(r.blips) > 0 {
 		p("\n**kube-apiserver frozen under %d Pods** (SIGSTOP, then SIGCONT: every agent cut off at once, connections open; the agents' defaults 15s/10s/2s, grace 30s):\n\n", r.blips[0].pods)
-		p("| frozen for | every held leader Lease renewed again, from SIGCONT | holders or tokens changed | agents' log: lost, in jeopardy, safe again |\n|---|---|---|---|\n")
+		p("| frozen for | every held leader Lease renewed again, from SIGCONT | holders or tokens changed | agents' log: lost, in jeopardy, safe again | the last safe again, from SIGCONT |\n|---|---|---|---|---|\n")
 		for _, bl := range r.blips {
-			p("| %s | %s (%d not within %s) | %d | %d, %d, %d |\n", bl.length, fmtD(bl.renewedAll), bl.notRenewed, blipObserve, bl.holderChanged, bl.lost, bl.jeopardy, bl.safe)
+			p("| %s | %s (%d not within %s) | %d | %d, %d, %d | %s |\n", bl.length, fmtD(bl.renewedAll), bl.notRenewed, blipObserve, bl.holderChanged, bl.lost, bl.jeopardy, bl.safe, fmtD(bl.safeAll))
 		}
 	}
 	p("\nRaw output:\n\n```\n%s\n```\n%s", strings.Join(rawLines, "\n"), reportEnd)
