@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,7 +14,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/internal/testenv"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -111,20 +109,7 @@ func TestKilledHolderLosesLockAfterLeaseDuration(t *testing.T) {
 // renew-deadline of its last successful write, before anyone else can acquire.
 func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 	ctx := context.Background()
-	u, err := url.Parse(restCfg.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := testenv.NewProxy(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
-	kc := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := writeKubeconfig(kc, "https://"+p.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	a := startAgent(t, "pod-f1", "--locks=frozen", "--kubeconfig="+kc)
+	a, p := cutOffAgent(t, "pod-f1", "--locks=frozen")
 	b := startAgent(t, "pod-f2", "--locks=frozen")
 	if _, err := a.c.Acquire(ctx, "frozen", 0, 0); err != nil {
 		t.Fatal(err)

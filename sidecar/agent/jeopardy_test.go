@@ -20,7 +20,7 @@ import (
 
 // cutOffAgent starts an agent whose only way to the API server is a proxy the test can
 // freeze (a black hole with the sockets open, as a partitioned control plane looks).
-func cutOffAgent(t *testing.T, pod string, args ...string) (*agentProc, *testenv.Proxy) {
+func cutOffAgent(t testing.TB, pod string, args ...string) (*agentProc, *testenv.Proxy) {
 	t.Helper()
 	u, err := url.Parse(restCfg.Host)
 	if err != nil {

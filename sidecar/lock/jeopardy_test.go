@@ -57,6 +57,18 @@ func enterJeopardy(t *testing.T, c *memClient, clk *clocktesting.FakeClock, l *L
 	eventually(t, "jeopardy at renew-deadline", phaseIs(l, PhaseJeopardy))
 }
 
+// holdInJeopardy starts a lock with a grace period, takes it (token 1) and puts the
+// hold in jeopardy (every write answered 503).
+func holdInJeopardy(t *testing.T) (*clocktesting.FakeClock, *memClient, *Lock, *[]Event, *Hold) {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	c := &memClient{}
+	l, events := startGraceLock(t, c, clk)
+	h := acquireHeld(t, l, 1)
+	enterJeopardy(t, c, clk, l, apierrors.NewServiceUnavailable("down"))
+	return clk, c, l, events, h
+}
+
 func TestUnavailableAtRenewDeadlineIsJeopardyAndARenewalResumesWithTheSameToken(t *testing.T) {
 	refused := &url.Error{Op: "Put", URL: "https://127.0.0.1:6443/apis", Err: errors.New("connect: connection refused")}
 	for name, cause := range map[string]error{
@@ -128,11 +140,7 @@ func TestRefusalBeforeRenewDeadlineLosesTheHold(t *testing.T) {
 
 // A 403 while in jeopardy ends the hold at once.
 func TestRefusalInJeopardyLosesTheHoldAtOnce(t *testing.T) {
-	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := &memClient{}
-	l, _ := startGraceLock(t, c, clk)
-	h := acquireHeld(t, l, 1)
-	enterJeopardy(t, c, clk, l, apierrors.NewServiceUnavailable("down"))
+	clk, c, _, _, h := holdInJeopardy(t)
 	setFail(c, apierrors.NewForbidden(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "db", errors.New("RBAC")))
 	clk.Step(2 * time.Second)
 	eventually(t, "the hold lost on the 403", func() bool { return ended(h) })
@@ -140,11 +148,7 @@ func TestRefusalInJeopardyLosesTheHoldAtOnce(t *testing.T) {
 
 // Jeopardy lasts at most the grace period.
 func TestJeopardyEndsAfterTheGracePeriod(t *testing.T) {
-	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := &memClient{}
-	l, events := startGraceLock(t, c, clk)
-	h := acquireHeld(t, l, 1)
-	enterJeopardy(t, c, clk, l, apierrors.NewServiceUnavailable("down"))
+	clk, _, l, events, h := holdInJeopardy(t)
 	for i := 0; i < 14; i++ { // 28 s of failing renewals, every retry-period
 		clk.Step(2 * time.Second)
 		time.Sleep(2 * time.Millisecond)
@@ -170,11 +174,7 @@ func TestJeopardyEndsAfterTheGracePeriod(t *testing.T) {
 // A renewal in jeopardy that finds the Lease written by someone else (conflict, then
 // another holder) ends the hold at once: never safe.
 func TestConflictInJeopardyLosesTheHold(t *testing.T) {
-	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := &memClient{}
-	l, events := startGraceLock(t, c, clk)
-	h := acquireHeld(t, l, 1)
-	enterJeopardy(t, c, clk, l, apierrors.NewServiceUnavailable("down"))
+	clk, c, l, events, h := holdInJeopardy(t)
 	c.mu.Lock()
 	c.w.Stop() // the agent's watch is gone: it does not see the next write
 	c.mu.Unlock()
@@ -191,11 +191,7 @@ func TestConflictInJeopardyLosesTheHold(t *testing.T) {
 // the next renewal's conflict shows the Lease as this agent wrote it, and the agent goes
 // on from it.
 func TestRenewalThatLandedUnseenIsAdoptedInJeopardy(t *testing.T) {
-	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := &memClient{}
-	l, events := startGraceLock(t, c, clk)
-	h := acquireHeld(t, l, 1)
-	enterJeopardy(t, c, clk, l, apierrors.NewServiceUnavailable("down"))
+	clk, c, l, events, h := holdInJeopardy(t)
 	c.mu.Lock()
 	c.w.Stop() // the watch is gone, so the landed write is not seen
 	c.fail = nil
