@@ -33,12 +33,14 @@ build: ## Build the binaries into bin/ (VERSION=... overrides git describe).
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
 	@command -v python3 >/dev/null || { echo "installing python3 from Debian (go test ./docs/ runs docs/snippets/leasehold.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 >/dev/null; }
+	hack/reap-envtest.sh
 	go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: race
 race: envtest ## Run the Go tests with the race detector, the agent processes they start too (not in `make test`).
 	@command -v gcc >/dev/null || { echo "installing gcc from Debian (the race detector needs cgo)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null; }
+	hack/reap-envtest.sh
 	CGO_ENABLED=1 go test -race $(GO_TEST_FLAGS) ./...
 
 # `make chaos` runs the seeded fault-injection suite (internal/chaos) for CHAOS_DURATION
@@ -50,6 +52,7 @@ CHAOS_TIMEOUT ?= 3h
 
 .PHONY: chaos
 chaos: envtest ## Long seeded fault-injection run of the lock agents (CHAOS_DURATION=30m, CHAOS_SEED=N replays); writes RELIABILITY.md.
+	hack/reap-envtest.sh
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_SEED=$(CHAOS_SEED) LEASEHOLD_RELIABILITY_OUT=$(CURDIR)/RELIABILITY.md \
 	  CHAOS_COMMAND="make chaos CHAOS_DURATION=$(CHAOS_DURATION)$(if $(CHAOS_SEED), CHAOS_SEED=$(CHAOS_SEED))" \
 	  go test -count=1 -run '^TestChaos$$' -v -timeout $(CHAOS_TIMEOUT) ./internal/chaos/
