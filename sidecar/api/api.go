@@ -437,9 +437,16 @@ func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name st
 	if hold != nil {
 		done = hold.Done()
 	}
-	// The hold may have gone into jeopardy between the acquisition and the subscription.
-	if now, err := h.Engine.State(name); err == nil && now.Phase == lock.PhaseJeopardy && now.Token == s.Token {
-		line(map[string]any{"event": string(lock.EventJeopardy), "lock": name, "token": s.Token})
+	// Between the acquisition and the subscription the hold may have gone into
+	// jeopardy, or a leader's term ended (its hold has no done channel to tell).
+	if now, err := h.Engine.State(name); err == nil {
+		switch {
+		case hold == nil && (now.Phase == lock.PhaseNotHeld || now.Token != s.Token):
+			line(map[string]any{"event": "ended", "lock": name, "reason": "this Pod no longer leads"})
+			return
+		case now.Phase == lock.PhaseJeopardy && now.Token == s.Token:
+			line(map[string]any{"event": string(lock.EventJeopardy), "lock": name, "token": s.Token})
+		}
 	}
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()

@@ -290,10 +290,10 @@ func stepUntil(clk *clocktesting.FakeClock, d, limit time.Duration, cond func() 
 	return stepped
 }
 
-// A waiter that lost the API server together with the holder does not take the lock
-// over when the server is back: the holder's expiry restarts when the waiter's watch is
-// back, and a holder that does not renew is replaced lease-duration after that.
-func TestWaiterThatSharedTheOutageRestartsTheHoldersExpiry(t *testing.T) {
+// waiterOnAnotherPodsHold starts a lock (with a grace period) on a Lease another Pod
+// holds, and one client waiting for it; got receives the State it acquires.
+func waiterOnAnotherPodsHold(t *testing.T) (*clocktesting.FakeClock, *memClient, *Lock, <-chan State) {
+	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
 	c := heldByOther()
 	l, _ := startGraceLock(t, c, clk)
@@ -306,6 +306,14 @@ func TestWaiterThatSharedTheOutageRestartsTheHoldersExpiry(t *testing.T) {
 		got <- s
 	}()
 	eventually(t, "the waiter waits", clk.HasWaiters)
+	return clk, c, l, got
+}
+
+// A waiter that lost the API server together with the holder does not take the lock
+// over when the server is back: the holder's expiry restarts when the waiter's watch is
+// back, and a holder that does not renew is replaced lease-duration after that.
+func TestWaiterThatSharedTheOutageRestartsTheHoldersExpiry(t *testing.T) {
+	clk, c, l, got := waiterOnAnotherPodsHold(t)
 	clk.Step(5 * time.Second)
 	outage(c, true)
 	// The holder's lease-duration runs out during the outage; nothing is written.
@@ -388,18 +396,7 @@ func TestWaiterThatSharedTheOutageLetsALiveHolderRenew(t *testing.T) {
 // answer. Found by the chaos suite (seed 1540733055375751695): the read answered right
 // after the blip, and the waiter took a live leader's lock 32 ms later.
 func TestSlowReadBeforeATakeoverRestartsTheHoldersExpiry(t *testing.T) {
-	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	c := heldByOther()
-	l, _ := startGraceLock(t, c, clk)
-	got := make(chan State, 1)
-	go func() {
-		_, s, err := l.Acquire(context.Background(), AcquireOptions{Wait: 10 * time.Minute})
-		if err != nil {
-			t.Errorf("acquire: %v", err)
-		}
-		got <- s
-	}()
-	eventually(t, "the waiter waits", clk.HasWaiters)
+	clk, c, _, got := waiterOnAnotherPodsHold(t)
 	c.mu.Lock()
 	writes := c.updates // its entry in the queue
 	c.beforeList = func() {

@@ -104,6 +104,7 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	}
 	next.Spec = l.spec(acquired, send, int32(l.token))
 	inJeopardy := l.phaseLocked(send) == PhaseJeopardy
+	toDeadline := l.lastWrite.Add(l.cfg.RenewDeadline).Sub(send)
 	l.mu.Unlock()
 
 	timeout := min(left, l.writeTimeout())
@@ -117,17 +118,16 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	defer cancel()
 	// A renewal still in flight at renew-deadline must not hold the jeopardy back: the
 	// state says jeopardy from that moment (phaseLocked), and so do the events.
-	l.mu.Lock()
-	atDeadline := l.lastWrite.Add(l.cfg.RenewDeadline).Sub(send)
-	l.mu.Unlock()
-	deadlineTimer := l.cfg.Clock.AfterFunc(atDeadline, func() {
-		go func() { // not under the clock's lock (a fake clock runs callbacks under it)
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.stepDeadlineLocked(l.cfg.Clock.Now())
-		}()
-	})
-	defer deadlineTimer.Stop()
+	if toDeadline > 0 {
+		deadlineTimer := l.cfg.Clock.AfterFunc(toDeadline, func() {
+			go func() { // not under the clock's lock (a fake clock runs callbacks under it)
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				l.stepDeadlineLocked(l.cfg.Clock.Now())
+			}()
+		})
+		defer deadlineTimer.Stop()
+	}
 	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	// unread: a conflict whose current record could not be read. It may be this
 	// agent's own renewal that landed unseen (a timeout), so it is no proof that the
