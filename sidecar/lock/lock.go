@@ -467,10 +467,7 @@ func (l *Lock) State() State {
 func (l *Lock) stateLocked(now time.Time) State {
 	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.phaseLocked(now)}
 	if l.lease != nil {
-		s.Holder = holderOf(l.lease)
-		if l.lease.Spec.LeaseTransitions != nil {
-			s.Token = int64(*l.lease.Spec.LeaseTransitions)
-		}
+		s.Holder, s.Token = holderOf(l.lease), tokenOf(l.lease)
 	}
 	if left := l.validForLocked(now); left > 0 {
 		s.Held = true
@@ -675,17 +672,15 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 // no admission policy refused it) blocks the lock at most that long. A capped record
 // is logged once.
 func (l *Lock) leaseDurationLocked() time.Duration {
-	if l.lease == nil || l.lease.Spec.LeaseDurationSeconds == nil {
-		return 0
-	}
-	d := time.Duration(*l.lease.Spec.LeaseDurationSeconds) * time.Second
+	secs := RecordOf(l.lease).DurationSeconds
+	d := time.Duration(secs) * time.Second
 	if d <= contract.MaxLeaseDuration {
 		return d
 	}
 	if l.cappedRV != l.lease.ResourceVersion {
 		l.cappedRV = l.lease.ResourceVersion
 		l.cfg.Log.Info("Capped the lease duration of a Lease at the longest lease-duration", "lock", l.cfg.Name,
-			"holder", holderOf(l.lease), "leaseDurationSeconds", *l.lease.Spec.LeaseDurationSeconds,
+			"holder", holderOf(l.lease), "leaseDurationSeconds", secs,
 			"maxLeaseDuration", contract.MaxLeaseDuration.String())
 	}
 	return contract.MaxLeaseDuration
@@ -802,7 +797,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		l.mu.Unlock()
 		return changed, left, &HeldError{Holder: l.gone.holder, ValidFor: left}
 	}
-	if cur != nil && cur.Spec.LeaseTransitions != nil && *cur.Spec.LeaseTransitions == math.MaxInt32 {
+	if cur != nil && RecordOf(cur).Transitions == math.MaxInt32 {
 		err := fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can hold, so no "+
 			"acquisition can get a greater fencing token: delete the Lease (kubectl -n %s delete lease %s) "+
 			"and reset the highest token your fenced stores remember for it, since tokens restart at 1",
@@ -830,16 +825,10 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 	if cur == nil {
 		out, err = l.cfg.Client.Create(wctx, l.newLease(send), metav1.CreateOptions{})
 	} else {
-		next := cur.DeepCopy()
-		l.stamp(next)
+		next := withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(send, send, RecordOf(cur).Transitions+1))
 		if fair {
 			setQueue(next, rest)
 		}
-		transitions := int32(1)
-		if cur.Spec.LeaseTransitions != nil {
-			transitions = *cur.Spec.LeaseTransitions + 1
-		}
-		next.Spec = l.spec(send, send, transitions)
 		out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	}
 	l.mu.Lock()
@@ -869,7 +858,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
 	l.held = true
-	l.token = int64(*out.Spec.LeaseTransitions)
+	l.token = tokenOf(out)
 	l.lastWrite = send
 	l.unanswered = nil
 	l.heldSince = send
@@ -887,26 +876,6 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 	l.emitEventLocked(ev)
 	l.cfg.Log.V(1).Info("Acquired lock", "lock", l.cfg.Name, "token", l.token)
 	return changed, 0, nil
-}
-
-// handover says when the record prev, which this agent replaced, let the lock go (its
-// holder's release, or its expiry) and how long before now that was (never negative:
-// the two wall clocks may differ). It is ("", 0) when prev tells nothing.
-func handover(prev *coordinationv1.Lease, self string, now time.Time) (string, time.Duration) {
-	if prev == nil || prev.Spec.RenewTime == nil {
-		return "", 0
-	}
-	from, free := "released", prev.Spec.RenewTime.Time
-	switch h := holderOf(prev); {
-	case h == self:
-		return "", 0
-	case h != "":
-		if prev.Spec.LeaseDurationSeconds == nil {
-			return "", 0
-		}
-		from, free = "expired", free.Add(time.Duration(*prev.Spec.LeaseDurationSeconds)*time.Second)
-	}
-	return from, max(0, now.Sub(free))
 }
 
 // cachedIsLocked is true when the cached record is the one written as out: the same
@@ -928,42 +897,24 @@ func (l *Lock) writeFailedLocked(what string, err error) error {
 	}
 }
 
-func (l *Lock) stamp(lease *coordinationv1.Lease) {
-	// A lock's Lease is owned by nothing and kept by nothing: an owner's deletion would
-	// have the garbage collector delete it (restarting its tokens) and a finalizer would
-	// keep it after a delete. The admission policy lets a write remove them, never add.
-	lease.OwnerReferences, lease.Finalizers = nil, nil
-	if lease.Labels == nil {
-		lease.Labels = map[string]string{}
-	}
-	lease.Labels[LabelManagedBy] = ManagedBy
-	if lease.Annotations == nil {
-		lease.Annotations = map[string]string{}
-	}
-	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
-	lease.Annotations[AnnotationRenewDeadline] = l.cfg.RenewDeadline.String()
-	lease.Annotations[AnnotationGrace] = l.cfg.Grace.String()
-	if l.cfg.Semaphore != "" {
-		lease.Annotations[AnnotationSemaphore] = l.cfg.Semaphore
-	}
+// meta is what this agent records on the Leases it writes besides the record.
+func (l *Lock) meta() leaseMeta {
+	return leaseMeta{mode: l.cfg.Mode, semaphore: l.cfg.Semaphore, renewDeadline: l.cfg.RenewDeadline, grace: l.cfg.Grace}
 }
 
 // newLease is the record that creates the Lease. Its token goes on from the last one
 // this agent saw on a deleted Lease of the same name (1 when it saw none).
 func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: l.cfg.Name, Namespace: l.cfg.Namespace}}
-	l.stamp(lease)
 	l.mu.Lock()
 	next := l.gone.transitions + 1
 	l.mu.Unlock()
-	lease.Spec = l.spec(now, now, next)
-	return lease
+	return withRecord(nil, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(now, now, next))
 }
 
-// spec is this agent's record in client-go's LeaseLock shape.
-func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordinationv1.LeaseSpec {
+// record is this agent's record in client-go's LeaseLock shape.
+func (l *Lock) record(acquired, renewed time.Time, transitions int32) Record {
 	return Record{Holder: l.cfg.Identity, DurationSeconds: l.durSeconds, Acquired: acquired, Renewed: renewed,
-		Transitions: transitions}.Spec()
+		Transitions: transitions}
 }
 
 // maxUnanswered bounds the send times kept of writes with an unknown outcome.
@@ -995,8 +946,6 @@ func (l *Lock) wroteLocked(lease *coordinationv1.Lease) bool {
 	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.lastWrite.IsZero()
 }
 
-func holderOf(lease *coordinationv1.Lease) string { return RecordOf(lease).Holder }
-
 func parseRV(rv string) uint64 {
 	n, _ := strconv.ParseUint(rv, 10, 64)
 	return n
@@ -1027,35 +976,10 @@ func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 	case !l.held:
 	case holderOf(lease) != l.cfg.Identity:
 		l.loseLocked(LossTakenOver, "the Lease was taken over: holder is now "+fmt.Sprintf("%q", holderOf(lease)))
-	case lease.Spec.LeaseTransitions == nil || int64(*lease.Spec.LeaseTransitions) != l.token:
+	case tokenOf(lease) != l.token:
 		l.loseLocked(LossRewritten, "the Lease was rewritten by someone else: its leaseTransitions no longer matches token "+
 			strconv.FormatInt(l.token, 10))
 	}
-}
-
-func sameRecord(a, b *coordinationv1.Lease) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	s, t := a.Spec, b.Spec
-	return holderOf(a) == holderOf(b) &&
-		eqInt32(s.LeaseDurationSeconds, t.LeaseDurationSeconds) &&
-		eqInt32(s.LeaseTransitions, t.LeaseTransitions) &&
-		eqTime(s.AcquireTime, t.AcquireTime) && eqTime(s.RenewTime, t.RenewTime)
-}
-
-func eqInt32(a, b *int32) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
-}
-
-func eqTime(a, b *metav1.MicroTime) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(b)
 }
 
 // loseLocked ends the hold that is no longer safe; cause is one of LossCauses.
@@ -1187,7 +1111,7 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 		// the record still names this hold: clear it on the current copy.
 		l.mu.Lock()
 		cur = l.lease
-		ours := cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		ours := names(cur, l.cfg.Identity, l.token)
 		l.mu.Unlock()
 		if ours {
 			now = l.cfg.Clock.Now()

@@ -83,7 +83,7 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		l.mu.Unlock()
 		return
 	}
-	if holderOf(l.lease) != l.cfg.Identity || l.lease.Spec.LeaseTransitions == nil || int64(*l.lease.Spec.LeaseTransitions) != l.token {
+	if !names(l.lease, l.cfg.Identity, l.token) {
 		l.loseLocked(LossRewritten, "the Lease no longer holds this agent's record")
 		l.mu.Unlock()
 		return
@@ -96,13 +96,11 @@ func (l *Lock) renewOnce(ctx context.Context) {
 	}
 	// The answer counts until renew-deadline, or in jeopardy until the grace ends.
 	left := l.writeEndLocked().Sub(send)
-	next := l.lease.DeepCopy()
-	l.stamp(next)
-	acquired := send
-	if next.Spec.AcquireTime != nil {
-		acquired = next.Spec.AcquireTime.Time
+	acquired := RecordOf(l.lease).Acquired
+	if acquired.IsZero() {
+		acquired = send
 	}
-	next.Spec = l.spec(acquired, send, int32(l.token))
+	next := withRecord(l.lease, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.token)))
 	inJeopardy := l.phaseLocked(send) == PhaseJeopardy
 	toDeadline := l.lastWrite.Add(l.cfg.RenewDeadline).Sub(send)
 	l.mu.Unlock()
@@ -140,11 +138,9 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		// Anything else has ended the hold (observeLocked).
 		l.mu.Lock()
 		cur := l.lease
-		ours := l.held && cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		ours := l.held && names(cur, l.cfg.Identity, l.token)
 		if ours {
-			next = cur.DeepCopy()
-			l.stamp(next)
-			next.Spec = l.spec(acquired, send, int32(l.token))
+			next = withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.token)))
 		}
 		l.mu.Unlock()
 		if ours {
@@ -508,8 +504,8 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 			l.gone.holder = h
 			l.gone.heldUntil = l.observedAt.Add(l.leaseDurationLocked())
 		}
-		if old.Spec.LeaseTransitions != nil && *old.Spec.LeaseTransitions < math.MaxInt32 {
-			l.gone.transitions = max(l.gone.transitions, *old.Spec.LeaseTransitions)
+		if t := RecordOf(old).Transitions; t < math.MaxInt32 {
+			l.gone.transitions = max(l.gone.transitions, t)
 		}
 		l.observedAt = now
 	}

@@ -3,7 +3,6 @@ package lock
 import (
 	"context"
 	"slices"
-	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -44,40 +43,6 @@ const AnnotationQueue = "leasehold.io/queue"
 // others; an identity is at most 290 bytes). A waiter that finds the queue full waits
 // without an entry and takes the lock when it is free and the turn of the head passed.
 const MaxQueue = 256
-
-// queueOf is the queue a Lease carries (nil for none).
-func queueOf(lease *coordinationv1.Lease) []string {
-	if lease == nil {
-		return nil
-	}
-	v := lease.Annotations[AnnotationQueue]
-	if v == "" {
-		return nil
-	}
-	return strings.Split(v, ",")
-}
-
-// withQueue is a copy of lease whose queue is q.
-func withQueue(lease *coordinationv1.Lease, q []string) *coordinationv1.Lease {
-	next := lease.DeepCopy()
-	setQueue(next, q)
-	return next
-}
-
-func setQueue(lease *coordinationv1.Lease, q []string) {
-	if len(q) == 0 {
-		delete(lease.Annotations, AnnotationQueue)
-		return
-	}
-	if lease.Annotations == nil {
-		lease.Annotations = map[string]string{}
-	}
-	lease.Annotations[AnnotationQueue] = strings.Join(q, ",")
-}
-
-func without(q []string, id string) []string {
-	return slices.DeleteFunc(slices.Clone(q), func(s string) bool { return s == id })
-}
 
 // fair is true for the locks whose waiters queue across Pods.
 func (l *Lock) fair() bool { return l.cfg.Mode == ModeMutex }
