@@ -318,12 +318,10 @@ var errConflict = errors.New("the Lease changed or was deleted since it was read
 type Hold struct {
 	lock  *Lock
 	token int64
-	ttl   time.Duration
-	// expires is when the ttl ends the hold (zero: no ttl), on the agent's clock.
-	expires time.Time
-	timer   clock.Timer
-	done    chan struct{}
-	reason  string
+	// timer ends the hold when its ttl passes (the machine knows when).
+	timer  clock.Timer
+	done   chan struct{}
+	reason string
 }
 
 // Done is closed when the hold ends (released, lost, ttl, shutdown).
@@ -355,28 +353,16 @@ type Lock struct {
 	// and then watches (loops.go). Only the watch loop uses it.
 	noWatchList bool
 
-	mu           sync.Mutex
-	synced       bool
-	closed       bool
-	lease        *coordinationv1.Lease // last known; nil when absent
-	rv           uint64
-	observedAt   time.Time // when this agent saw the record change
-	held         bool
-	token        int64
-	heldSince    time.Time // when the current hold was acquired, on the agent's clock
-	lastHolder   string    // the last non-empty holder seen, for OnHolderChange
-	lastWrite    time.Time // send time of the last successful write while held
-	renewFailing bool
-	renewRetry   time.Duration // after a failed renewal, when to try again (loops.go)
-	lastAttempt  time.Time
-	// jeopardy: renew-deadline passed while the API server was unavailable; the hold
-	// is kept (held stays true) but not reported held, and its renewal goes on until
-	// lastWrite + RenewDeadline + Grace (jeopardy.go).
-	jeopardy bool
-	// refused is the last renewal failure since the last successful write that was an
-	// answer other than unavailability (a 403, another 4xx): renew-deadline then ends
-	// the hold instead of putting it in jeopardy.
-	refused error
+	mu         sync.Mutex
+	synced     bool
+	closed     bool
+	lease      *coordinationv1.Lease // last known; nil when absent
+	rv         uint64
+	observedAt time.Time // when this agent saw the record change
+	lastHolder string    // the last non-empty holder seen, for OnHolderChange
+	// m is the hold's phase and everything its transitions decide on (machine.go);
+	// it changes only through stepLocked.
+	m machine
 	// outage: this agent lost the API server (a watch or a write got no answer or a 5xx)
 	// and has not read the Lease since. Until its watch is back it takes over no hold
 	// that it judged expired (the holder shared the outage), and the expiry it measures
@@ -391,15 +377,6 @@ type Lock struct {
 	// without queueing (queue.go).
 	queueRefused bool
 	hold         *Hold
-	// ended remembers the last hold that ended, so that a late release or renew that
-	// names it learns why it is stale.
-	ended struct {
-		token  int64
-		reason string
-	}
-	// lostPromise is how long the client of a hold that was lost (not released) may
-	// still rely on the validFor it was given: no new hold is given before.
-	lostPromise time.Time
 	// unanswered are the send times of this process's acquisition writes whose outcome
 	// is unknown (a timeout, a 5xx): such a write may have landed, leaving a record
 	// that names this agent although nobody was told it holds. Recognised by its
@@ -433,6 +410,8 @@ func New(cfg Config) (*Lock, error) {
 		changed:    make(chan struct{}),
 		closing:    make(chan struct{}),
 		rewatch:    make(chan struct{}),
+		m: machine{cfg: machineConfig{identity: cfg.Identity, renewDeadline: cfg.RenewDeadline,
+			retryPeriod: cfg.RetryPeriod, grace: cfg.Grace}},
 	}, nil
 }
 
@@ -465,34 +444,21 @@ func (l *Lock) State() State {
 }
 
 func (l *Lock) stateLocked(now time.Time) State {
-	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.phaseLocked(now)}
+	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.m.reported(now)}
 	if l.lease != nil {
 		s.Holder, s.Token = holderOf(l.lease), tokenOf(l.lease)
 	}
-	if left := l.validForLocked(now); left > 0 {
+	if left := l.m.validFor(now); left > 0 {
 		s.Held = true
-		s.Token = l.token
+		s.Token = l.m.token
 		s.ValidFor = left.Round(time.Millisecond).String()
 		s.ValidForMillis = left.Milliseconds()
-		s.HeldFor = now.Sub(l.heldSince)
+		s.HeldFor = now.Sub(l.m.heldSince)
 	}
 	if s.Phase == PhaseJeopardy {
-		s.Token = l.token
+		s.Token = l.m.token
 	}
 	return s
-}
-
-// validForLocked is how long the hold may still be relied on: until renew-deadline
-// after the send time of the last successful write, and never past the hold's ttl.
-func (l *Lock) validForLocked(now time.Time) time.Duration {
-	if !l.held {
-		return 0
-	}
-	end := l.lastWrite.Add(l.cfg.RenewDeadline)
-	if h := l.hold; h != nil && !h.expires.IsZero() && h.expires.Before(end) {
-		end = h.expires
-	}
-	return end.Sub(now)
 }
 
 func (l *Lock) broadcastLocked() {
@@ -506,7 +472,7 @@ func (l *Lock) emitLocked(t EventType, reason string) {
 
 // emitEventLocked fills in the lock, token, holder and time of ev and emits it.
 func (l *Lock) emitEventLocked(ev Event) {
-	ev.Lock, ev.Token, ev.Time = l.cfg.Name, l.token, time.Now()
+	ev.Lock, ev.Token, ev.Time = l.cfg.Name, l.m.token, time.Now()
 	if l.lease != nil {
 		ev.Holder = holderOf(l.lease)
 	}
@@ -590,20 +556,15 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	if l.hold == h && l.validForLocked(now) <= 0 {
-		// The agent was paused between the write and the answer for longer than
-		// renew-deadline: the hold can no longer be relied on.
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed before the acquire could be answered")
+	if l.hold == h {
+		// The ttl starts now. Its timer releases in its own goroutine: a clock may run
+		// callbacks under its own lock (the fake clock does), and releasing stops it.
+		l.stepLocked(answered{ttl: opts.TTL}, now)
 	}
 	if l.hold != h {
 		// Lost (deleted, taken over, shut down) before we could answer: never
 		// answer 200 with held false.
 		return nil, l.stateLocked(now), fmt.Errorf("%w (%s)", errLostAtOnce, h.reason)
-	}
-	if opts.TTL > 0 {
-		// Timer callbacks release in their own goroutine: a clock may run callbacks
-		// under its own lock (the fake clock does), and releasing stops the timer.
-		l.setTTLLocked(h, opts.TTL, now)
 	}
 	return h, l.stateLocked(now), nil
 }
@@ -617,14 +578,44 @@ func (l *Lock) isClosing() bool {
 	}
 }
 
-// setTTLLocked (re)starts the hold's ttl at now.
-func (l *Lock) setTTLLocked(h *Hold, ttl time.Duration, now time.Time) {
+// startTTLLocked (re)starts the timer that ends hold h after ttl.
+func (l *Lock) startTTLLocked(h *Hold, ttl time.Duration) {
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	h.ttl = ttl
-	h.expires = now.Add(ttl)
 	h.timer = l.cfg.Clock.AfterFunc(ttl, func() { go l.releaseExpired(h) })
+}
+
+// stepLocked feeds in to the machine (machine.go) and does what it asks, but the
+// write, which the caller sends: it ends the local hold, emits the events, logs,
+// marks an outage, starts the ttl timer and wakes the waiters.
+func (l *Lock) stepLocked(in any, now time.Time) output {
+	m, out := l.m.step(in, now)
+	l.m = m
+	if out.endHold {
+		l.endHoldLocked(out.endReason)
+	}
+	if out.outage {
+		l.markOutageLocked()
+	}
+	for _, ev := range out.events {
+		l.emitEventLocked(ev)
+	}
+	for _, line := range out.logs {
+		kv := append([]any{"lock", l.cfg.Name}, line.kv...)
+		if line.err != nil {
+			l.cfg.Log.Error(line.err, line.msg, kv...)
+			continue
+		}
+		l.cfg.Log.V(line.v).Info(line.msg, kv...)
+	}
+	if out.ttl > 0 && l.hold != nil {
+		l.startTTLLocked(l.hold, out.ttl)
+	}
+	if out.wake {
+		l.broadcastLocked()
+	}
+	return out
 }
 
 func ctxErr(ctx context.Context) error {
@@ -647,7 +638,7 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 			return s, nil
 		case !wait && !l.synced:
 			err = fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
-		case !wait && l.renewFailing:
+		case !wait && l.m.failing:
 			err = fmt.Errorf("%w: %v", ErrUnavailable, l.apiErr)
 		case !wait:
 			err = &HeldError{Holder: s.Holder, ValidFor: l.observedAt.Add(l.leaseDurationLocked()).Sub(now)}
@@ -754,7 +745,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		return changed, 0, fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
 	}
 	now := l.cfg.Clock.Now()
-	if left := l.lostPromise.Sub(now); left > 0 {
+	if left := l.m.promised(now); left > 0 {
 		l.mu.Unlock()
 		return changed, left, &HeldError{Holder: l.cfg.Identity, ValidFor: left, Lost: true}
 	}
@@ -857,24 +848,16 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		}
 		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
-	l.held = true
-	l.token = tokenOf(out)
-	l.lastWrite = send
 	l.unanswered = nil
-	l.heldSince = send
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
 	if h != nil {
-		h.token = l.token
+		h.token = tokenOf(out)
 		l.hold = h
 	}
-	l.broadcastLocked()
-	ev := Event{Type: EventAcquired}
+	in := acquired{sent: send, token: tokenOf(out)}
 	if waited {
-		ev.HandoverFrom, ev.Handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
+		in.handoverFrom, in.handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
 	}
-	l.emitEventLocked(ev)
-	l.cfg.Log.V(1).Info("Acquired lock", "lock", l.cfg.Name, "token", l.token)
+	l.stepLocked(in, l.cfg.Clock.Now())
 	return changed, 0, nil
 }
 
@@ -943,7 +926,7 @@ func (l *Lock) unansweredLocked(lease *coordinationv1.Lease) bool {
 // its clients may still rely on the validFor it gave them, so it is treated like any
 // other Pod's hold and waited out.
 func (l *Lock) wroteLocked(lease *coordinationv1.Lease) bool {
-	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.lastWrite.IsZero()
+	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.m.lastWrite.IsZero()
 }
 
 func parseRV(rv string) uint64 {
@@ -972,34 +955,7 @@ func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 		}
 		l.lastHolder = h
 	}
-	switch {
-	case !l.held:
-	case holderOf(lease) != l.cfg.Identity:
-		l.loseLocked(LossTakenOver, "the Lease was taken over: holder is now "+fmt.Sprintf("%q", holderOf(lease)))
-	case tokenOf(lease) != l.token:
-		l.loseLocked(LossRewritten, "the Lease was rewritten by someone else: its leaseTransitions no longer matches token "+
-			strconv.FormatInt(l.token, 10))
-	}
-}
-
-// loseLocked ends the hold that is no longer safe; cause is one of LossCauses.
-func (l *Lock) loseLocked(cause, reason string) {
-	if !l.held {
-		return
-	}
-	// The client may rely on the validFor it was given until it hears of the loss:
-	// this Pod gives no new hold before that has run out.
-	now := l.cfg.Clock.Now()
-	if left := l.validForLocked(now); left > 0 {
-		l.lostPromise = now.Add(left)
-	}
-	l.held = false
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
-	l.endHoldLocked(reason)
-	l.broadcastLocked()
-	l.emitEventLocked(Event{Type: EventLost, Reason: reason, Cause: cause, HeldFor: now.Sub(l.heldSince)})
-	l.cfg.Log.Info("Lost lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
+	l.stepLocked(observed{present: lease != nil, rec: RecordOf(lease)}, now)
 }
 
 func (l *Lock) endHoldLocked(reason string) {
@@ -1012,7 +968,6 @@ func (l *Lock) endHoldLocked(reason string) {
 		h.timer.Stop()
 	}
 	h.reason = reason
-	l.ended.token, l.ended.reason = h.token, reason
 	close(h.done)
 	<-l.slot
 }
@@ -1028,27 +983,12 @@ func (l *Lock) Release(ctx context.Context, token int64) (State, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if err := l.checkTokenLocked(token); err != nil {
+	if err := l.m.checkToken(token); err != nil {
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
 		return s, err
 	}
 	return l.clearLocked(ctx, "released")
-}
-
-// checkTokenLocked returns nil when token names the current hold.
-func (l *Lock) checkTokenLocked(token int64) error {
-	if l.hold != nil && l.hold.token == token {
-		return nil
-	}
-	e := &StaleTokenError{Token: token}
-	if l.hold != nil {
-		e.Current = l.hold.token
-	}
-	if l.ended.token == token {
-		e.Ended = l.ended.reason
-	}
-	return e
 }
 
 // ReleaseHold releases h if it is still this lock's hold (a connection closed).
@@ -1070,7 +1010,7 @@ func (l *Lock) releaseExpired(h *Hold) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if l.hold != h || l.cfg.Clock.Now().Before(h.expires) {
+	if l.hold != h || !l.m.ttlPassed(l.cfg.Clock.Now()) {
 		l.mu.Unlock()
 		return
 	}
@@ -1079,23 +1019,11 @@ func (l *Lock) releaseExpired(h *Hold) {
 
 // clearLocked ends the hold and clears the Lease when it names this agent. It is called
 // with writeMu and mu held and returns with mu released. Subscribers hear "released"
-// whether or not the write succeeds: the hold has ended either way.
+// whether or not the write succeeds: the hold has ended either way (machine.go).
 func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
-	hadHold := l.held || l.hold != nil
-	var heldFor time.Duration
-	if hadHold {
-		heldFor = l.cfg.Clock.Now().Sub(l.heldSince)
-	}
-	l.held = false
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
-	l.endHoldLocked(reason)
-	l.broadcastLocked()
 	cur := l.lease
-	if cur == nil || holderOf(cur) != l.cfg.Identity {
-		if hadHold {
-			l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
-		}
+	out := l.stepLocked(end{reason: reason, namesUs: cur != nil && holderOf(cur) == l.cfg.Identity}, l.cfg.Clock.Now())
+	if out.write != writeRelease {
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
 		return s, nil
@@ -1105,41 +1033,30 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	now := l.cfg.Clock.Now()
-	out, err := l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+	resp, err := l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
 	if l.refreshAfterConflict(wctx, err) {
 		// Someone wrote since our copy. When it was only the queue (a waiter queued),
 		// the record still names this hold: clear it on the current copy.
 		l.mu.Lock()
 		cur = l.lease
-		ours := names(cur, l.cfg.Identity, l.token)
+		ours := l.m.ours(cur != nil, RecordOf(cur))
 		l.mu.Unlock()
 		if ours {
 			now = l.cfg.Clock.Now()
-			out, err = l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+			resp, err = l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
 		}
 	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var werr error
 	if err != nil {
-		err = l.writeFailedLocked("release", err)
-		if errors.Is(err, errConflict) {
-			// Someone else changed or deleted the Lease since: it no longer needs
-			// clearing by us, and the hold has ended.
-			err = nil
-		} else {
-			reason += "; the Lease could not be cleared, so other Pods can take it only after lease-duration"
-			l.cfg.Log.Error(err, "Failed to clear lease; others can take it after lease-duration", "lock", l.cfg.Name)
-		}
+		werr = l.writeFailedLocked("release", err)
 	} else {
-		l.observeLocked(out, now)
+		l.observeLocked(resp, now)
 	}
-	l.broadcastLocked()
-	if hadHold {
-		l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
-		l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
-	}
-	return l.stateLocked(l.cfg.Clock.Now()), err
+	out = l.stepLocked(releaseResult{raw: err, err: werr}, l.cfg.Clock.Now())
+	return l.stateLocked(l.cfg.Clock.Now()), out.err
 }
 
 // released is cur cleared by this agent's release. The queue stays for the waiters;
@@ -1165,36 +1082,8 @@ func (l *Lock) Renew(token int64, ttl time.Duration) (State, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	if err := l.checkTokenLocked(token); err != nil {
-		return l.stateLocked(now), err
-	}
-	h := l.hold
-	if l.validForLocked(now) <= 0 && l.mayResumeLocked(now) {
-		// In jeopardy: the hold is still this client's and may resume, so its ttl
-		// restarts; but nothing may rely on it until a renewal of the Lease lands.
-		if ttl == 0 {
-			ttl = h.ttl
-		}
-		if ttl > 0 {
-			l.setTTLLocked(h, ttl, now)
-		}
-		return l.stateLocked(now), fmt.Errorf("%w: the ttl was restarted, but the API server has been unavailable since "+
-			"renew-deadline passed; do not rely on the hold until it is safe again (validFor > 0)", ErrJeopardy)
-	}
-	if l.validForLocked(now) <= 0 {
-		reason := "renew-deadline passed without a successful renew"
-		if !h.expires.IsZero() && !now.Before(h.expires) {
-			reason = "ttl expired"
-		}
-		return l.stateLocked(now), &StaleTokenError{Token: token, Ended: reason}
-	}
-	if ttl == 0 {
-		ttl = h.ttl
-	}
-	if ttl > 0 {
-		l.setTTLLocked(h, ttl, now)
-	}
-	return l.stateLocked(now), nil
+	out := l.stepLocked(renewTTL{token: token, ttl: ttl}, now)
+	return l.stateLocked(now), out.err
 }
 
 // Shutdown stops new acquisitions, ends any hold and clears the Lease if this agent
@@ -1213,7 +1102,7 @@ func (l *Lock) shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.closed = true
 	l.emitLocked(EventShutdown, "agent shutting down")
-	if l.held || l.hold != nil || l.wroteLocked(l.lease) {
+	if l.m.holding() || l.hold != nil || l.wroteLocked(l.lease) {
 		_, err := l.clearLocked(ctx, "agent shutting down")
 		return err
 	}
@@ -1249,7 +1138,7 @@ func (l *Lock) leaderLoop(ctx context.Context) {
 		}
 		for {
 			l.mu.Lock()
-			held, ch := l.held, l.changed
+			held, ch := l.m.holding(), l.changed
 			l.mu.Unlock()
 			if !held {
 				break

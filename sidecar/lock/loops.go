@@ -23,30 +23,15 @@ import (
 // is older than renew-deadline/2, after a failure every retry-period. When
 // renew-deadline passes without a successful write, the hold goes into jeopardy (or
 // is lost), and a hold in jeopardy is lost when its grace period passes
-// (stepDeadlineLocked, jeopardy.go).
+// (machine.deadline, machine.go).
 func (l *Lock) renewLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		l.mu.Lock()
 		ch := l.changed
 		now := l.cfg.Clock.Now()
-		l.stepDeadlineLocked(now)
-		held := l.held
-		var next time.Duration
-		if held {
-			at := l.lastWrite.Add(l.cfg.RenewDeadline / 2)
-			if l.renewFailing {
-				at = l.lastAttempt.Add(l.renewRetry)
-			}
-			// Wake at the next deadline too: renew-deadline, or the end of the grace.
-			deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
-			if l.jeopardy {
-				deadline = l.graceEndLocked()
-			}
-			if deadline.Before(at) {
-				at = deadline
-			}
-			next = at.Sub(now)
-		}
+		l.stepLocked(deadline{apiErr: l.apiErr}, now)
+		at, held := l.m.nextRenew()
+		next := at.Sub(now)
 		l.mu.Unlock()
 		switch {
 		case !held:
@@ -68,65 +53,41 @@ func (l *Lock) renewLoop(ctx context.Context) {
 	}
 }
 
+// renewOnce sends the renewal the machine asks for (renewDue) and feeds the answer back
+// (renewResult).
 func (l *Lock) renewOnce(ctx context.Context) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if !l.held {
-		l.mu.Unlock()
-		return
-	}
-	// The cache must show our own record: held with no Lease, or with someone else's
-	// record, is lost (observeLocked ends the hold on those; this guards the loop).
-	if l.lease == nil {
-		l.loseLocked(LossDeleted, "the Lease was deleted")
-		l.mu.Unlock()
-		return
-	}
-	if !names(l.lease, l.cfg.Identity, l.token) {
-		l.loseLocked(LossRewritten, "the Lease no longer holds this agent's record")
-		l.mu.Unlock()
-		return
-	}
 	send := l.cfg.Clock.Now()
-	l.stepDeadlineLocked(send)
-	if !l.held {
+	rec := RecordOf(l.lease)
+	out := l.stepLocked(renewDue{present: l.lease != nil, rec: rec, apiErr: l.apiErr}, send)
+	if out.write != writeRenew {
 		l.mu.Unlock()
 		return
 	}
-	// The answer counts until renew-deadline, or in jeopardy until the grace ends.
-	left := l.writeEndLocked().Sub(send)
-	acquired := RecordOf(l.lease).Acquired
+	acquired := rec.Acquired
 	if acquired.IsZero() {
 		acquired = send
 	}
-	next := withRecord(l.lease, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.token)))
-	inJeopardy := l.phaseLocked(send) == PhaseJeopardy
-	toDeadline := l.lastWrite.Add(l.cfg.RenewDeadline).Sub(send)
+	next := withRecord(l.lease, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.m.token)))
 	l.mu.Unlock()
 
-	timeout := min(left, l.writeTimeout())
-	if inJeopardy {
-		// In jeopardy the renewal is sent every retry-period, not every write timeout
-		// plus retry-period: when the API server is back, one is there within
-		// retry-period.
-		timeout = min(timeout, l.cfg.RetryPeriod)
-	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := context.WithTimeout(ctx, out.writeTimeout)
 	defer cancel()
 	// A renewal still in flight at renew-deadline must not hold the jeopardy back: the
-	// state says jeopardy from that moment (phaseLocked), and so do the events.
-	if toDeadline > 0 {
-		deadlineTimer := l.cfg.Clock.AfterFunc(toDeadline, func() {
+	// state says jeopardy from that moment (machine.reported), and so do the events.
+	if out.deadlineIn > 0 {
+		deadlineTimer := l.cfg.Clock.AfterFunc(out.deadlineIn, func() {
 			go func() { // not under the clock's lock (a fake clock runs callbacks under it)
 				l.mu.Lock()
 				defer l.mu.Unlock()
-				l.stepDeadlineLocked(l.cfg.Clock.Now())
+				l.stepLocked(deadline{apiErr: l.apiErr}, l.cfg.Clock.Now())
 			}()
 		})
 		defer deadlineTimer.Stop()
 	}
-	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	resp, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	// unread: a conflict whose current record could not be read. It may be this
 	// agent's own renewal that landed unseen (a timeout), so it is no proof that the
 	// hold ended: it counts as unavailability, and the next renewal reads again.
@@ -135,61 +96,32 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		unread = false
 		// Someone wrote since our copy. When it was only the queue (a waiter of
 		// another Pod queued), the current record still names this hold: renew on it.
-		// Anything else has ended the hold (observeLocked).
+		// Anything else has ended the hold (observed).
 		l.mu.Lock()
 		cur := l.lease
-		ours := l.held && names(cur, l.cfg.Identity, l.token)
+		ours := l.m.holding() && l.m.ours(cur != nil, RecordOf(cur))
 		if ours {
-			next = withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.token)))
+			next = withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.m.token)))
 		}
 		l.mu.Unlock()
 		if ours {
-			out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+			resp, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 		}
 	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lastAttempt = send
-	if !l.held {
-		return
-	}
-	if err == nil {
+	var werr error
+	switch {
+	case !l.m.holding():
+	case err == nil:
 		l.forbidden = false
 		l.apiErr = nil
-		l.observeLocked(out, send)
-		if l.held {
-			l.renewedLocked(send)
-		}
-		l.broadcastLocked()
-		l.cfg.Log.V(5).Info("Renewed lease", "lock", l.cfg.Name)
-		return
-	}
-	// A renewal that reached no API server (connection refused: kube-apiserver
-	// restarting) is tried again after a quarter of retry-period, not a whole one: a
-	// refused connection costs the API server nothing, and the holder's renewal is then
-	// among the first requests a restarted kube-apiserver gets, before its deadline.
-	// One that got an answer, or timed out, is tried again after retry-period.
-	l.renewRetry = l.cfg.RetryPeriod
-	if noAnswer(err) && l.cfg.Clock.Since(send) < l.cfg.RetryPeriod/4 {
-		l.renewRetry = l.cfg.RetryPeriod / 4
-	}
-	raw := err
-	err = l.writeFailedLocked("renew", err)
-	switch {
-	case unread:
-		l.markOutageLocked()
-	case errors.Is(err, errConflict):
-		// Changed or deleted: another Pod may take (or create) the Lease at once.
-		l.loseLocked(LossConflict, "renew failed: "+err.Error())
-		return
+		l.observeLocked(resp, send)
 	default:
-		l.renewFailedLocked(raw)
+		werr = l.writeFailedLocked("renew", err)
 	}
-	l.renewFailing = true
-	l.cfg.Log.Info("Failed to renew lease", "lock", l.cfg.Name, "err", err.Error())
-	l.stepDeadlineLocked(l.cfg.Clock.Now())
-	l.broadcastLocked()
+	l.stepLocked(renewResult{sent: send, raw: err, unread: unread, err: werr}, l.cfg.Clock.Now())
 }
 
 // watchLoop feeds the cache of the one Lease. Every watch it opens first sends the
@@ -325,7 +257,7 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 // renewals. A holder's own watch waits for its renewal instead (renewalFirst).
 func (l *Lock) reconnectSpread() time.Duration {
 	l.mu.Lock()
-	held := l.held
+	held := l.m.holding()
 	l.mu.Unlock()
 	if held {
 		return 0
@@ -348,7 +280,7 @@ func noAnswer(err error) bool {
 func (l *Lock) renewalFirst(ctx context.Context) {
 	for {
 		l.mu.Lock()
-		wait, ch := l.held && l.renewFailing, l.changed
+		wait, ch := l.m.holding() && l.m.failing, l.changed
 		l.mu.Unlock()
 		if !wait {
 			return
@@ -510,7 +442,5 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 		l.observedAt = now
 	}
 	l.lease = nil
-	if l.held {
-		l.loseLocked(LossDeleted, "the Lease was deleted")
-	}
+	l.stepLocked(observed{present: false}, now)
 }

@@ -103,7 +103,7 @@ func (l *Lock) leaveQueue(ctx context.Context) {
 		l.mu.Lock()
 		cur := l.lease
 		q := queueOf(cur)
-		if !slices.Contains(q, l.cfg.Identity) || holderOf(cur) == l.cfg.Identity && l.held {
+		if !slices.Contains(q, l.cfg.Identity) || holderOf(cur) == l.cfg.Identity && l.m.holding() {
 			l.mu.Unlock()
 			return
 		}
