@@ -107,10 +107,13 @@ func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, 
 	now := l.cfg.Clock.Now()
 	l.observeAbsentOrLocked(item, list.ResourceVersion)
 	l.endOutageLocked(now)
-	same := l.lease != nil && l.lease.ResourceVersion == judged.ResourceVersion
-	if same && now.Sub(sent) >= l.slowRead() {
+	readRV := ""
+	if l.lease != nil {
+		readRV = l.lease.ResourceVersion
+	}
+	same, restart := takeoverRead(judged.ResourceVersion, l.lease != nil, readRV, now.Sub(sent), l.slowRead())
+	if restart {
 		l.observedAt = now
-		same = false
 		l.cfg.Log.V(1).Info("Waiting a lease-duration more: the read before a takeover was slow", "lock", l.cfg.Name,
 			"took", now.Sub(sent).String(), "holder", holderOf(l.lease))
 	}

@@ -730,135 +730,134 @@ func (l *Lock) writeTimeout() time.Duration {
 // tryAcquire makes at most one write. It returns the change channel to wait on. On
 // success h (nil in leader mode) becomes the lock's hold, and owns the local slot.
 // waited says that this acquisition found the lock held before (for Event.Handover);
-// try that it does not wait (so it does not queue).
+// try that it does not wait (so it does not queue). What to do is decideAcquire's
+// (machine.go); this does it.
 func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-chan struct{}, time.Duration, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	changed := l.changed
-	switch {
-	case l.closed || l.isClosing():
-		l.mu.Unlock()
-		return changed, 0, ErrShutdown
-	case !l.synced:
-		l.mu.Unlock()
-		return changed, 0, fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
-	}
-	now := l.cfg.Clock.Now()
-	if left := l.m.promised(now); left > 0 {
-		l.mu.Unlock()
-		return changed, left, &HeldError{Holder: l.cfg.Identity, ValidFor: left, Lost: true}
-	}
 	cur := l.lease
-	fair := l.fair() && h != nil && cur != nil
-	var rest []string // the queue the acquiring write leaves
-	// expired: the record names another holder whose lease-duration ran out since this
-	// agent saw it change; it is read once more before it is taken over (jeopardy.go).
-	expired := false
-	if cur != nil {
-		var wait *HeldError
-		if holder := holderOf(cur); holder != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
-			switch left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); {
-			case left > 0:
-				wait = &HeldError{Holder: holder, ValidFor: left}
-			case l.outage:
-				// This agent lost the API server too: the holder may be alive and
-				// unable to renew for the same reason. Wait for the watch to be back.
-				wait = &HeldError{Holder: holder, ValidFor: l.leaseDurationLocked()}
-			default:
-				expired = true
-			}
-		}
-		enqueue := fair && !try && wait != nil && !l.queueRefused
-		if fair && wait == nil {
-			rest, wait = l.queueTurnLocked(cur, now)
-		}
-		if wait != nil {
-			l.mu.Unlock()
-			if enqueue && !slices.Contains(queueOf(cur), l.cfg.Identity) {
-				if err := l.enqueue(ctx, cur); err != nil {
-					return changed, 0, err
-				}
-			}
-			return changed, wait.ValidFor, wait
-		}
-	} else if left := l.gone.heldUntil.Sub(now); left > 0 {
-		// Deleted while another Pod held it: that Pod may still say held until its
-		// hold runs out, so wait it out as if the Lease were there.
-		l.mu.Unlock()
-		return changed, left, &HeldError{Holder: l.gone.holder, ValidFor: left}
-	}
-	if cur != nil && RecordOf(cur).Transitions == math.MaxInt32 {
-		err := fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can hold, so no "+
-			"acquisition can get a greater fencing token: delete the Lease (kubectl -n %s delete lease %s) "+
-			"and reset the highest token your fenced stores remember for it, since tokens restart at 1",
-			ErrTokensExhausted, l.cfg.Namespace, l.cfg.Name, math.MaxInt32, l.cfg.Namespace, l.cfg.Name)
-		l.apiErr = err
-		l.mu.Unlock()
-		return changed, 0, err
+	d := decideAcquire(l.acquireViewLocked(cur, h != nil, try, l.cfg.Clock.Now()), l.cfg.Clock.Now())
+	if errors.Is(d.err, ErrTokensExhausted) {
+		l.apiErr = d.err
 	}
 	l.mu.Unlock()
-	if expired {
-		same, err := l.reread(ctx, cur)
-		if err != nil {
-			return changed, 0, err
-		}
-		if !same {
-			return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
-		}
+	if wait, err := l.beforeAcquireWrite(ctx, cur, d); err != nil {
+		return changed, wait, err
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	send := l.cfg.Clock.Now()
+	l.mu.Lock()
+	l.stepLocked(acquireSent{}, send)
+	l.mu.Unlock()
 	var out *coordinationv1.Lease
 	var err error
 	if cur == nil {
 		out, err = l.cfg.Client.Create(wctx, l.newLease(send), metav1.CreateOptions{})
 	} else {
 		next := withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(send, send, RecordOf(cur).Transitions+1))
-		if fair {
-			setQueue(next, rest)
+		if l.fair() && h != nil {
+			setQueue(next, d.rest)
 		}
 		out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		if unavailable(err) {
-			l.markOutageLocked()
-		}
-		err = l.writeFailedLocked("acquire", err)
-		if errors.Is(err, ErrUnavailable) {
-			l.unanswered = append(l.unanswered, send)
-			if len(l.unanswered) > maxUnanswered {
-				l.unanswered = l.unanswered[1:]
-			}
-		}
-		return changed, 0, err
+		return changed, 0, l.acquireFailedLocked(err, send)
 	}
+	return changed, 0, l.acquiredLocked(h, cur, out, send, waited)
+}
+
+// acquireViewLocked is what decideAcquire decides on: the cached Lease cur and what
+// this agent knows of it. local: a client of this Pod acquires (not the leader loop).
+func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now time.Time) acquireView {
+	rec := RecordOf(cur)
+	v := acquireView{
+		identity: l.cfg.Identity, namespace: l.cfg.Namespace, name: l.cfg.Name,
+		closed: l.closed || l.isClosing(), synced: l.synced, promised: l.m.promised(now),
+		present: cur != nil, rec: rec, queue: queueOf(cur), ours: l.wroteLocked(cur) || l.unansweredLocked(cur),
+		observedAt: l.observedAt, outage: l.outage, goneHolder: l.gone.holder, goneUntil: l.gone.heldUntil,
+		fair: l.fair() && local && cur != nil, try: try, queueRefused: l.queueRefused, turn: l.turn(),
+	}
+	if rec.Holder != "" {
+		v.leaseDuration = l.leaseDurationLocked()
+	}
+	return v
+}
+
+// beforeAcquireWrite does what d asks before the acquiring write (called with writeMu
+// held, mu not held): it returns the error that ends this attempt (with how long to
+// wait on a HeldError), or nil to write.
+func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease, d acquireDecision) (time.Duration, error) {
+	switch {
+	case d.err != nil:
+		return 0, d.err
+	case d.wait != nil && d.enqueue:
+		if err := l.enqueue(ctx, cur); err != nil {
+			return 0, err
+		}
+		return d.wait.ValidFor, d.wait
+	case d.wait != nil:
+		return d.wait.ValidFor, d.wait
+	}
+	if len(d.passed) > 0 {
+		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", d.passed)
+	}
+	if !d.reread {
+		return 0, nil
+	}
+	same, err := l.reread(ctx, cur)
+	if err == nil && !same {
+		err = fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+	}
+	return 0, err
+}
+
+// acquireFailedLocked takes an acquiring write that failed with err, sent at send.
+func (l *Lock) acquireFailedLocked(err error, send time.Time) error {
+	if unavailable(err) {
+		l.markOutageLocked()
+	}
+	err = l.writeFailedLocked("acquire", err)
+	if errors.Is(err, ErrUnavailable) {
+		l.unanswered = append(l.unanswered, send)
+		if len(l.unanswered) > maxUnanswered {
+			l.unanswered = l.unanswered[1:]
+		}
+	}
+	l.stepLocked(acquireFailed{}, l.cfg.Clock.Now())
+	return err
+}
+
+// acquiredLocked takes an acquiring write that landed as out, replacing cur.
+func (l *Lock) acquiredLocked(h *Hold, cur, out *coordinationv1.Lease, send time.Time, waited bool) error {
 	l.forbidden = false
 	l.apiErr = nil
 	l.observeLocked(out, send)
-	if !l.cachedIsLocked(out) {
+	in := acquired{sent: send, token: tokenOf(out), overtaken: !l.cachedIsLocked(out)}
+	if in.overtaken {
 		// The watch brought a newer record (deleted, or written by someone else)
 		// before this answer: our write is already superseded, so it never held.
 		if l.gone.rv == out.ResourceVersion {
 			l.gone.heldUntil = time.Time{} // the deleted record was this write: nobody relied on it
 		}
-		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+		l.stepLocked(in, l.cfg.Clock.Now())
+		return fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
 	l.unanswered = nil
 	if h != nil {
-		h.token = tokenOf(out)
+		h.token = in.token
 		l.hold = h
 	}
-	in := acquired{sent: send, token: tokenOf(out)}
 	if waited {
 		in.handoverFrom, in.handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
 	}
 	l.stepLocked(in, l.cfg.Clock.Now())
-	return changed, 0, nil
+	return nil
 }
 
 // cachedIsLocked is true when the cached record is the one written as out: the same

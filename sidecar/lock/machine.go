@@ -2,6 +2,8 @@ package lock
 
 import (
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -242,7 +244,9 @@ type (
 func (m machine) step(in any, now time.Time) (machine, output) {
 	switch in := in.(type) {
 	case acquireSent:
-		m.phase = phaseAcquiring
+		if !m.holding() {
+			m.phase = phaseAcquiring
+		}
 	case acquireFailed:
 		if m.phase == phaseAcquiring {
 			m.phase = phaseIdle
@@ -631,4 +635,145 @@ func merge(outs ...output) output {
 		}
 	}
 	return o
+}
+
+// Acquisition: the decisions of idle (or lost) before acquireSent. decideAcquire takes
+// what this agent knows of the Lease and says whether to wait (and for whom), to queue,
+// to read the Lease once more (an expired hold), or to write, and with which queue.
+
+// acquireView is what an acquisition decides on.
+type acquireView struct {
+	identity, namespace, name string
+	// closed: the agent is shutting down; synced: the Lease was read.
+	closed, synced bool
+	// promised: how long a lost hold of this Pod may still be relied on.
+	promised time.Duration
+	// present, rec, queue: the cached Lease.
+	present bool
+	rec     Record
+	queue   []string
+	// ours: the record is this process's write (a hold, or an acquisition whose answer
+	// never came): it is not waited out.
+	ours bool
+	// observedAt: when this agent saw the record change; leaseDuration: its holder's
+	// (capped) lease-duration.
+	observedAt    time.Time
+	leaseDuration time.Duration
+	// outage: this agent lost the API server and has not read the Lease since.
+	outage bool
+	// goneHolder held the Lease that was deleted until goneUntil, by this agent's count.
+	goneHolder string
+	goneUntil  time.Time
+	// fair: a mutex's local client (it queues); try: it does not wait.
+	fair, try, queueRefused bool
+	// turn: how long the head of the queue has a free lock to itself.
+	turn time.Duration
+}
+
+// acquireDecision is what to do: err, or wait (after queueing when enqueue), or write
+// (after reading the Lease once more when reread), leaving rest as the queue; passed
+// are the queued waiters this write passes over.
+type acquireDecision struct {
+	err     error
+	wait    *HeldError
+	enqueue bool
+	reread  bool
+	rest    []string
+	passed  []string
+}
+
+// decideAcquire is the decision of one attempt to acquire.
+func decideAcquire(v acquireView, now time.Time) acquireDecision {
+	switch {
+	case v.closed:
+		return acquireDecision{err: ErrShutdown}
+	case !v.synced:
+		return acquireDecision{err: fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)}
+	case v.promised > 0:
+		// A hold of this Pod was lost while its client may still rely on it.
+		return acquireDecision{wait: &HeldError{Holder: v.identity, ValidFor: v.promised, Lost: true}}
+	case !v.present && v.goneUntil.After(now):
+		// Deleted while another Pod held it: that Pod may still say held until its
+		// hold runs out, so wait it out as if the Lease were there.
+		return acquireDecision{wait: &HeldError{Holder: v.goneHolder, ValidFor: v.goneUntil.Sub(now)}}
+	case !v.present:
+		return acquireDecision{}
+	}
+	wait, expired := v.holderWait(now)
+	d := acquireDecision{enqueue: v.fair && !v.try && wait != nil && !v.queueRefused}
+	if v.fair && wait == nil {
+		d.rest, wait, d.passed = v.queueTurn(now)
+	}
+	if wait != nil {
+		d.wait, d.rest, d.passed = wait, nil, nil
+		d.enqueue = d.enqueue && !slices.Contains(v.queue, v.identity)
+		return d
+	}
+	if v.rec.Transitions == math.MaxInt32 {
+		return acquireDecision{err: fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can "+
+			"hold, so no acquisition can get a greater fencing token: delete the Lease (kubectl -n %s delete lease %s) "+
+			"and reset the highest token your fenced stores remember for it, since tokens restart at 1",
+			ErrTokensExhausted, v.namespace, v.name, math.MaxInt32, v.namespace, v.name)}
+	}
+	d.reread = expired
+	return d
+}
+
+// holderWait: a record that names another holder is waited out for its lease-duration
+// after this agent saw it change, on this agent's clock. expired: that has passed (the
+// record is read once more before it is taken over, jeopardy.go).
+func (v acquireView) holderWait(now time.Time) (wait *HeldError, expired bool) {
+	if v.rec.Holder == "" || v.ours {
+		return nil, false
+	}
+	switch left := v.observedAt.Add(v.leaseDuration).Sub(now); {
+	case left > 0:
+		return &HeldError{Holder: v.rec.Holder, ValidFor: left}, false
+	case v.outage:
+		// This agent lost the API server too: the holder may be alive and unable to
+		// renew for the same reason. Wait for the watch to be back.
+		return &HeldError{Holder: v.rec.Holder, ValidFor: v.leaseDuration}, false
+	}
+	return nil, true
+}
+
+// queueTurn decides, for a free (or expired) Lease, whether this agent may take it
+// now. When not, it returns the error to wait on: a waiter that is not queued waits
+// without writing until the head has taken the lock (then it queues behind) or its
+// turn has passed, so that its entry does not race the head's acquisition. When it
+// may, rest is the queue the acquiring write leaves: the entries up to and including
+// this agent's removed, passed those of them that were ahead.
+func (v acquireView) queueTurn(now time.Time) (rest []string, wait *HeldError, passed []string) {
+	q := v.queue
+	ahead := slices.Index(q, v.identity)
+	if ahead < 0 {
+		ahead = len(q)
+	}
+	if ahead > 0 && !v.ours {
+		free := v.observedAt // released: when this agent saw it free
+		if v.rec.Holder != "" {
+			free = free.Add(v.leaseDuration) // expired: when it ran out
+		}
+		if left := free.Add(v.turn).Sub(now); left > 0 || v.outage {
+			// While this agent has lost the API server, the head may be taking its
+			// turn unseen: it is passed only once the watch is back (jeopardy.go).
+			return nil, &HeldError{Holder: q[0], ValidFor: max(left, v.turn), Queued: ahead}, nil
+		}
+		// The waiters ahead had their turn and did not take it: pass them.
+		passed = q[:ahead]
+	}
+	return q[min(ahead+1, len(q)):], nil, passed
+}
+
+// takeoverRead says whether the read before the takeover of an expired hold lets it
+// go on: the record read (readRV; present false: none) is still the one judged
+// expired, and the read was not slow. A slow read waited for an API server that was
+// away, as the holder's renewals may have: restart says that the holder's expiry
+// restarts from its answer instead.
+func takeoverRead(judgedRV string, present bool, readRV string, took, slow time.Duration) (same, restart bool) {
+	same = present && readRV == judgedRV
+	if same && took >= slow {
+		return false, true
+	}
+	return same, false
 }

@@ -50,36 +50,6 @@ func (l *Lock) fair() bool { return l.cfg.Mode == ModeMutex }
 // turn is how long the head of the queue has a free lock to itself.
 func (l *Lock) turn() time.Duration { return l.cfg.RetryPeriod }
 
-// queueTurnLocked decides, for a free Lease cur, whether this agent may take it now.
-// When not, it returns the error to wait on: a waiter that is not queued waits without
-// writing until the head has taken the lock (then it queues behind) or its turn has
-// passed, so that its entry does not race the head's acquisition. When it may, rest is
-// the queue the acquiring write leaves: the entries up to and including this agent's
-// removed.
-func (l *Lock) queueTurnLocked(cur *coordinationv1.Lease, now time.Time) (rest []string, wait *HeldError) {
-	q := queueOf(cur)
-	self := l.cfg.Identity
-	pos := slices.Index(q, self)
-	ahead := pos
-	if pos < 0 {
-		ahead = len(q)
-	}
-	if ahead > 0 && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
-		free := l.observedAt // released: when this agent saw it free
-		if holderOf(cur) != "" {
-			free = free.Add(l.leaseDurationLocked()) // expired: when it ran out
-		}
-		if left := free.Add(l.turn()).Sub(now); left > 0 || l.outage {
-			// While this agent has lost the API server, the head may be taking its
-			// turn unseen: it is passed only once the watch is back (jeopardy.go).
-			return nil, &HeldError{Holder: q[0], ValidFor: max(left, l.turn()), Queued: ahead}
-		}
-		// The waiters ahead had their turn and did not take it: pass them.
-		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", q[:ahead])
-	}
-	return q[min(ahead+1, len(q)):], nil
-}
-
 // enqueue appends this agent to the queue of cur (one conditional update; called with
 // writeMu held, mu not held). A conflict returns errConflict: the caller decides again
 // on the newer record.
