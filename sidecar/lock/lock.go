@@ -90,24 +90,13 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	switch {
-	case c.Name == "" || c.Namespace == "":
-		return errors.New("lock needs a namespace and a name")
-	case c.Identity == "":
-		return errors.New("lock needs a holder identity")
-	case c.Mode != ModeMutex && c.Mode != ModeLeader && c.Mode != ModeSemaphore:
-		return fmt.Errorf("lock %s: mode %q is none of %q, %q, %q", c.Name, c.Mode, ModeMutex, ModeLeader, ModeSemaphore)
-	case c.Mode == ModeSemaphore && c.Semaphore == "":
-		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
-	case c.LeaseDuration < time.Second:
-		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
-	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
-		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
-	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
-		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
-	case c.Grace < 0:
-		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
-	case c.Client == nil:
+	if err := c.validateNames(); err != nil {
+		return err
+	}
+	if err := c.validateTimings(); err != nil {
+		return err
+	}
+	if c.Client == nil {
 		return fmt.Errorf("lock %s: no Lease client", c.Name)
 	}
 	if c.Clock == nil {
@@ -118,6 +107,34 @@ func (c *Config) validate() error {
 	}
 	if c.OnHolderChange == nil {
 		c.OnHolderChange = func(string) {}
+	}
+	return nil
+}
+
+func (c *Config) validateNames() error {
+	switch {
+	case c.Name == "" || c.Namespace == "":
+		return errors.New("lock needs a namespace and a name")
+	case c.Identity == "":
+		return errors.New("lock needs a holder identity")
+	case c.Mode != ModeMutex && c.Mode != ModeLeader && c.Mode != ModeSemaphore:
+		return fmt.Errorf("lock %s: mode %q is none of %q, %q, %q", c.Name, c.Mode, ModeMutex, ModeLeader, ModeSemaphore)
+	case c.Mode == ModeSemaphore && c.Semaphore == "":
+		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
+	}
+	return nil
+}
+
+func (c *Config) validateTimings() error {
+	switch {
+	case c.LeaseDuration < time.Second:
+		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
+	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
+		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
+	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
+		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.Grace < 0:
+		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
 	}
 	return nil
 }
@@ -687,39 +704,56 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 			return nil
 		}
 		waited = waited || errors.Is(err, ErrNotAcquired)
-		if try && errors.Is(err, errConflict) {
-			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
-		}
-		if try || errors.Is(err, ErrShutdown) || (h != nil && errors.Is(err, ErrTokensExhausted)) {
+		if err := acquireEnds(err, try, h != nil); err != nil {
 			return err
 		}
-		var timer clock.Timer
-		var fire <-chan time.Time
-		switch {
-		case errors.Is(err, ErrNotAcquired):
-			timer = l.cfg.Clock.NewTimer(wait)
-			fire = timer.C()
-		case errors.Is(err, errConflict), errors.Is(err, ErrTokensExhausted):
-			// The watch brings the newer record (for a leader lock whose tokens are
-			// exhausted: someone deleting the Lease).
-		default:
-			timer = l.cfg.Clock.NewTimer(l.cfg.RetryPeriod)
-			fire = timer.C()
-		}
-		select {
-		case <-changed:
-		case <-fire:
-		case <-l.closing:
-		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
-			}
-			return ctxErr(ctx)
-		}
-		if timer != nil {
-			timer.Stop()
+		if err := l.waitToRetry(ctx, changed, err, wait); err != nil {
+			return err
 		}
 	}
+}
+
+// acquireEnds is the error that ends an acquisition after an attempt failed with err,
+// or nil when it tries again. local: a client of this Pod acquires (not the leader
+// loop, which waits for someone to delete a Lease whose tokens are exhausted).
+func acquireEnds(err error, try, local bool) error {
+	if try && errors.Is(err, errConflict) {
+		return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
+	}
+	if try || errors.Is(err, ErrShutdown) || (local && errors.Is(err, ErrTokensExhausted)) {
+		return err
+	}
+	return nil
+}
+
+// waitToRetry waits after an attempt that failed with err: for the watch to bring a
+// change (changed), and for the lock to come free (wait, on ErrNotAcquired) or for
+// retry-period (on other failures). A conflict, or exhausted tokens, wait for the
+// watch only: it brings the newer record (for a leader lock whose tokens are
+// exhausted: someone deleting the Lease).
+func (l *Lock) waitToRetry(ctx context.Context, changed <-chan struct{}, err error, wait time.Duration) error {
+	var fire <-chan time.Time
+	timed := true
+	switch {
+	case errors.Is(err, ErrNotAcquired):
+	case errors.Is(err, errConflict), errors.Is(err, ErrTokensExhausted):
+		timed = false
+	default:
+		wait = l.cfg.RetryPeriod
+	}
+	if timed {
+		timer := l.cfg.Clock.NewTimer(wait)
+		defer timer.Stop()
+		fire = timer.C()
+	}
+	select {
+	case <-changed:
+	case <-fire:
+	case <-l.closing:
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	}
+	return nil
 }
 
 // writeTimeout bounds one API write.

@@ -144,82 +144,106 @@ func (l *Lock) renewOnce(ctx context.Context) {
 // watches from the listed resourceVersion, resuming from the last one it saw after a
 // watch's clean end, as client-go's reflector does.
 func (l *Lock) watchLoop(ctx context.Context) {
-	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
-	backoff := l.watchBackoff()
-	// rv is the last resourceVersion seen: where a watch-list's state may not be older
-	// than, or where a watch resumes without watch-list; "" when the state must be read
-	// as the API server has it now.
-	rv := ""
-	failures := 0 // opens failed in a row
+	st := &watchState{sel: fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String(), backoff: l.watchBackoff()}
 	for ctx.Err() == nil {
 		l.renewalFirst(ctx)
-		timeout := int64(300 + rand.IntN(300))
-		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
-		switch {
-		case l.noWatchList && rv != "":
-			opts.ResourceVersion = rv
-		case l.noWatchList:
+		if l.noWatchList && st.rv == "" {
 			var err error
-			if rv, err = l.list(ctx, sel); err != nil {
+			if st.rv, err = l.list(ctx, st.sel); err != nil {
 				l.watchFailed(err)
-				l.sleep(ctx, backoff())
+				l.sleep(ctx, st.backoff())
 			}
 			continue
-		default:
-			// Not older than what this lock has seen: kube-apiserver serves that from its
-			// watch cache; with no resourceVersion (at start, or after a 410), it first
-			// asks etcd for the current revision.
-			opts.SendInitialEvents = ptr.To(true)
-			opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
-			opts.ResourceVersion = rv
 		}
+		opts := l.watchOptions(st)
 		w, err := l.cfg.Client.Watch(ctx, opts)
 		if err != nil {
-			if l.noWatchList || apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
-				rv = ""
-			}
-			if opts.SendInitialEvents != nil && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
-				l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
-				l.noWatchList = true
-				continue
-			}
-			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
-				l.watchFailed(err)
-				pause := backoff()
-				if failures == 0 {
-					pause += l.reconnectSpread()
-				}
-				failures++
-				l.sleep(ctx, pause)
-			}
+			l.watchOpenFailed(ctx, st, opts.SendInitialEvents != nil, err)
 			continue
 		}
-		failures = 0
-		opened := l.cfg.Clock.Now()
-		var seen string
-		seen, err = l.consume(ctx, w, rv, opts.SendInitialEvents != nil)
-		w.Stop()
-		if seen != "" {
-			rv = seen
-		}
-		lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
-		if lasted {
-			backoff = l.watchBackoff()
-		}
-		if errors.Is(err, errRewatch) {
-			continue // at once: the new watch shows when the API server is back
-		}
-		gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
-		if err != nil && !gone {
-			l.watchFailed(err)
-		}
-		if err != nil && (l.noWatchList || gone) {
-			rv = ""
-		}
-		// A watch that failed, or ended at once, is not opened again in a tight loop.
-		if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
-			l.sleep(ctx, backoff())
-		}
+		st.failures = 0
+		l.watchOnce(ctx, st, w, opts.SendInitialEvents != nil)
+	}
+}
+
+// watchState is what the watch loop carries from one watch to the next.
+type watchState struct {
+	sel string
+	// rv is the last resourceVersion seen: where a watch-list's state may not be older
+	// than, or where a watch resumes without watch-list; "" when the state must be
+	// read as the API server has it now.
+	rv string
+	// failures counts the opens failed in a row.
+	failures int
+	backoff  wait.DelayFunc
+}
+
+// watchOptions are the options of the next watch: a watch-list not older than st.rv,
+// or, without watch-list, a watch from st.rv.
+func (l *Lock) watchOptions(st *watchState) metav1.ListOptions {
+	timeout := int64(300 + rand.IntN(300))
+	opts := metav1.ListOptions{FieldSelector: st.sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
+		ResourceVersion: st.rv}
+	if !l.noWatchList {
+		// Not older than what this lock has seen: kube-apiserver serves that from its
+		// watch cache; with no resourceVersion (at start, or after a 410), it first
+		// asks etcd for the current revision.
+		opts.SendInitialEvents = ptr.To(true)
+		opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+	}
+	return opts
+}
+
+// watchOpenFailed takes a watch that could not be opened: a watch-list refused as
+// invalid turns watch-list off; a 410 reads the state again at once; anything else
+// waits the backoff (the first time plus the reconnect spread).
+func (l *Lock) watchOpenFailed(ctx context.Context, st *watchState, watchList bool, err error) {
+	gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
+	if l.noWatchList || gone {
+		st.rv = ""
+	}
+	if watchList && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
+		l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
+		l.noWatchList = true
+		return
+	}
+	if gone {
+		return
+	}
+	l.watchFailed(err)
+	pause := st.backoff()
+	if st.failures == 0 {
+		pause += l.reconnectSpread()
+	}
+	st.failures++
+	l.sleep(ctx, pause)
+}
+
+// watchOnce feeds the cache from w until it ends, and waits the backoff when it failed
+// or ended at once, so that a watch is not opened again in a tight loop.
+func (l *Lock) watchOnce(ctx context.Context, st *watchState, w watch.Interface, watchList bool) {
+	opened := l.cfg.Clock.Now()
+	seen, err := l.consume(ctx, w, st.rv, watchList)
+	w.Stop()
+	if seen != "" {
+		st.rv = seen
+	}
+	lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
+	if lasted {
+		st.backoff = l.watchBackoff()
+	}
+	if errors.Is(err, errRewatch) {
+		return // at once: the new watch shows when the API server is back
+	}
+	gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
+	if err != nil && !gone {
+		l.watchFailed(err)
+	}
+	if err != nil && (l.noWatchList || gone) {
+		st.rv = ""
+	}
+	if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
+		l.sleep(ctx, st.backoff())
 	}
 }
 
@@ -339,78 +363,101 @@ var errRewatch = errors.New("the API server did not answer a write: watching aga
 // within listTimeout (then the server ignored sendInitialEvents: from now on the lock
 // lists first).
 func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
-	seen := false
+	c := &consumer{rv: rv, initial: initial}
 	l.mu.Lock()
 	rewatch := l.rewatch
 	l.mu.Unlock()
-	var initialDone <-chan time.Time
-	var initialTimer clock.Timer
 	if initial {
-		initialTimer = l.cfg.Clock.NewTimer(l.listTimeout())
-		defer initialTimer.Stop()
-		initialDone = initialTimer.C()
+		c.timer = l.cfg.Clock.NewTimer(l.listTimeout())
+		defer c.timer.Stop()
+		c.initialDone = c.timer.C()
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return rv, nil
+			return c.rv, nil
 		case <-rewatch:
-			return rv, errRewatch
-		case <-initialDone:
+			return c.rv, errRewatch
+		case <-c.initialDone:
 			l.noWatchList = true
-			return rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
+			return c.rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				// Closed: its timeout, or the connection. Resume from where it was (a
 				// 410 then reads the state again); a watch-list that had not finished
 				// its initial events has nothing to resume from.
-				if initial {
-					return rv, errors.New("the watch ended before the end of its initial events")
+				if c.initial {
+					return c.rv, errors.New("the watch ended before the end of its initial events")
 				}
-				return rv, nil
+				return c.rv, nil
 			}
-			switch ev.Type {
-			case watch.Added, watch.Modified:
-				lease, ok := ev.Object.(*coordinationv1.Lease)
-				if !ok {
-					continue
-				}
-				rv, seen = lease.ResourceVersion, true
-				l.mu.Lock()
-				l.observeAbsentOrLocked(lease, rv)
-				l.broadcastLocked()
-				l.mu.Unlock()
-			case watch.Deleted:
-				if m, err := meta.Accessor(ev.Object); err == nil {
-					rv = m.GetResourceVersion()
-				}
-				l.mu.Lock()
-				l.observeAbsentOrLocked(nil, rv)
-				l.broadcastLocked()
-				l.mu.Unlock()
-			case watch.Bookmark:
-				m, err := meta.Accessor(ev.Object)
-				if err != nil {
-					continue
-				}
-				rv = m.GetResourceVersion()
-				if initial && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
-					initial, initialDone = false, nil
-					initialTimer.Stop()
-					l.mu.Lock()
-					if !seen {
-						l.observeAbsentOrLocked(nil, rv)
-					}
-					l.endOutageLocked(l.cfg.Clock.Now())
-					l.synced = true
-					l.broadcastLocked()
-					l.mu.Unlock()
-				}
-			case watch.Error:
-				return rv, apierrors.FromObject(ev.Object)
+			if err := l.takeEvent(c, ev); err != nil {
+				return c.rv, err
 			}
 		}
 	}
+}
+
+// consumer is what consume carries from one event of a watch to the next.
+type consumer struct {
+	rv string
+	// seen: the watch sent the Lease; initial: its initial events have not ended yet,
+	// and initialDone fires when they took too long.
+	seen, initial bool
+	timer         clock.Timer
+	initialDone   <-chan time.Time
+}
+
+// takeEvent takes one event of a watch into the cache; an error event ends the watch.
+func (l *Lock) takeEvent(c *consumer, ev watch.Event) error {
+	switch ev.Type {
+	case watch.Added, watch.Modified:
+		lease, ok := ev.Object.(*coordinationv1.Lease)
+		if !ok {
+			return nil
+		}
+		c.rv, c.seen = lease.ResourceVersion, true
+		l.mu.Lock()
+		l.observeAbsentOrLocked(lease, c.rv)
+		l.broadcastLocked()
+		l.mu.Unlock()
+	case watch.Deleted:
+		if m, err := meta.Accessor(ev.Object); err == nil {
+			c.rv = m.GetResourceVersion()
+		}
+		l.mu.Lock()
+		l.observeAbsentOrLocked(nil, c.rv)
+		l.broadcastLocked()
+		l.mu.Unlock()
+	case watch.Bookmark:
+		l.takeBookmark(c, ev)
+	case watch.Error:
+		return apierrors.FromObject(ev.Object)
+	}
+	return nil
+}
+
+// takeBookmark takes a bookmark; the one that ends a watch-list's initial events
+// makes the cache synced, the Lease absent when none came.
+func (l *Lock) takeBookmark(c *consumer, ev watch.Event) {
+	m, err := meta.Accessor(ev.Object)
+	if err != nil {
+		return
+	}
+	c.rv = m.GetResourceVersion()
+	if !c.initial || m.GetAnnotations()[metav1.InitialEventsAnnotationKey] != "true" {
+		return
+	}
+	c.initial, c.initialDone = false, nil
+	c.timer.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !c.seen {
+		l.observeAbsentOrLocked(nil, c.rv)
+	}
+	l.endOutageLocked(l.cfg.Clock.Now())
+	l.synced = true
+	l.broadcastLocked()
 }
 
 // observeAbsentOrLocked takes a listed or watched record; a nil lease means absent as
