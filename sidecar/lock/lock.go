@@ -606,7 +606,7 @@ func (l *Lock) startTTLLocked(h *Hold, ttl time.Duration) {
 // stepLocked feeds in to the machine (machine.go) and does what it asks, but the
 // write, which the caller sends: it ends the local hold, emits the events, logs,
 // marks an outage, starts the ttl timer and wakes the waiters.
-func (l *Lock) stepLocked(in any, now time.Time) output {
+func (l *Lock) stepLocked(in input, now time.Time) output {
 	m, out := l.m.step(in, now)
 	l.m = m
 	if out.endHold {

@@ -240,8 +240,23 @@ type (
 	}
 )
 
+// input is one of the inputs above.
+type input interface{ isInput() }
+
+func (acquireSent) isInput()   {}
+func (acquireFailed) isInput() {}
+func (acquired) isInput()      {}
+func (answered) isInput()      {}
+func (observed) isInput()      {}
+func (renewDue) isInput()      {}
+func (renewResult) isInput()   {}
+func (deadline) isInput()      {}
+func (end) isInput()           {}
+func (releaseResult) isInput() {}
+func (renewTTL) isInput()      {}
+
 // step is the transition function.
-func (m machine) step(in any, now time.Time) (machine, output) {
+func (m machine) step(in input, now time.Time) (machine, output) {
 	switch in := in.(type) {
 	case acquireSent:
 		if !m.holding() {

@@ -112,7 +112,7 @@ func viewOf(m machine, out output, now time.Time) view {
 // want builds the expected view from the machine the case expects and its output.
 type machineCase struct {
 	from machine
-	in   any
+	in   input
 	now  time.Duration
 	want view
 }
@@ -441,6 +441,72 @@ func TestMachineQueries(t *testing.T) {
 				Resume: tc.m.mayResume(at(tc.now))}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestMachineCheckToken: a release names its hold by token; a stale one changes nothing
+// and says what is current (review case: a stale token's release changes nothing).
+func TestMachineCheckToken(t *testing.T) {
+	t.Parallel()
+	ended := heldM()
+	ended.phase, ended.ended = phaseIdle, endedHold{token: 5, reason: "ttl expired"}
+	tests := map[string]struct {
+		m     machine
+		token int64
+		want  string
+	}{
+		"the current hold":           {m: heldM(), token: 5},
+		"the current hold, jeopardy": {m: jeopardyM(), token: 5},
+		"an older token":             {m: heldM(), token: 4, want: "token 4 does not name the current hold; the current hold has token 5"},
+		"an ended hold":              {m: ended, token: 5, want: "the hold with token 5 has already ended (ttl expired); this Pod holds no hold now"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			before := tc.m
+			got := ""
+			if err := tc.m.checkToken(tc.token); err != nil {
+				got = err.Error()
+				if !errors.Is(err, ErrStaleToken) {
+					t.Errorf("error %v is not ErrStaleToken", err)
+				}
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("checkToken (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(viewOf(before, output{}, t0), viewOf(tc.m, output{}, t0)); diff != "" {
+				t.Errorf("checkToken changed the machine (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestClassify: how the machine reads a write's answer.
+func TestClassify(t *testing.T) {
+	t.Parallel()
+	tests := map[string]struct {
+		raw    error
+		unread bool
+		want   writeResult
+	}{
+		"landed":              {want: writeOK},
+		"409, read again":     {raw: errConflict409, want: writeConflict},
+		"409, could not read": {raw: errConflict409, unread: true, want: writeUnread},
+		"404":                 {raw: apierrors.NewNotFound(schema.GroupResource{Resource: "leases"}, "db"), want: writeConflict},
+		"503":                 {raw: errDown, want: writeUnavailable},
+		"429":                 {raw: apierrors.NewTooManyRequests("slow down", 1), want: writeUnavailable},
+		"timeout":             {raw: apierrors.NewTimeoutError("slow", 1), want: writeUnavailable},
+		"no answer":           {raw: errNoAnswer, want: writeUnavailable},
+		"403":                 {raw: errForbidden, want: writeRefused},
+		"400":                 {raw: apierrors.NewBadRequest("no"), want: writeRefused},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if got := classify(tc.raw, tc.unread); got != tc.want {
+				t.Errorf("classify(%v, %v) = %d, want %d", tc.raw, tc.unread, got, tc.want)
 			}
 		})
 	}
