@@ -354,7 +354,8 @@ func (h *Hold) Reason() string {
 	return h.reason
 }
 
-// Lock is the state machine of one lock. Create it with New; Run it.
+// Lock is one lock: its cache of the Lease, its loops and its callers, driving the
+// machine of its hold (machine.go). Create it with New; Run it.
 type Lock struct {
 	cfg        Config
 	durSeconds int32

@@ -24,6 +24,7 @@ import (
 //	acquiring   --acquired, overtaken by a watch event-----> idle (never held)
 //	acquiring   --acquired---------------------------------> held (event acquired)
 //	held        --answered, renew-deadline already passed--> lost
+//	held        --answered with a ttl-----------------------> held (ttl timer started)
 //	held, jeopardy --observed: deleted, other holder, other token--> lost
 //	held, jeopardy --renewDue: cache shows no Lease / not our record--> lost
 //	held        --deadline/renewDue past renew-deadline:
@@ -33,13 +34,15 @@ import (
 //	held, jeopardy --renewResult ok-------------------------> held (from jeopardy: event safe)
 //	held, jeopardy --renewResult conflict (the record not ours)--> lost
 //	held, jeopardy --renewResult unread, unavailable--------> same (failing; outage)
-//	held, jeopardy --renewResult refused--------------------> same (failing; refused)
+//	held, jeopardy --renewResult refused--------------------> same (failing; refused),
+//	                 then, past renew-deadline (in jeopardy: at once) ---> lost
 //	held, jeopardy --end (release, ttl, shutdown, closed)---> releasing (Lease names us) or idle
 //	releasing   --releaseResult-----------------------------> idle (event released)
 //	lost        --(its promise runs out: no transition, acquisition waits it out)
 //
 // Calls that change no phase: checkToken (release), renewTTL (renew), and the queries
-// validFor, reported, mayResume, nextRenew, promised.
+// validFor, reported, mayResume, nextRenew, promised, ours, ttlPassed. Before
+// acquireSent, decideAcquire (the end of this file) decides whether to write at all.
 
 // phase is where the machine is. The reported Phase (State.Phase) is its projection
 // (reported): held and jeopardy as such, everything else not-held.
