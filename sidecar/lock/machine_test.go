@@ -3,6 +3,9 @@ package lock
 import (
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"testing"
 	"time"
 
@@ -137,12 +140,11 @@ const (
 	deadlineNoRen = "renew-deadline passed without a successful renew"
 )
 
-func TestMachineAcquisition(t *testing.T) {
-	t.Parallel()
+func machineAcquisitionCases() map[string]machineCase {
 	idle := machine{cfg: testMachineConfig}
 	lost := machine{cfg: testMachineConfig, phase: phaseLost, token: 4, lastWrite: t0, promise: at(3 * time.Second)}
 	acquiring := machine{cfg: testMachineConfig, phase: phaseAcquiring}
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"idle, acquiring write sent: acquiring": {from: idle, in: acquireSent{},
 			want: view{Phase: "acquiring", Reported: PhaseNotHeld}},
 		"lost, acquiring write sent: acquiring, the promise kept": {from: lost, in: acquireSent{}, now: time.Second,
@@ -168,13 +170,12 @@ func TestMachineAcquisition(t *testing.T) {
 				Ended:   "renew-deadline passed before the acquire could be answered",
 				EndHold: "renew-deadline passed before the acquire could be answered",
 				Events:  []string{"lost/renew_deadline: renew-deadline passed before the acquire could be answered"}}},
-	})
+	}
 }
 
-func TestMachineObserved(t *testing.T) {
-	t.Parallel()
+func machineObservedCases() map[string]machineCase {
 	ours := Record{Holder: "me", Transitions: 5, Renewed: at(time.Second)}
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"held, our record (a waiter queued on it): nothing": {from: heldM(), in: observed{present: true, rec: ours},
 			now: time.Second, want: view{Phase: "held", Reported: PhaseHeld, Token: 5}},
 		// Review case: a lost hold's validFor is honoured before a new hold: the promise
@@ -199,13 +200,12 @@ func TestMachineObserved(t *testing.T) {
 				Ended: "the Lease was deleted", EndHold: "the Lease was deleted", Events: []string{lostDeleted}}},
 		"idle, Lease deleted: nothing": {from: machine{cfg: testMachineConfig}, in: observed{},
 			want: view{Phase: "idle", Reported: PhaseNotHeld}},
-	})
+	}
 }
 
-func TestMachineRenewDue(t *testing.T) {
-	t.Parallel()
+func machineRenewDueCases() map[string]machineCase {
 	ours := Record{Holder: "me", Transitions: 5}
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"held at renew-deadline/2: renew, timeout the write timeout": {from: heldM(),
 			in: renewDue{present: true, rec: ours}, now: 5 * time.Second,
 			want: view{Phase: "held", Reported: PhaseHeld, Token: 5, Write: "renew", Timeout: 5 * time.Second,
@@ -234,14 +234,13 @@ func TestMachineRenewDue(t *testing.T) {
 				Events:  []string{"lost/rewritten: the Lease no longer holds this agent's record"}}},
 		"idle: nothing": {from: machine{cfg: testMachineConfig}, in: renewDue{present: true, rec: ours},
 			want: view{Phase: "idle", Reported: PhaseNotHeld}},
-	})
+	}
 }
 
-func TestMachineRenewResult(t *testing.T) {
-	t.Parallel()
+func machineRenewResultCases() map[string]machineCase {
 	sent := at(5 * time.Second)
 	wrapped := func(raw error) error { return fmt.Errorf("renew lease ns/db: %w", raw) }
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"held, renewal landed: valid again from its send": {from: heldM(), in: renewResult{sent: sent},
 			now:  5100 * time.Millisecond,
 			want: view{Phase: "held", Reported: PhaseHeld, Token: 5, LastWrite: 5 * time.Second, Wake: true}},
@@ -292,12 +291,11 @@ func TestMachineRenewResult(t *testing.T) {
 		"lost meanwhile: the answer changes nothing": {from: machine{cfg: testMachineConfig, phase: phaseLost, token: 5},
 			in: renewResult{sent: sent, raw: errDown, err: wrapped(errDown)}, now: 6 * time.Second,
 			want: view{Phase: "lost", Reported: PhaseNotHeld, Token: 5}},
-	})
+	}
 }
 
-func TestMachineDeadline(t *testing.T) {
-	t.Parallel()
-	runMachine(t, map[string]machineCase{
+func machineDeadlineCases() map[string]machineCase {
+	return map[string]machineCase{
 		"held before renew-deadline: nothing": {from: heldM(), in: deadline{}, now: 9 * time.Second,
 			want: view{Phase: "held", Reported: PhaseHeld, Token: 5}},
 		"held at renew-deadline, unavailable: jeopardy": {from: heldM(), in: deadline{apiErr: errDown},
@@ -324,18 +322,17 @@ func TestMachineDeadline(t *testing.T) {
 			in: deadline{}, now: 12 * time.Second,
 			want: view{Phase: "jeopardy", Reported: PhaseNotHeld, Token: 5, Failing: true, Retry: 2 * time.Second,
 				Expires: 11 * time.Second}},
-	})
+	}
 }
 
-func TestMachineEnd(t *testing.T) {
-	t.Parallel()
+func machineEndCases() map[string]machineCase {
 	releasing := heldM()
 	releasing.phase = phaseReleasing
 	releasing.releasing = endedHold{token: 5, reason: "released", heldFor: 3 * time.Second, hadHold: true}
 	shutdown := machine{cfg: testMachineConfig, phase: phaseReleasing, token: 5,
 		releasing: endedHold{token: 5, reason: "agent shutting down"}}
 	const notCleared = "; the Lease could not be cleared, so other Pods can take it only after lease-duration"
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"held, released, the Lease names us: releasing, clear it": {from: heldM(),
 			in: end{reason: "released", namesUs: true}, now: 3 * time.Second,
 			want: view{Phase: "releasing", Reported: PhaseNotHeld, Token: 5, Ended: "released", EndHold: "released",
@@ -362,13 +359,12 @@ func TestMachineEnd(t *testing.T) {
 				Events: []string{"released: released" + notCleared}}},
 		"releasing without a hold (shutdown), cleared: idle, no event": {from: shutdown, in: releaseResult{},
 			want: view{Phase: "idle", Reported: PhaseNotHeld, Token: 5, Wake: true}},
-	})
+	}
 }
 
-func TestMachineRenewTTL(t *testing.T) {
-	t.Parallel()
+func machineRenewTTLCases() map[string]machineCase {
 	ended := machine{cfg: testMachineConfig, token: 5, ended: endedHold{token: 5, reason: "released"}}
-	runMachine(t, map[string]machineCase{
+	return map[string]machineCase{
 		"held, renew with 0: the ttl given at acquire restarts": {from: withTTL(heldM(), time.Minute, at(time.Minute)),
 			in: renewTTL{token: 5}, now: 2 * time.Second,
 			want: view{Phase: "held", Reported: PhaseHeld, Token: 5, Expires: 62 * time.Second, TTL: time.Minute}},
@@ -398,7 +394,7 @@ func TestMachineRenewTTL(t *testing.T) {
 			in: renewTTL{token: 5}, now: 2 * time.Second,
 			want: view{Phase: "held", Reported: PhaseNotHeld, Token: 5, Expires: time.Second,
 				Err: "the hold with token 5 has already ended (ttl expired); this Pod holds no hold now"}},
-	})
+	}
 }
 
 // TestMachineQueries pins the decisions the driver asks the machine without a step.
@@ -509,5 +505,53 @@ func TestClassify(t *testing.T) {
 				t.Errorf("classify(%v, %v) = %d, want %d", tc.raw, tc.unread, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestMachineAcquisition(t *testing.T) { t.Parallel(); runMachine(t, machineAcquisitionCases()) }
+
+func TestMachineObserved(t *testing.T) { t.Parallel(); runMachine(t, machineObservedCases()) }
+
+func TestMachineRenewDue(t *testing.T) { t.Parallel(); runMachine(t, machineRenewDueCases()) }
+
+func TestMachineRenewResult(t *testing.T) { t.Parallel(); runMachine(t, machineRenewResultCases()) }
+
+func TestMachineDeadline(t *testing.T) { t.Parallel(); runMachine(t, machineDeadlineCases()) }
+
+func TestMachineEnd(t *testing.T) { t.Parallel(); runMachine(t, machineEndCases()) }
+
+func TestMachineRenewTTL(t *testing.T) { t.Parallel(); runMachine(t, machineRenewTTLCases()) }
+
+// allMachineCases are the cases of every table above.
+func allMachineCases() []map[string]machineCase {
+	return []map[string]machineCase{machineAcquisitionCases(), machineObservedCases(), machineRenewDueCases(),
+		machineRenewResultCases(), machineDeadlineCases(), machineEndCases(), machineRenewTTLCases()}
+}
+
+// TestMachineTablesCoverEveryInput: every input type of machine.go (every type with an
+// isInput method) is walked by a case above, so that a new input comes with its table.
+func TestMachineTablesCoverEveryInput(t *testing.T) {
+	t.Parallel()
+	f, err := parser.ParseFile(token.NewFileSet(), "machine.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for _, d := range f.Decls {
+		if fn, ok := d.(*ast.FuncDecl); ok && fn.Name.Name == "isInput" && fn.Recv != nil {
+			want["lock."+recvName(fn.Recv.List[0].Type)] = true
+		}
+	}
+	got := map[string]bool{}
+	for _, cases := range allMachineCases() {
+		for _, c := range cases {
+			got[fmt.Sprintf("%T", c.in)] = true
+		}
+	}
+	if len(want) == 0 {
+		t.Fatal("found no input types in machine.go")
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("input types (-in machine.go +walked by the tables):\n%s", diff)
 	}
 }
