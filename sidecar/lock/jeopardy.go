@@ -70,9 +70,7 @@ func (l *Lock) endOutageLocked(now time.Time) {
 	}
 	l.outage = false
 	l.observedAt = now
-	if !l.gone.heldUntil.IsZero() {
-		l.gone.heldUntil = now.Add(l.cfg.LeaseDuration)
-	}
+	l.gone = l.gone.afterOutage(now, l.cfg.LeaseDuration)
 }
 
 // reread reads the Lease from the API server before an expired hold is taken over

@@ -402,12 +402,7 @@ type Lock struct {
 	unanswered []time.Time
 	// gone is what this agent last saw of a Lease that was deleted: whose hold to wait
 	// out before creating it again, and the token to go on from.
-	gone struct {
-		rv          string
-		holder      string
-		heldUntil   time.Time
-		transitions int32
-	}
+	gone goneLease
 	// cappedRV is the last record whose leaseDurationSeconds was logged as capped.
 	cappedRV string
 	changed  chan struct{}
@@ -972,12 +967,11 @@ func parseRV(rv string) uint64 {
 // when the record no longer names us.
 func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 	if lease != nil {
-		if n := parseRV(lease.ResourceVersion); n != 0 {
-			if n <= l.rv {
-				return
-			}
-			l.rv = n
+		rv, newer := newerRV(l.rv, lease.ResourceVersion)
+		if !newer {
+			return
 		}
+		l.rv = rv
 	}
 	if !sameRecord(l.lease, lease) {
 		l.observedAt = now

@@ -468,24 +468,19 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 		l.observeLocked(lease, now)
 		return
 	}
-	if n := parseRV(rv); n != 0 {
-		if n <= l.rv {
-			return
-		}
-		l.rv = n
+	n, newer := newerRV(l.rv, rv)
+	if !newer {
+		return
 	}
+	l.rv = n
 	if old := l.lease; old != nil {
 		// Remember the deleted record: a hold it names may still be relied on until
 		// lease-duration after we saw it change, and its token must not come back.
-		l.gone.rv = old.ResourceVersion
-		l.gone.holder, l.gone.heldUntil = "", time.Time{}
-		if h := holderOf(old); h != "" && !l.wroteLocked(old) {
-			l.gone.holder = h
-			l.gone.heldUntil = l.observedAt.Add(l.leaseDurationLocked())
+		wrote, ld := l.wroteLocked(old), time.Duration(0)
+		if holderOf(old) != "" && !wrote {
+			ld = l.leaseDurationLocked()
 		}
-		if t := RecordOf(old).Transitions; t < math.MaxInt32 {
-			l.gone.transitions = max(l.gone.transitions, t)
-		}
+		l.gone = l.gone.deleted(old, wrote, l.observedAt, ld)
 		l.observedAt = now
 	}
 	l.lease = nil

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
@@ -794,4 +795,55 @@ func takeoverRead(judgedRV string, present bool, readRV string, took, slow time.
 		return false, true
 	}
 	return same, false
+}
+
+// The cache: how what this agent reads of the Lease changes what it knows.
+
+// newerRV says whether a record (or a deletion) at resourceVersion rv is newer than the
+// last one seen (last), and the last one after it. One without a resourceVersion is
+// taken as it is. Resource versions are compared as integers (etcd's revisions).
+func newerRV(last uint64, rv string) (uint64, bool) {
+	n := parseRV(rv)
+	switch {
+	case n == 0:
+		return last, true
+	case n <= last:
+		return last, false
+	}
+	return n, true
+}
+
+// goneLease is what this agent last saw of a Lease that was deleted: whose hold to
+// wait out before creating it again, and the token to go on from.
+type goneLease struct {
+	rv          string
+	holder      string
+	heldUntil   time.Time
+	transitions int32
+}
+
+// deleted is what to remember of the deleted record old, which this agent saw change
+// at observedAt: a hold it names (not written by this process: wrote) may still be
+// relied on until its lease-duration (leaseDuration) after that, and its token must
+// not come back.
+func (g goneLease) deleted(old *coordinationv1.Lease, wrote bool, observedAt time.Time, leaseDuration time.Duration) goneLease {
+	rec := RecordOf(old)
+	g.rv, g.holder, g.heldUntil = old.ResourceVersion, "", time.Time{}
+	if rec.Holder != "" && !wrote {
+		g.holder, g.heldUntil = rec.Holder, observedAt.Add(leaseDuration)
+	}
+	if rec.Transitions < math.MaxInt32 {
+		g.transitions = max(g.transitions, rec.Transitions)
+	}
+	return g
+}
+
+// afterOutage: when this agent reads the Lease again after it lost the API server, the
+// deleted record's holder shared the outage: its hold is waited out for
+// leaseDuration from now.
+func (g goneLease) afterOutage(now time.Time, leaseDuration time.Duration) goneLease {
+	if !g.heldUntil.IsZero() {
+		g.heldUntil = now.Add(leaseDuration)
+	}
+	return g
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
 // decisionView is what a case of decideAcquire compares.
@@ -157,6 +158,84 @@ func TestTakeoverRead(t *testing.T) {
 			t.Parallel()
 			same, restart := takeoverRead("7", tc.present, tc.rv, tc.took, time.Second)
 			if diff := cmp.Diff(tc.want, res{same, restart}); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestNewerRV(t *testing.T) {
+	t.Parallel()
+	type res struct {
+		Last  uint64
+		Newer bool
+	}
+	tests := map[string]struct {
+		last uint64
+		rv   string
+		want res
+	}{
+		"newer":                {last: 7, rv: "8", want: res{8, true}},
+		"the same: dropped":    {last: 7, rv: "7", want: res{7, false}},
+		"older: dropped":       {last: 7, rv: "6", want: res{7, false}},
+		"none: taken as it is": {last: 7, rv: "", want: res{7, true}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			last, newer := newerRV(tc.last, tc.rv)
+			if diff := cmp.Diff(tc.want, res{last, newer}); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestGoneLease: a deleted Lease's hold is waited out and its token goes on; a waiter
+// that shared an outage restarts that wait when it is back (review case).
+func TestGoneLease(t *testing.T) {
+	t.Parallel()
+	type res struct {
+		RV, Holder  string
+		HeldUntil   time.Duration
+		Transitions int32
+	}
+	viewGone := func(g goneLease) res { return res{g.rv, g.holder, offset(g.heldUntil), g.transitions} }
+	lease := func(holder string, tr int32) *coordinationv1.Lease {
+		return withRecord(nil, "ns", "db", leaseMeta{}, Record{Holder: holder, Transitions: tr})
+	}
+	rv9 := func(l *coordinationv1.Lease) *coordinationv1.Lease { l.ResourceVersion = "9"; return l }
+	prev := goneLease{transitions: 12}
+	tests := map[string]struct {
+		got  goneLease
+		want res
+	}{
+		"held by another Pod: wait out its lease-duration from when it was seen": {
+			got:  goneLease{}.deleted(rv9(lease("other", 4)), false, at(time.Second), 15*time.Second),
+			want: res{"9", "other", 16 * time.Second, 4}},
+		"our own write: nobody to wait for": {
+			got:  goneLease{}.deleted(rv9(lease("me", 4)), true, at(time.Second), 15*time.Second),
+			want: res{RV: "9", Transitions: 4}},
+		"released: nobody to wait for": {
+			got:  goneLease{}.deleted(rv9(lease("", 4)), false, at(time.Second), 0),
+			want: res{RV: "9", Transitions: 4}},
+		"an older token than one seen before: the greater is kept": {
+			got:  prev.deleted(rv9(lease("", 4)), false, at(time.Second), 0),
+			want: res{RV: "9", Transitions: 12}},
+		"the largest token: not kept (the next could not be greater)": {
+			got:  goneLease{}.deleted(rv9(lease("", math.MaxInt32)), false, t0, 0),
+			want: res{RV: "9"}},
+		"after an outage: the wait restarts from now": {
+			got:  goneLease{holder: "other", heldUntil: at(16 * time.Second)}.afterOutage(at(20*time.Second), 15*time.Second),
+			want: res{Holder: "other", HeldUntil: 35 * time.Second}},
+		"after an outage, nothing to wait for: nothing": {
+			got:  goneLease{}.afterOutage(at(20*time.Second), 15*time.Second),
+			want: res{}},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			if diff := cmp.Diff(tc.want, viewGone(tc.got)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
