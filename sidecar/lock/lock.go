@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -645,19 +644,11 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 		now := l.cfg.Clock.Now()
 		s := l.stateLocked(now)
 		var err error
-		switch {
-		case s.Held:
-			l.mu.Unlock()
-			return s, nil
-		case !wait && !l.synced:
-			err = fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
-		case !wait && l.m.failing:
-			err = fmt.Errorf("%w: %v", ErrUnavailable, l.apiErr)
-		case !wait:
-			err = &HeldError{Holder: s.Holder, ValidFor: l.observedAt.Add(l.leaseDurationLocked()).Sub(now)}
+		if !s.Held && !wait {
+			err = leaderRefusal(s, l.synced, l.m.failing, l.apiErr, l.observedAt.Add(l.leaseDurationLocked()).Sub(now))
 		}
 		l.mu.Unlock()
-		if err != nil {
+		if s.Held || err != nil {
 			return s, err
 		}
 		select {
@@ -1093,9 +1084,8 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 func (l *Lock) released(cur *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
 	next := cur.DeepCopy()
 	next.Spec = RecordOf(cur).Released(now).Spec()
-	if q := queueOf(cur); l.fair() && len(q) > 0 && len(q) < MaxQueue && l.wanting.Load() > 0 && !l.isClosing() &&
-		!slices.Contains(q, l.cfg.Identity) {
-		setQueue(next, append(q, l.cfg.Identity))
+	if q, ok := queueOnRelease(queueOf(cur), l.cfg.Identity, l.fair() && l.wanting.Load() > 0 && !l.isClosing()); ok {
+		setQueue(next, q)
 	}
 	return next
 }

@@ -847,3 +847,26 @@ func (g goneLease) afterOutage(now time.Time, leaseDuration time.Duration) goneL
 	}
 	return g
 }
+
+// queueOnRelease is the queue a release leaves: q as it is, or, when clients of this
+// Pod wait for the lock too (wanting, for a mutex not shutting down), with this agent
+// (self) queued behind the others in the same write. ok says it changed.
+func queueOnRelease(q []string, self string, wanting bool) ([]string, bool) {
+	if !wanting || len(q) == 0 || len(q) >= MaxQueue || slices.Contains(q, self) {
+		return q, false
+	}
+	return append(slices.Clone(q), self), true
+}
+
+// leaderRefusal is the answer to a caller asking once for a leader lock that this
+// agent (state s) does not hold: not synced or failing to renew, the API server is
+// unavailable; otherwise held by s.Holder for up to left.
+func leaderRefusal(s State, synced, failing bool, apiErr error, left time.Duration) error {
+	switch {
+	case !synced:
+		return fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
+	case failing:
+		return fmt.Errorf("%w: %v", ErrUnavailable, apiErr)
+	}
+	return &HeldError{Holder: s.Holder, ValidFor: left}
+}

@@ -3,6 +3,7 @@ package lock
 import (
 	"errors"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -236,6 +237,59 @@ func TestGoneLease(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			if diff := cmp.Diff(tc.want, viewGone(tc.got)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestQueueOnRelease(t *testing.T) {
+	t.Parallel()
+	full := make([]string, MaxQueue)
+	tests := map[string]struct {
+		q       []string
+		wanting bool
+		want    []string
+		changed bool
+	}{
+		"clients of this Pod wait: queue behind the others": {q: []string{"a"}, wanting: true,
+			want: []string{"a", "me"}, changed: true},
+		"nobody of this Pod waits: as it is": {q: []string{"a"}, want: []string{"a"}},
+		"no queue: free for all":             {wanting: true},
+		"already queued: as it is":           {q: []string{"me", "a"}, wanting: true, want: []string{"me", "a"}},
+		"full: as it is":                     {q: full, wanting: true, want: full},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			before := slices.Clone(tc.q)
+			got, changed := queueOnRelease(tc.q, "me", tc.wanting)
+			if diff := cmp.Diff(tc.want, got); diff != "" || changed != tc.changed {
+				t.Errorf("queue (-want +got):\n%s\nchanged %v, want %v", diff, changed, tc.changed)
+			}
+			if !slices.Equal(before, tc.q) {
+				t.Error("queueOnRelease changed the queue it was given")
+			}
+		})
+	}
+}
+
+func TestLeaderRefusal(t *testing.T) {
+	t.Parallel()
+	s := State{Holder: "other"}
+	tests := map[string]struct {
+		synced, failing bool
+		want            string
+	}{
+		"not synced":            {want: "API server unavailable: not yet synced with the API server"},
+		"renewal failing":       {synced: true, failing: true, want: "API server unavailable: down"},
+		"held by another agent": {synced: true, want: "held by other for up to 4s more"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			err := leaderRefusal(s, tc.synced, tc.failing, errDown, 4*time.Second)
+			if diff := cmp.Diff(tc.want, err.Error()); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
