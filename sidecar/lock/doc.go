@@ -69,4 +69,34 @@
 //     (stopped, partitioned) costs the waiters behind it one retry-period.
 //   - Resource versions are compared as integers to drop stale watch events; this holds
 //     for etcd-backed API servers.
+//
+// # Design: one machine, loops that drive it
+//
+// A hold's phase and every transition of it live in machine.go: machine.step takes the
+// phase (with what the hold needs to know: token, last write, ttl, refusal), one input
+// (a call, a watch event, a write's result, a timer) and the time, and returns the
+// next machine and what to do (the events to emit, the local hold to end, the write to
+// send, the ttl timer to start). decideAcquire (same file) decides an acquisition from
+// the cached Lease: wait (and for whom), queue, read once more, or write. Neither does
+// I/O, starts a goroutine or reads a clock. lock.go (calls), loops.go (renew and watch
+// loops, timers) and jeopardy.go (reads) talk to the API server and only drive the
+// machine (Lock.stepLocked); record.go is the only reader and writer of Lease fields.
+//
+//	           acquireSent              acquired
+//	idle, lost -------------> acquiring ------------> held
+//	 ^                          |                      |  ^
+//	 | acquireFailed, overtaken |  renew-deadline      |  | renewResult ok
+//	 +--------------------------+  passed, the API     |  | (event safe)
+//	 |                             server unavailable  v  |
+//	 |                                               jeopardy
+//	 |                                                  |
+//	 |  releaseResult          end: release, ttl,       |
+//	 +--------------- releasing <-- shutdown, closed ---+  (from held or jeopardy)
+//	                                                    |
+//	                        lost <----------------------+  (from held or jeopardy)
+//	    the Lease deleted or rewritten, a conflict, a refusal at renew-deadline,
+//	    the grace over, an acquire answered after renew-deadline
+//
+// State.Phase is the machine's projection on the clock (machine.reported): held while
+// validFor > 0, jeopardy while it may resume, not-held otherwise.
 package lock

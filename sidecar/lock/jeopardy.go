@@ -3,7 +3,6 @@ package lock
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -33,104 +32,6 @@ import (
 // replaced lease-duration after the outage. A watch can be dead without knowing it (a
 // black-holed connection), so a takeover of an expired hold first reads the Lease once:
 // a read that fails is an outage, a read that shows a newer record restarts the clock.
-
-// phaseLocked is the phase of this agent's hold now, from the clock: held turns to
-// jeopardy (or not-held) at renew-deadline even before the renew loop wakes.
-func (l *Lock) phaseLocked(now time.Time) Phase {
-	switch {
-	case !l.held:
-		return PhaseNotHeld
-	case l.validForLocked(now) > 0:
-		return PhaseHeld
-	case l.mayResumeLocked(now):
-		return PhaseJeopardy
-	}
-	return PhaseNotHeld
-}
-
-// mayResumeLocked is true when a hold past its renew-deadline may still resume: the
-// failures were unavailability, its ttl has not run out, and the grace period has not
-// passed.
-func (l *Lock) mayResumeLocked(now time.Time) bool {
-	if !l.held || l.cfg.Grace <= 0 || l.refused != nil {
-		return false
-	}
-	if h := l.hold; h != nil && !h.expires.IsZero() && !now.Before(h.expires) {
-		return false
-	}
-	return now.Before(l.graceEndLocked())
-}
-
-// graceEndLocked is when a hold in jeopardy is lost: renew-deadline plus the grace
-// period after the send time of the last successful write.
-func (l *Lock) graceEndLocked() time.Time {
-	return l.lastWrite.Add(l.cfg.RenewDeadline + l.cfg.Grace)
-}
-
-// writeEndLocked is the latest moment a renewal may still be answered and count: the
-// end of the grace period when the hold may go into jeopardy, renew-deadline otherwise.
-func (l *Lock) writeEndLocked() time.Time {
-	if l.cfg.Grace > 0 && l.refused == nil {
-		return l.graceEndLocked()
-	}
-	return l.lastWrite.Add(l.cfg.RenewDeadline)
-}
-
-// stepDeadlineLocked moves a hold on when a deadline passed: at renew-deadline into
-// jeopardy (or lost, after a refusal or with grace 0); at the end of the grace
-// period, lost.
-func (l *Lock) stepDeadlineLocked(now time.Time) {
-	if !l.held {
-		return
-	}
-	deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
-	switch {
-	case now.Before(deadline):
-	case l.refused != nil:
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed and the API server refused the renewal: "+l.refused.Error())
-	case l.cfg.Grace <= 0:
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed without a successful renew")
-	case !now.Before(l.graceEndLocked()):
-		l.loseLocked(LossGrace, fmt.Sprintf("in jeopardy for the whole grace period (%s) without a successful renewal", l.cfg.Grace))
-	case !l.jeopardy:
-		l.jeopardy = true
-		reason := "renew-deadline passed without a successful renewal"
-		if l.apiErr != nil {
-			reason += " (the API server is unavailable: " + l.apiErr.Error() + ")"
-		}
-		reason += fmt.Sprintf("; do not rely on the hold: it resumes with the same token if a renewal lands within %s", l.cfg.Grace)
-		l.broadcastLocked()
-		l.emitEventLocked(Event{Type: EventJeopardy, Reason: reason})
-		l.cfg.Log.Info("Lock in jeopardy", "lock", l.cfg.Name, "token", l.token, "grace", l.cfg.Grace.String())
-	}
-}
-
-// renewedLocked takes a renewal that landed, sent at send: the hold is valid again
-// from send, and a hold in jeopardy resumes with the same token.
-func (l *Lock) renewedLocked(send time.Time) {
-	was := l.lastWrite
-	l.lastWrite = send
-	l.renewFailing = false
-	l.refused = nil
-	if !l.jeopardy {
-		return
-	}
-	l.jeopardy = false
-	in := max(0, l.cfg.Clock.Since(was.Add(l.cfg.RenewDeadline))).Round(time.Millisecond)
-	l.emitEventLocked(Event{Type: EventSafe, Reason: fmt.Sprintf(
-		"a renewal landed after %s in jeopardy: nobody held the lock in between, the hold goes on with token %d", in, l.token)})
-	l.cfg.Log.Info("Lock safe again", "lock", l.cfg.Name, "token", l.token, "inJeopardy", in.String())
-}
-
-// renewFailedLocked takes a renewal that failed with raw (the API's error): a refusal
-// is remembered (renew-deadline then loses the hold), unavailability is an outage.
-func (l *Lock) renewFailedLocked(raw error) {
-	if unavailable(raw) {
-		l.markOutageLocked()
-		return
-	}
-	l.refused = raw
-}
 
 // unavailable says whether err means that the API server could not be reached or could
 // not serve (no answer, a timeout, a 5xx, a 429), as opposed to an answer that refuses
@@ -169,9 +70,7 @@ func (l *Lock) endOutageLocked(now time.Time) {
 	}
 	l.outage = false
 	l.observedAt = now
-	if !l.gone.heldUntil.IsZero() {
-		l.gone.heldUntil = now.Add(l.cfg.LeaseDuration)
-	}
+	l.gone = l.gone.afterOutage(now, l.cfg.LeaseDuration)
 }
 
 // reread reads the Lease from the API server before an expired hold is taken over
@@ -206,10 +105,13 @@ func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, 
 	now := l.cfg.Clock.Now()
 	l.observeAbsentOrLocked(item, list.ResourceVersion)
 	l.endOutageLocked(now)
-	same := l.lease != nil && l.lease.ResourceVersion == judged.ResourceVersion
-	if same && now.Sub(sent) >= l.slowRead() {
+	readRV := ""
+	if l.lease != nil {
+		readRV = l.lease.ResourceVersion
+	}
+	same, restart := takeoverRead(judged.ResourceVersion, l.lease != nil, readRV, now.Sub(sent), l.slowRead())
+	if restart {
 		l.observedAt = now
-		same = false
 		l.cfg.Log.V(1).Info("Waiting a lease-duration more: the read before a takeover was slow", "lock", l.cfg.Name,
 			"took", now.Sub(sent).String(), "holder", holderOf(l.lease))
 	}

@@ -52,7 +52,7 @@ func enterJeopardy(t *testing.T, c *memClient, clk *clocktesting.FakeClock, l *L
 	t.Helper()
 	setFail(c, err)
 	clk.Step(5 * time.Second)
-	eventually(t, "the renewal at renew-deadline/2 failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.renewFailing })
+	eventually(t, "the renewal at renew-deadline/2 failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.m.failing })
 	clk.Step(5 * time.Second)
 	eventually(t, "jeopardy at renew-deadline", phaseIs(l, PhaseJeopardy))
 }
@@ -125,7 +125,7 @@ func TestRefusalBeforeRenewDeadlineLosesTheHold(t *testing.T) {
 			h := acquireHeld(t, l, 1)
 			setFail(c, cause)
 			clk.Step(5 * time.Second)
-			eventually(t, "the renewal failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.renewFailing })
+			eventually(t, "the renewal failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.m.failing })
 			clk.Step(5 * time.Second)
 			eventually(t, "the hold lost at renew-deadline", func() bool { return ended(h) })
 			if got, want := eventTypes(l, events), []EventType{EventAcquired, EventLost}; !slices.Equal(got, want) {
@@ -220,7 +220,7 @@ func TestNoGraceLosesAtRenewDeadline(t *testing.T) {
 	h := acquireHeld(t, l, 1)
 	setFail(c, apierrors.NewServiceUnavailable("down"))
 	clk.Step(5 * time.Second)
-	eventually(t, "the renewal failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.renewFailing })
+	eventually(t, "the renewal failed", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.m.failing })
 	clk.Step(5 * time.Second)
 	eventually(t, "lost at renew-deadline", func() bool { return ended(h) })
 	if got, want := eventTypes(l, events), []EventType{EventAcquired, EventLost}; !slices.Equal(got, want) {
@@ -243,7 +243,7 @@ func TestRenewCallInJeopardyRestartsTheTTLAndSaysSo(t *testing.T) {
 		t.Fatalf("renew in jeopardy: want ErrJeopardy and state jeopardy, got %+v %v", s, err)
 	}
 	l.mu.Lock()
-	expires := h.expires
+	expires := l.m.expires
 	l.mu.Unlock()
 	if want := clk.Now().Add(time.Minute); !expires.Equal(want) {
 		t.Fatalf("ttl ends at %v, want %v (restarted)", expires, want)

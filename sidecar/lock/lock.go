@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -90,24 +89,13 @@ type Config struct {
 }
 
 func (c *Config) validate() error {
-	switch {
-	case c.Name == "" || c.Namespace == "":
-		return errors.New("lock needs a namespace and a name")
-	case c.Identity == "":
-		return errors.New("lock needs a holder identity")
-	case c.Mode != ModeMutex && c.Mode != ModeLeader && c.Mode != ModeSemaphore:
-		return fmt.Errorf("lock %s: mode %q is none of %q, %q, %q", c.Name, c.Mode, ModeMutex, ModeLeader, ModeSemaphore)
-	case c.Mode == ModeSemaphore && c.Semaphore == "":
-		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
-	case c.LeaseDuration < time.Second:
-		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
-	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
-		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
-	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
-		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
-	case c.Grace < 0:
-		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
-	case c.Client == nil:
+	if err := c.validateNames(); err != nil {
+		return err
+	}
+	if err := c.validateTimings(); err != nil {
+		return err
+	}
+	if c.Client == nil {
 		return fmt.Errorf("lock %s: no Lease client", c.Name)
 	}
 	if c.Clock == nil {
@@ -118,6 +106,34 @@ func (c *Config) validate() error {
 	}
 	if c.OnHolderChange == nil {
 		c.OnHolderChange = func(string) {}
+	}
+	return nil
+}
+
+func (c *Config) validateNames() error {
+	switch {
+	case c.Name == "" || c.Namespace == "":
+		return errors.New("lock needs a namespace and a name")
+	case c.Identity == "":
+		return errors.New("lock needs a holder identity")
+	case c.Mode != ModeMutex && c.Mode != ModeLeader && c.Mode != ModeSemaphore:
+		return fmt.Errorf("lock %s: mode %q is none of %q, %q, %q", c.Name, c.Mode, ModeMutex, ModeLeader, ModeSemaphore)
+	case c.Mode == ModeSemaphore && c.Semaphore == "":
+		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
+	}
+	return nil
+}
+
+func (c *Config) validateTimings() error {
+	switch {
+	case c.LeaseDuration < time.Second:
+		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
+	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
+		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
+	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
+		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.Grace < 0:
+		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
 	}
 	return nil
 }
@@ -318,12 +334,10 @@ var errConflict = errors.New("the Lease changed or was deleted since it was read
 type Hold struct {
 	lock  *Lock
 	token int64
-	ttl   time.Duration
-	// expires is when the ttl ends the hold (zero: no ttl), on the agent's clock.
-	expires time.Time
-	timer   clock.Timer
-	done    chan struct{}
-	reason  string
+	// timer ends the hold when its ttl passes (the machine knows when).
+	timer  clock.Timer
+	done   chan struct{}
+	reason string
 }
 
 // Done is closed when the hold ends (released, lost, ttl, shutdown).
@@ -339,7 +353,8 @@ func (h *Hold) Reason() string {
 	return h.reason
 }
 
-// Lock is the state machine of one lock. Create it with New; Run it.
+// Lock is one lock: its cache of the Lease, its loops and its callers, driving the
+// machine of its hold (machine.go). Create it with New; Run it.
 type Lock struct {
 	cfg        Config
 	durSeconds int32
@@ -355,28 +370,16 @@ type Lock struct {
 	// and then watches (loops.go). Only the watch loop uses it.
 	noWatchList bool
 
-	mu           sync.Mutex
-	synced       bool
-	closed       bool
-	lease        *coordinationv1.Lease // last known; nil when absent
-	rv           uint64
-	observedAt   time.Time // when this agent saw the record change
-	held         bool
-	token        int64
-	heldSince    time.Time // when the current hold was acquired, on the agent's clock
-	lastHolder   string    // the last non-empty holder seen, for OnHolderChange
-	lastWrite    time.Time // send time of the last successful write while held
-	renewFailing bool
-	renewRetry   time.Duration // after a failed renewal, when to try again (loops.go)
-	lastAttempt  time.Time
-	// jeopardy: renew-deadline passed while the API server was unavailable; the hold
-	// is kept (held stays true) but not reported held, and its renewal goes on until
-	// lastWrite + RenewDeadline + Grace (jeopardy.go).
-	jeopardy bool
-	// refused is the last renewal failure since the last successful write that was an
-	// answer other than unavailability (a 403, another 4xx): renew-deadline then ends
-	// the hold instead of putting it in jeopardy.
-	refused error
+	mu         sync.Mutex
+	synced     bool
+	closed     bool
+	lease      *coordinationv1.Lease // last known; nil when absent
+	rv         uint64
+	observedAt time.Time // when this agent saw the record change
+	lastHolder string    // the last non-empty holder seen, for OnHolderChange
+	// m is the hold's phase and everything its transitions decide on (machine.go);
+	// it changes only through stepLocked.
+	m machine
 	// outage: this agent lost the API server (a watch or a write got no answer or a 5xx)
 	// and has not read the Lease since. Until its watch is back it takes over no hold
 	// that it judged expired (the holder shared the outage), and the expiry it measures
@@ -391,15 +394,6 @@ type Lock struct {
 	// without queueing (queue.go).
 	queueRefused bool
 	hold         *Hold
-	// ended remembers the last hold that ended, so that a late release or renew that
-	// names it learns why it is stale.
-	ended struct {
-		token  int64
-		reason string
-	}
-	// lostPromise is how long the client of a hold that was lost (not released) may
-	// still rely on the validFor it was given: no new hold is given before.
-	lostPromise time.Time
 	// unanswered are the send times of this process's acquisition writes whose outcome
 	// is unknown (a timeout, a 5xx): such a write may have landed, leaving a record
 	// that names this agent although nobody was told it holds. Recognised by its
@@ -407,12 +401,7 @@ type Lock struct {
 	unanswered []time.Time
 	// gone is what this agent last saw of a Lease that was deleted: whose hold to wait
 	// out before creating it again, and the token to go on from.
-	gone struct {
-		rv          string
-		holder      string
-		heldUntil   time.Time
-		transitions int32
-	}
+	gone goneLease
 	// cappedRV is the last record whose leaseDurationSeconds was logged as capped.
 	cappedRV string
 	changed  chan struct{}
@@ -433,6 +422,8 @@ func New(cfg Config) (*Lock, error) {
 		changed:    make(chan struct{}),
 		closing:    make(chan struct{}),
 		rewatch:    make(chan struct{}),
+		m: machine{cfg: machineConfig{identity: cfg.Identity, renewDeadline: cfg.RenewDeadline,
+			retryPeriod: cfg.RetryPeriod, grace: cfg.Grace}},
 	}, nil
 }
 
@@ -465,37 +456,21 @@ func (l *Lock) State() State {
 }
 
 func (l *Lock) stateLocked(now time.Time) State {
-	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.phaseLocked(now)}
+	s := State{Name: l.cfg.Name, Mode: l.cfg.Mode, ValidFor: "0s", Phase: l.m.reported(now)}
 	if l.lease != nil {
-		s.Holder = holderOf(l.lease)
-		if l.lease.Spec.LeaseTransitions != nil {
-			s.Token = int64(*l.lease.Spec.LeaseTransitions)
-		}
+		s.Holder, s.Token = holderOf(l.lease), tokenOf(l.lease)
 	}
-	if left := l.validForLocked(now); left > 0 {
+	if left := l.m.validFor(now); left > 0 {
 		s.Held = true
-		s.Token = l.token
+		s.Token = l.m.token
 		s.ValidFor = left.Round(time.Millisecond).String()
 		s.ValidForMillis = left.Milliseconds()
-		s.HeldFor = now.Sub(l.heldSince)
+		s.HeldFor = now.Sub(l.m.heldSince)
 	}
 	if s.Phase == PhaseJeopardy {
-		s.Token = l.token
+		s.Token = l.m.token
 	}
 	return s
-}
-
-// validForLocked is how long the hold may still be relied on: until renew-deadline
-// after the send time of the last successful write, and never past the hold's ttl.
-func (l *Lock) validForLocked(now time.Time) time.Duration {
-	if !l.held {
-		return 0
-	}
-	end := l.lastWrite.Add(l.cfg.RenewDeadline)
-	if h := l.hold; h != nil && !h.expires.IsZero() && h.expires.Before(end) {
-		end = h.expires
-	}
-	return end.Sub(now)
 }
 
 func (l *Lock) broadcastLocked() {
@@ -509,7 +484,7 @@ func (l *Lock) emitLocked(t EventType, reason string) {
 
 // emitEventLocked fills in the lock, token, holder and time of ev and emits it.
 func (l *Lock) emitEventLocked(ev Event) {
-	ev.Lock, ev.Token, ev.Time = l.cfg.Name, l.token, time.Now()
+	ev.Lock, ev.Token, ev.Time = l.cfg.Name, l.m.token, time.Now()
 	if l.lease != nil {
 		ev.Holder = holderOf(l.lease)
 	}
@@ -593,20 +568,15 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	if l.hold == h && l.validForLocked(now) <= 0 {
-		// The agent was paused between the write and the answer for longer than
-		// renew-deadline: the hold can no longer be relied on.
-		l.loseLocked(LossRenewDeadline, "renew-deadline passed before the acquire could be answered")
+	if l.hold == h {
+		// The ttl starts now. Its timer releases in its own goroutine: a clock may run
+		// callbacks under its own lock (the fake clock does), and releasing stops it.
+		l.stepLocked(answered{ttl: opts.TTL}, now)
 	}
 	if l.hold != h {
 		// Lost (deleted, taken over, shut down) before we could answer: never
 		// answer 200 with held false.
 		return nil, l.stateLocked(now), fmt.Errorf("%w (%s)", errLostAtOnce, h.reason)
-	}
-	if opts.TTL > 0 {
-		// Timer callbacks release in their own goroutine: a clock may run callbacks
-		// under its own lock (the fake clock does), and releasing stops the timer.
-		l.setTTLLocked(h, opts.TTL, now)
 	}
 	return h, l.stateLocked(now), nil
 }
@@ -620,14 +590,44 @@ func (l *Lock) isClosing() bool {
 	}
 }
 
-// setTTLLocked (re)starts the hold's ttl at now.
-func (l *Lock) setTTLLocked(h *Hold, ttl time.Duration, now time.Time) {
+// startTTLLocked (re)starts the timer that ends hold h after ttl.
+func (l *Lock) startTTLLocked(h *Hold, ttl time.Duration) {
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	h.ttl = ttl
-	h.expires = now.Add(ttl)
 	h.timer = l.cfg.Clock.AfterFunc(ttl, func() { go l.releaseExpired(h) })
+}
+
+// stepLocked feeds in to the machine (machine.go) and does what it asks, but the
+// write, which the caller sends: it ends the local hold, emits the events, logs,
+// marks an outage, starts the ttl timer and wakes the waiters.
+func (l *Lock) stepLocked(in input, now time.Time) output {
+	m, out := l.m.step(in, now)
+	l.m = m
+	if out.endHold {
+		l.endHoldLocked(out.endReason)
+	}
+	if out.outage {
+		l.markOutageLocked()
+	}
+	for _, ev := range out.events {
+		l.emitEventLocked(ev)
+	}
+	for _, line := range out.logs {
+		kv := append([]any{"lock", l.cfg.Name}, line.kv...)
+		if line.err != nil {
+			l.cfg.Log.Error(line.err, line.msg, kv...)
+			continue
+		}
+		l.cfg.Log.V(line.v).Info(line.msg, kv...)
+	}
+	if out.ttl > 0 && l.hold != nil {
+		l.startTTLLocked(l.hold, out.ttl)
+	}
+	if out.wake {
+		l.broadcastLocked()
+	}
+	return out
 }
 
 func ctxErr(ctx context.Context) error {
@@ -644,19 +644,11 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 		now := l.cfg.Clock.Now()
 		s := l.stateLocked(now)
 		var err error
-		switch {
-		case s.Held:
-			l.mu.Unlock()
-			return s, nil
-		case !wait && !l.synced:
-			err = fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
-		case !wait && l.renewFailing:
-			err = fmt.Errorf("%w: %v", ErrUnavailable, l.apiErr)
-		case !wait:
-			err = &HeldError{Holder: s.Holder, ValidFor: l.observedAt.Add(l.leaseDurationLocked()).Sub(now)}
+		if !s.Held && !wait {
+			err = leaderRefusal(s, l.synced, l.m.failing, l.apiErr, l.observedAt.Add(l.leaseDurationLocked()).Sub(now))
 		}
 		l.mu.Unlock()
-		if err != nil {
+		if s.Held || err != nil {
 			return s, err
 		}
 		select {
@@ -675,17 +667,15 @@ func (l *Lock) waitLeader(ctx context.Context, wait bool) (State, error) {
 // no admission policy refused it) blocks the lock at most that long. A capped record
 // is logged once.
 func (l *Lock) leaseDurationLocked() time.Duration {
-	if l.lease == nil || l.lease.Spec.LeaseDurationSeconds == nil {
-		return 0
-	}
-	d := time.Duration(*l.lease.Spec.LeaseDurationSeconds) * time.Second
+	secs := RecordOf(l.lease).DurationSeconds
+	d := time.Duration(secs) * time.Second
 	if d <= contract.MaxLeaseDuration {
 		return d
 	}
 	if l.cappedRV != l.lease.ResourceVersion {
 		l.cappedRV = l.lease.ResourceVersion
 		l.cfg.Log.Info("Capped the lease duration of a Lease at the longest lease-duration", "lock", l.cfg.Name,
-			"holder", holderOf(l.lease), "leaseDurationSeconds", *l.lease.Spec.LeaseDurationSeconds,
+			"holder", holderOf(l.lease), "leaseDurationSeconds", secs,
 			"maxLeaseDuration", contract.MaxLeaseDuration.String())
 	}
 	return contract.MaxLeaseDuration
@@ -701,39 +691,56 @@ func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
 			return nil
 		}
 		waited = waited || errors.Is(err, ErrNotAcquired)
-		if try && errors.Is(err, errConflict) {
-			return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
-		}
-		if try || errors.Is(err, ErrShutdown) || (h != nil && errors.Is(err, ErrTokensExhausted)) {
+		if err := acquireEnds(err, try, h != nil); err != nil {
 			return err
 		}
-		var timer clock.Timer
-		var fire <-chan time.Time
-		switch {
-		case errors.Is(err, ErrNotAcquired):
-			timer = l.cfg.Clock.NewTimer(wait)
-			fire = timer.C()
-		case errors.Is(err, errConflict), errors.Is(err, ErrTokensExhausted):
-			// The watch brings the newer record (for a leader lock whose tokens are
-			// exhausted: someone deleting the Lease).
-		default:
-			timer = l.cfg.Clock.NewTimer(l.cfg.RetryPeriod)
-			fire = timer.C()
-		}
-		select {
-		case <-changed:
-		case <-fire:
-		case <-l.closing:
-		case <-ctx.Done():
-			if timer != nil {
-				timer.Stop()
-			}
-			return ctxErr(ctx)
-		}
-		if timer != nil {
-			timer.Stop()
+		if err := l.waitToRetry(ctx, changed, err, wait); err != nil {
+			return err
 		}
 	}
+}
+
+// acquireEnds is the error that ends an acquisition after an attempt failed with err,
+// or nil when it tries again. local: a client of this Pod acquires (not the leader
+// loop, which waits for someone to delete a Lease whose tokens are exhausted).
+func acquireEnds(err error, try, local bool) error {
+	if try && errors.Is(err, errConflict) {
+		return fmt.Errorf("%w: another Pod wrote the Lease at the same moment (%v)", ErrNotAcquired, err)
+	}
+	if try || errors.Is(err, ErrShutdown) || (local && errors.Is(err, ErrTokensExhausted)) {
+		return err
+	}
+	return nil
+}
+
+// waitToRetry waits after an attempt that failed with err: for the watch to bring a
+// change (changed), and for the lock to come free (wait, on ErrNotAcquired) or for
+// retry-period (on other failures). A conflict, or exhausted tokens, wait for the
+// watch only: it brings the newer record (for a leader lock whose tokens are
+// exhausted: someone deleting the Lease).
+func (l *Lock) waitToRetry(ctx context.Context, changed <-chan struct{}, err error, wait time.Duration) error {
+	var fire <-chan time.Time
+	timed := true
+	switch {
+	case errors.Is(err, ErrNotAcquired):
+	case errors.Is(err, errConflict), errors.Is(err, ErrTokensExhausted):
+		timed = false
+	default:
+		wait = l.cfg.RetryPeriod
+	}
+	if timed {
+		timer := l.cfg.Clock.NewTimer(wait)
+		defer timer.Stop()
+		fire = timer.C()
+	}
+	select {
+	case <-changed:
+	case <-fire:
+	case <-l.closing:
+	case <-ctx.Done():
+		return ctxErr(ctx)
+	}
+	return nil
 }
 
 // writeTimeout bounds one API write.
@@ -744,169 +751,134 @@ func (l *Lock) writeTimeout() time.Duration {
 // tryAcquire makes at most one write. It returns the change channel to wait on. On
 // success h (nil in leader mode) becomes the lock's hold, and owns the local slot.
 // waited says that this acquisition found the lock held before (for Event.Handover);
-// try that it does not wait (so it does not queue).
+// try that it does not wait (so it does not queue). What to do is decideAcquire's
+// (machine.go); this does it.
 func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-chan struct{}, time.Duration, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	changed := l.changed
-	switch {
-	case l.closed || l.isClosing():
-		l.mu.Unlock()
-		return changed, 0, ErrShutdown
-	case !l.synced:
-		l.mu.Unlock()
-		return changed, 0, fmt.Errorf("%w: not yet synced with the API server", ErrUnavailable)
-	}
-	now := l.cfg.Clock.Now()
-	if left := l.lostPromise.Sub(now); left > 0 {
-		l.mu.Unlock()
-		return changed, left, &HeldError{Holder: l.cfg.Identity, ValidFor: left, Lost: true}
-	}
 	cur := l.lease
-	fair := l.fair() && h != nil && cur != nil
-	var rest []string // the queue the acquiring write leaves
-	// expired: the record names another holder whose lease-duration ran out since this
-	// agent saw it change; it is read once more before it is taken over (jeopardy.go).
-	expired := false
-	if cur != nil {
-		var wait *HeldError
-		if holder := holderOf(cur); holder != "" && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
-			switch left := l.observedAt.Add(l.leaseDurationLocked()).Sub(now); {
-			case left > 0:
-				wait = &HeldError{Holder: holder, ValidFor: left}
-			case l.outage:
-				// This agent lost the API server too: the holder may be alive and
-				// unable to renew for the same reason. Wait for the watch to be back.
-				wait = &HeldError{Holder: holder, ValidFor: l.leaseDurationLocked()}
-			default:
-				expired = true
-			}
-		}
-		enqueue := fair && !try && wait != nil && !l.queueRefused
-		if fair && wait == nil {
-			rest, wait = l.queueTurnLocked(cur, now)
-		}
-		if wait != nil {
-			l.mu.Unlock()
-			if enqueue && !slices.Contains(queueOf(cur), l.cfg.Identity) {
-				if err := l.enqueue(ctx, cur); err != nil {
-					return changed, 0, err
-				}
-			}
-			return changed, wait.ValidFor, wait
-		}
-	} else if left := l.gone.heldUntil.Sub(now); left > 0 {
-		// Deleted while another Pod held it: that Pod may still say held until its
-		// hold runs out, so wait it out as if the Lease were there.
-		l.mu.Unlock()
-		return changed, left, &HeldError{Holder: l.gone.holder, ValidFor: left}
-	}
-	if cur != nil && cur.Spec.LeaseTransitions != nil && *cur.Spec.LeaseTransitions == math.MaxInt32 {
-		err := fmt.Errorf("%w: Lease %s/%s has spec.leaseTransitions %d, the largest a Lease can hold, so no "+
-			"acquisition can get a greater fencing token: delete the Lease (kubectl -n %s delete lease %s) "+
-			"and reset the highest token your fenced stores remember for it, since tokens restart at 1",
-			ErrTokensExhausted, l.cfg.Namespace, l.cfg.Name, math.MaxInt32, l.cfg.Namespace, l.cfg.Name)
-		l.apiErr = err
-		l.mu.Unlock()
-		return changed, 0, err
+	d := decideAcquire(l.acquireViewLocked(cur, h != nil, try, l.cfg.Clock.Now()), l.cfg.Clock.Now())
+	if errors.Is(d.err, ErrTokensExhausted) {
+		l.apiErr = d.err
 	}
 	l.mu.Unlock()
-	if expired {
-		same, err := l.reread(ctx, cur)
-		if err != nil {
-			return changed, 0, err
-		}
-		if !same {
-			return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
-		}
+	if wait, err := l.beforeAcquireWrite(ctx, cur, d); err != nil {
+		return changed, wait, err
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	send := l.cfg.Clock.Now()
+	l.mu.Lock()
+	l.stepLocked(acquireSent{}, send)
+	l.mu.Unlock()
 	var out *coordinationv1.Lease
 	var err error
 	if cur == nil {
 		out, err = l.cfg.Client.Create(wctx, l.newLease(send), metav1.CreateOptions{})
 	} else {
-		next := cur.DeepCopy()
-		l.stamp(next)
-		if fair {
-			setQueue(next, rest)
+		next := withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(send, send, RecordOf(cur).Transitions+1))
+		if l.fair() && h != nil {
+			setQueue(next, d.rest)
 		}
-		transitions := int32(1)
-		if cur.Spec.LeaseTransitions != nil {
-			transitions = *cur.Spec.LeaseTransitions + 1
-		}
-		next.Spec = l.spec(send, send, transitions)
 		out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
-		if unavailable(err) {
-			l.markOutageLocked()
-		}
-		err = l.writeFailedLocked("acquire", err)
-		if errors.Is(err, ErrUnavailable) {
-			l.unanswered = append(l.unanswered, send)
-			if len(l.unanswered) > maxUnanswered {
-				l.unanswered = l.unanswered[1:]
-			}
-		}
-		return changed, 0, err
+		return changed, 0, l.acquireFailedLocked(err, send)
 	}
+	return changed, 0, l.acquiredLocked(h, cur, out, send, waited)
+}
+
+// acquireViewLocked is what decideAcquire decides on: the cached Lease cur and what
+// this agent knows of it. local: a client of this Pod acquires (not the leader loop).
+func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now time.Time) acquireView {
+	rec := RecordOf(cur)
+	v := acquireView{
+		identity: l.cfg.Identity, namespace: l.cfg.Namespace, name: l.cfg.Name,
+		closed: l.closed || l.isClosing(), synced: l.synced, promised: l.m.promised(now),
+		present: cur != nil, rec: rec, queue: queueOf(cur), ours: l.wroteLocked(cur) || l.unansweredLocked(cur),
+		observedAt: l.observedAt, outage: l.outage, goneHolder: l.gone.holder, goneUntil: l.gone.heldUntil,
+		fair: l.fair() && local && cur != nil, try: try, queueRefused: l.queueRefused, turn: l.turn(),
+	}
+	if rec.Holder != "" {
+		v.leaseDuration = l.leaseDurationLocked()
+	}
+	return v
+}
+
+// beforeAcquireWrite does what d asks before the acquiring write (called with writeMu
+// held, mu not held): it returns the error that ends this attempt (with how long to
+// wait on a HeldError), or nil to write.
+func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease, d acquireDecision) (time.Duration, error) {
+	switch {
+	case d.err != nil:
+		return 0, d.err
+	case d.wait != nil && d.enqueue:
+		if err := l.enqueue(ctx, cur); err != nil {
+			return 0, err
+		}
+		return d.wait.ValidFor, d.wait
+	case d.wait != nil:
+		return d.wait.ValidFor, d.wait
+	}
+	if len(d.passed) > 0 {
+		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", d.passed)
+	}
+	if !d.reread {
+		return 0, nil
+	}
+	same, err := l.reread(ctx, cur)
+	if err == nil && !same {
+		err = fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+	}
+	return 0, err
+}
+
+// acquireFailedLocked takes an acquiring write that failed with err, sent at send.
+func (l *Lock) acquireFailedLocked(err error, send time.Time) error {
+	if unavailable(err) {
+		l.markOutageLocked()
+	}
+	err = l.writeFailedLocked("acquire", err)
+	if errors.Is(err, ErrUnavailable) {
+		l.unanswered = append(l.unanswered, send)
+		if len(l.unanswered) > maxUnanswered {
+			l.unanswered = l.unanswered[1:]
+		}
+	}
+	l.stepLocked(acquireFailed{}, l.cfg.Clock.Now())
+	return err
+}
+
+// acquiredLocked takes an acquiring write that landed as out, replacing cur.
+func (l *Lock) acquiredLocked(h *Hold, cur, out *coordinationv1.Lease, send time.Time, waited bool) error {
 	l.forbidden = false
 	l.apiErr = nil
 	l.observeLocked(out, send)
-	if !l.cachedIsLocked(out) {
+	in := acquired{sent: send, token: tokenOf(out), overtaken: !l.cachedIsLocked(out)}
+	if in.overtaken {
 		// The watch brought a newer record (deleted, or written by someone else)
 		// before this answer: our write is already superseded, so it never held.
 		if l.gone.rv == out.ResourceVersion {
 			l.gone.heldUntil = time.Time{} // the deleted record was this write: nobody relied on it
 		}
-		return changed, 0, fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
+		l.stepLocked(in, l.cfg.Clock.Now())
+		return fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
-	l.held = true
-	l.token = int64(*out.Spec.LeaseTransitions)
-	l.lastWrite = send
 	l.unanswered = nil
-	l.heldSince = send
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
 	if h != nil {
-		h.token = l.token
+		h.token = in.token
 		l.hold = h
 	}
-	l.broadcastLocked()
-	ev := Event{Type: EventAcquired}
 	if waited {
-		ev.HandoverFrom, ev.Handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
+		in.handoverFrom, in.handover = handover(cur, l.cfg.Identity, l.cfg.Clock.Now())
 	}
-	l.emitEventLocked(ev)
-	l.cfg.Log.V(1).Info("Acquired lock", "lock", l.cfg.Name, "token", l.token)
-	return changed, 0, nil
-}
-
-// handover says when the record prev, which this agent replaced, let the lock go (its
-// holder's release, or its expiry) and how long before now that was (never negative:
-// the two wall clocks may differ). It is ("", 0) when prev tells nothing.
-func handover(prev *coordinationv1.Lease, self string, now time.Time) (string, time.Duration) {
-	if prev == nil || prev.Spec.RenewTime == nil {
-		return "", 0
-	}
-	from, free := "released", prev.Spec.RenewTime.Time
-	switch h := holderOf(prev); {
-	case h == self:
-		return "", 0
-	case h != "":
-		if prev.Spec.LeaseDurationSeconds == nil {
-			return "", 0
-		}
-		from, free = "expired", free.Add(time.Duration(*prev.Spec.LeaseDurationSeconds)*time.Second)
-	}
-	return from, max(0, now.Sub(free))
+	l.stepLocked(in, l.cfg.Clock.Now())
+	return nil
 }
 
 // cachedIsLocked is true when the cached record is the one written as out: the same
@@ -928,42 +900,24 @@ func (l *Lock) writeFailedLocked(what string, err error) error {
 	}
 }
 
-func (l *Lock) stamp(lease *coordinationv1.Lease) {
-	// A lock's Lease is owned by nothing and kept by nothing: an owner's deletion would
-	// have the garbage collector delete it (restarting its tokens) and a finalizer would
-	// keep it after a delete. The admission policy lets a write remove them, never add.
-	lease.OwnerReferences, lease.Finalizers = nil, nil
-	if lease.Labels == nil {
-		lease.Labels = map[string]string{}
-	}
-	lease.Labels[LabelManagedBy] = ManagedBy
-	if lease.Annotations == nil {
-		lease.Annotations = map[string]string{}
-	}
-	lease.Annotations[AnnotationMode] = string(l.cfg.Mode)
-	lease.Annotations[AnnotationRenewDeadline] = l.cfg.RenewDeadline.String()
-	lease.Annotations[AnnotationGrace] = l.cfg.Grace.String()
-	if l.cfg.Semaphore != "" {
-		lease.Annotations[AnnotationSemaphore] = l.cfg.Semaphore
-	}
+// meta is what this agent records on the Leases it writes besides the record.
+func (l *Lock) meta() leaseMeta {
+	return leaseMeta{mode: l.cfg.Mode, semaphore: l.cfg.Semaphore, renewDeadline: l.cfg.RenewDeadline, grace: l.cfg.Grace}
 }
 
 // newLease is the record that creates the Lease. Its token goes on from the last one
 // this agent saw on a deleted Lease of the same name (1 when it saw none).
 func (l *Lock) newLease(now time.Time) *coordinationv1.Lease {
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: l.cfg.Name, Namespace: l.cfg.Namespace}}
-	l.stamp(lease)
 	l.mu.Lock()
 	next := l.gone.transitions + 1
 	l.mu.Unlock()
-	lease.Spec = l.spec(now, now, next)
-	return lease
+	return withRecord(nil, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(now, now, next))
 }
 
-// spec is this agent's record in client-go's LeaseLock shape.
-func (l *Lock) spec(acquired, renewed time.Time, transitions int32) coordinationv1.LeaseSpec {
+// record is this agent's record in client-go's LeaseLock shape.
+func (l *Lock) record(acquired, renewed time.Time, transitions int32) Record {
 	return Record{Holder: l.cfg.Identity, DurationSeconds: l.durSeconds, Acquired: acquired, Renewed: renewed,
-		Transitions: transitions}.Spec()
+		Transitions: transitions}
 }
 
 // maxUnanswered bounds the send times kept of writes with an unknown outcome.
@@ -992,10 +946,8 @@ func (l *Lock) unansweredLocked(lease *coordinationv1.Lease) bool {
 // its clients may still rely on the validFor it gave them, so it is treated like any
 // other Pod's hold and waited out.
 func (l *Lock) wroteLocked(lease *coordinationv1.Lease) bool {
-	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.lastWrite.IsZero()
+	return lease != nil && holderOf(lease) == l.cfg.Identity && !l.m.lastWrite.IsZero()
 }
-
-func holderOf(lease *coordinationv1.Lease) string { return RecordOf(lease).Holder }
 
 func parseRV(rv string) uint64 {
 	n, _ := strconv.ParseUint(rv, 10, 64)
@@ -1006,12 +958,11 @@ func parseRV(rv string) uint64 {
 // when the record no longer names us.
 func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 	if lease != nil {
-		if n := parseRV(lease.ResourceVersion); n != 0 {
-			if n <= l.rv {
-				return
-			}
-			l.rv = n
+		rv, newer := newerRV(l.rv, lease.ResourceVersion)
+		if !newer {
+			return
 		}
+		l.rv = rv
 	}
 	if !sameRecord(l.lease, lease) {
 		l.observedAt = now
@@ -1023,59 +974,7 @@ func (l *Lock) observeLocked(lease *coordinationv1.Lease, now time.Time) {
 		}
 		l.lastHolder = h
 	}
-	switch {
-	case !l.held:
-	case holderOf(lease) != l.cfg.Identity:
-		l.loseLocked(LossTakenOver, "the Lease was taken over: holder is now "+fmt.Sprintf("%q", holderOf(lease)))
-	case lease.Spec.LeaseTransitions == nil || int64(*lease.Spec.LeaseTransitions) != l.token:
-		l.loseLocked(LossRewritten, "the Lease was rewritten by someone else: its leaseTransitions no longer matches token "+
-			strconv.FormatInt(l.token, 10))
-	}
-}
-
-func sameRecord(a, b *coordinationv1.Lease) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	s, t := a.Spec, b.Spec
-	return holderOf(a) == holderOf(b) &&
-		eqInt32(s.LeaseDurationSeconds, t.LeaseDurationSeconds) &&
-		eqInt32(s.LeaseTransitions, t.LeaseTransitions) &&
-		eqTime(s.AcquireTime, t.AcquireTime) && eqTime(s.RenewTime, t.RenewTime)
-}
-
-func eqInt32(a, b *int32) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
-}
-
-func eqTime(a, b *metav1.MicroTime) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(b)
-}
-
-// loseLocked ends the hold that is no longer safe; cause is one of LossCauses.
-func (l *Lock) loseLocked(cause, reason string) {
-	if !l.held {
-		return
-	}
-	// The client may rely on the validFor it was given until it hears of the loss:
-	// this Pod gives no new hold before that has run out.
-	now := l.cfg.Clock.Now()
-	if left := l.validForLocked(now); left > 0 {
-		l.lostPromise = now.Add(left)
-	}
-	l.held = false
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
-	l.endHoldLocked(reason)
-	l.broadcastLocked()
-	l.emitEventLocked(Event{Type: EventLost, Reason: reason, Cause: cause, HeldFor: now.Sub(l.heldSince)})
-	l.cfg.Log.Info("Lost lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
+	l.stepLocked(observed{present: lease != nil, rec: RecordOf(lease)}, now)
 }
 
 func (l *Lock) endHoldLocked(reason string) {
@@ -1088,7 +987,6 @@ func (l *Lock) endHoldLocked(reason string) {
 		h.timer.Stop()
 	}
 	h.reason = reason
-	l.ended.token, l.ended.reason = h.token, reason
 	close(h.done)
 	<-l.slot
 }
@@ -1104,27 +1002,12 @@ func (l *Lock) Release(ctx context.Context, token int64) (State, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if err := l.checkTokenLocked(token); err != nil {
+	if err := l.m.checkToken(token); err != nil {
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
 		return s, err
 	}
 	return l.clearLocked(ctx, "released")
-}
-
-// checkTokenLocked returns nil when token names the current hold.
-func (l *Lock) checkTokenLocked(token int64) error {
-	if l.hold != nil && l.hold.token == token {
-		return nil
-	}
-	e := &StaleTokenError{Token: token}
-	if l.hold != nil {
-		e.Current = l.hold.token
-	}
-	if l.ended.token == token {
-		e.Ended = l.ended.reason
-	}
-	return e
 }
 
 // ReleaseHold releases h if it is still this lock's hold (a connection closed).
@@ -1146,7 +1029,7 @@ func (l *Lock) releaseExpired(h *Hold) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if l.hold != h || l.cfg.Clock.Now().Before(h.expires) {
+	if l.hold != h || !l.m.ttlPassed(l.cfg.Clock.Now()) {
 		l.mu.Unlock()
 		return
 	}
@@ -1155,23 +1038,11 @@ func (l *Lock) releaseExpired(h *Hold) {
 
 // clearLocked ends the hold and clears the Lease when it names this agent. It is called
 // with writeMu and mu held and returns with mu released. Subscribers hear "released"
-// whether or not the write succeeds: the hold has ended either way.
+// whether or not the write succeeds: the hold has ended either way (machine.go).
 func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
-	hadHold := l.held || l.hold != nil
-	var heldFor time.Duration
-	if hadHold {
-		heldFor = l.cfg.Clock.Now().Sub(l.heldSince)
-	}
-	l.held = false
-	l.renewFailing = false
-	l.jeopardy, l.refused = false, nil
-	l.endHoldLocked(reason)
-	l.broadcastLocked()
 	cur := l.lease
-	if cur == nil || holderOf(cur) != l.cfg.Identity {
-		if hadHold {
-			l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
-		}
+	out := l.stepLocked(end{reason: reason, namesUs: cur != nil && holderOf(cur) == l.cfg.Identity}, l.cfg.Clock.Now())
+	if out.write != writeRelease {
 		s := l.stateLocked(l.cfg.Clock.Now())
 		l.mu.Unlock()
 		return s, nil
@@ -1181,41 +1052,30 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 	wctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	now := l.cfg.Clock.Now()
-	out, err := l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+	resp, err := l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
 	if l.refreshAfterConflict(wctx, err) {
 		// Someone wrote since our copy. When it was only the queue (a waiter queued),
 		// the record still names this hold: clear it on the current copy.
 		l.mu.Lock()
 		cur = l.lease
-		ours := cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		ours := l.m.ours(cur != nil, RecordOf(cur))
 		l.mu.Unlock()
 		if ours {
 			now = l.cfg.Clock.Now()
-			out, err = l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
+			resp, err = l.cfg.Client.Update(wctx, l.released(cur, now), metav1.UpdateOptions{})
 		}
 	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var werr error
 	if err != nil {
-		err = l.writeFailedLocked("release", err)
-		if errors.Is(err, errConflict) {
-			// Someone else changed or deleted the Lease since: it no longer needs
-			// clearing by us, and the hold has ended.
-			err = nil
-		} else {
-			reason += "; the Lease could not be cleared, so other Pods can take it only after lease-duration"
-			l.cfg.Log.Error(err, "Failed to clear lease; others can take it after lease-duration", "lock", l.cfg.Name)
-		}
+		werr = l.writeFailedLocked("release", err)
 	} else {
-		l.observeLocked(out, now)
+		l.observeLocked(resp, now)
 	}
-	l.broadcastLocked()
-	if hadHold {
-		l.emitEventLocked(Event{Type: EventReleased, Reason: reason, HeldFor: heldFor})
-		l.cfg.Log.V(1).Info("Released lock", "lock", l.cfg.Name, "token", l.token, "reason", reason)
-	}
-	return l.stateLocked(l.cfg.Clock.Now()), err
+	out = l.stepLocked(releaseResult{raw: err, err: werr}, l.cfg.Clock.Now())
+	return l.stateLocked(l.cfg.Clock.Now()), out.err
 }
 
 // released is cur cleared by this agent's release. The queue stays for the waiters;
@@ -1224,9 +1084,8 @@ func (l *Lock) clearLocked(ctx context.Context, reason string) (State, error) {
 func (l *Lock) released(cur *coordinationv1.Lease, now time.Time) *coordinationv1.Lease {
 	next := cur.DeepCopy()
 	next.Spec = RecordOf(cur).Released(now).Spec()
-	if q := queueOf(cur); l.fair() && len(q) > 0 && len(q) < MaxQueue && l.wanting.Load() > 0 && !l.isClosing() &&
-		!slices.Contains(q, l.cfg.Identity) {
-		setQueue(next, append(q, l.cfg.Identity))
+	if q, ok := queueOnRelease(queueOf(cur), l.cfg.Identity, l.fair() && l.wanting.Load() > 0 && !l.isClosing()); ok {
+		setQueue(next, q)
 	}
 	return next
 }
@@ -1241,36 +1100,8 @@ func (l *Lock) Renew(token int64, ttl time.Duration) (State, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.cfg.Clock.Now()
-	if err := l.checkTokenLocked(token); err != nil {
-		return l.stateLocked(now), err
-	}
-	h := l.hold
-	if l.validForLocked(now) <= 0 && l.mayResumeLocked(now) {
-		// In jeopardy: the hold is still this client's and may resume, so its ttl
-		// restarts; but nothing may rely on it until a renewal of the Lease lands.
-		if ttl == 0 {
-			ttl = h.ttl
-		}
-		if ttl > 0 {
-			l.setTTLLocked(h, ttl, now)
-		}
-		return l.stateLocked(now), fmt.Errorf("%w: the ttl was restarted, but the API server has been unavailable since "+
-			"renew-deadline passed; do not rely on the hold until it is safe again (validFor > 0)", ErrJeopardy)
-	}
-	if l.validForLocked(now) <= 0 {
-		reason := "renew-deadline passed without a successful renew"
-		if !h.expires.IsZero() && !now.Before(h.expires) {
-			reason = "ttl expired"
-		}
-		return l.stateLocked(now), &StaleTokenError{Token: token, Ended: reason}
-	}
-	if ttl == 0 {
-		ttl = h.ttl
-	}
-	if ttl > 0 {
-		l.setTTLLocked(h, ttl, now)
-	}
-	return l.stateLocked(now), nil
+	out := l.stepLocked(renewTTL{token: token, ttl: ttl}, now)
+	return l.stateLocked(now), out.err
 }
 
 // Shutdown stops new acquisitions, ends any hold and clears the Lease if this agent
@@ -1289,7 +1120,7 @@ func (l *Lock) shutdown(ctx context.Context) error {
 	l.mu.Lock()
 	l.closed = true
 	l.emitLocked(EventShutdown, "agent shutting down")
-	if l.held || l.hold != nil || l.wroteLocked(l.lease) {
+	if l.m.holding() || l.hold != nil || l.wroteLocked(l.lease) {
 		_, err := l.clearLocked(ctx, "agent shutting down")
 		return err
 	}
@@ -1325,7 +1156,7 @@ func (l *Lock) leaderLoop(ctx context.Context) {
 		}
 		for {
 			l.mu.Lock()
-			held, ch := l.held, l.changed
+			held, ch := l.m.holding(), l.changed
 			l.mu.Unlock()
 			if !held {
 				break

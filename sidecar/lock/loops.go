@@ -23,30 +23,15 @@ import (
 // is older than renew-deadline/2, after a failure every retry-period. When
 // renew-deadline passes without a successful write, the hold goes into jeopardy (or
 // is lost), and a hold in jeopardy is lost when its grace period passes
-// (stepDeadlineLocked, jeopardy.go).
+// (machine.deadline, machine.go).
 func (l *Lock) renewLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		l.mu.Lock()
 		ch := l.changed
 		now := l.cfg.Clock.Now()
-		l.stepDeadlineLocked(now)
-		held := l.held
-		var next time.Duration
-		if held {
-			at := l.lastWrite.Add(l.cfg.RenewDeadline / 2)
-			if l.renewFailing {
-				at = l.lastAttempt.Add(l.renewRetry)
-			}
-			// Wake at the next deadline too: renew-deadline, or the end of the grace.
-			deadline := l.lastWrite.Add(l.cfg.RenewDeadline)
-			if l.jeopardy {
-				deadline = l.graceEndLocked()
-			}
-			if deadline.Before(at) {
-				at = deadline
-			}
-			next = at.Sub(now)
-		}
+		l.stepLocked(deadline{apiErr: l.apiErr}, now)
+		at, held := l.m.nextRenew()
+		next := at.Sub(now)
 		l.mu.Unlock()
 		switch {
 		case !held:
@@ -68,67 +53,41 @@ func (l *Lock) renewLoop(ctx context.Context) {
 	}
 }
 
+// renewOnce sends the renewal the machine asks for (renewDue) and feeds the answer back
+// (renewResult).
 func (l *Lock) renewOnce(ctx context.Context) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	if !l.held {
-		l.mu.Unlock()
-		return
-	}
-	// The cache must show our own record: held with no Lease, or with someone else's
-	// record, is lost (observeLocked ends the hold on those; this guards the loop).
-	if l.lease == nil {
-		l.loseLocked(LossDeleted, "the Lease was deleted")
-		l.mu.Unlock()
-		return
-	}
-	if holderOf(l.lease) != l.cfg.Identity || l.lease.Spec.LeaseTransitions == nil || int64(*l.lease.Spec.LeaseTransitions) != l.token {
-		l.loseLocked(LossRewritten, "the Lease no longer holds this agent's record")
-		l.mu.Unlock()
-		return
-	}
 	send := l.cfg.Clock.Now()
-	l.stepDeadlineLocked(send)
-	if !l.held {
+	rec := RecordOf(l.lease)
+	out := l.stepLocked(renewDue{present: l.lease != nil, rec: rec, apiErr: l.apiErr}, send)
+	if out.write != writeRenew {
 		l.mu.Unlock()
 		return
 	}
-	// The answer counts until renew-deadline, or in jeopardy until the grace ends.
-	left := l.writeEndLocked().Sub(send)
-	next := l.lease.DeepCopy()
-	l.stamp(next)
-	acquired := send
-	if next.Spec.AcquireTime != nil {
-		acquired = next.Spec.AcquireTime.Time
+	acquired := rec.Acquired
+	if acquired.IsZero() {
+		acquired = send
 	}
-	next.Spec = l.spec(acquired, send, int32(l.token))
-	inJeopardy := l.phaseLocked(send) == PhaseJeopardy
-	toDeadline := l.lastWrite.Add(l.cfg.RenewDeadline).Sub(send)
+	next := withRecord(l.lease, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.m.token)))
 	l.mu.Unlock()
 
-	timeout := min(left, l.writeTimeout())
-	if inJeopardy {
-		// In jeopardy the renewal is sent every retry-period, not every write timeout
-		// plus retry-period: when the API server is back, one is there within
-		// retry-period.
-		timeout = min(timeout, l.cfg.RetryPeriod)
-	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := context.WithTimeout(ctx, out.writeTimeout)
 	defer cancel()
 	// A renewal still in flight at renew-deadline must not hold the jeopardy back: the
-	// state says jeopardy from that moment (phaseLocked), and so do the events.
-	if toDeadline > 0 {
-		deadlineTimer := l.cfg.Clock.AfterFunc(toDeadline, func() {
+	// state says jeopardy from that moment (machine.reported), and so do the events.
+	if out.deadlineIn > 0 {
+		deadlineTimer := l.cfg.Clock.AfterFunc(out.deadlineIn, func() {
 			go func() { // not under the clock's lock (a fake clock runs callbacks under it)
 				l.mu.Lock()
 				defer l.mu.Unlock()
-				l.stepDeadlineLocked(l.cfg.Clock.Now())
+				l.stepLocked(deadline{apiErr: l.apiErr}, l.cfg.Clock.Now())
 			}()
 		})
 		defer deadlineTimer.Stop()
 	}
-	out, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+	resp, err := l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 	// unread: a conflict whose current record could not be read. It may be this
 	// agent's own renewal that landed unseen (a timeout), so it is no proof that the
 	// hold ended: it counts as unavailability, and the next renewal reads again.
@@ -137,63 +96,32 @@ func (l *Lock) renewOnce(ctx context.Context) {
 		unread = false
 		// Someone wrote since our copy. When it was only the queue (a waiter of
 		// another Pod queued), the current record still names this hold: renew on it.
-		// Anything else has ended the hold (observeLocked).
+		// Anything else has ended the hold (observed).
 		l.mu.Lock()
 		cur := l.lease
-		ours := l.held && cur != nil && holderOf(cur) == l.cfg.Identity && RecordOf(cur).Transitions == int32(l.token)
+		ours := l.m.holding() && l.m.ours(cur != nil, RecordOf(cur))
 		if ours {
-			next = cur.DeepCopy()
-			l.stamp(next)
-			next.Spec = l.spec(acquired, send, int32(l.token))
+			next = withRecord(cur, l.cfg.Namespace, l.cfg.Name, l.meta(), l.record(acquired, send, int32(l.m.token)))
 		}
 		l.mu.Unlock()
 		if ours {
-			out, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
+			resp, err = l.cfg.Client.Update(wctx, next, metav1.UpdateOptions{})
 		}
 	}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lastAttempt = send
-	if !l.held {
-		return
-	}
-	if err == nil {
+	var werr error
+	switch {
+	case !l.m.holding():
+	case err == nil:
 		l.forbidden = false
 		l.apiErr = nil
-		l.observeLocked(out, send)
-		if l.held {
-			l.renewedLocked(send)
-		}
-		l.broadcastLocked()
-		l.cfg.Log.V(5).Info("Renewed lease", "lock", l.cfg.Name)
-		return
-	}
-	// A renewal that reached no API server (connection refused: kube-apiserver
-	// restarting) is tried again after a quarter of retry-period, not a whole one: a
-	// refused connection costs the API server nothing, and the holder's renewal is then
-	// among the first requests a restarted kube-apiserver gets, before its deadline.
-	// One that got an answer, or timed out, is tried again after retry-period.
-	l.renewRetry = l.cfg.RetryPeriod
-	if noAnswer(err) && l.cfg.Clock.Since(send) < l.cfg.RetryPeriod/4 {
-		l.renewRetry = l.cfg.RetryPeriod / 4
-	}
-	raw := err
-	err = l.writeFailedLocked("renew", err)
-	switch {
-	case unread:
-		l.markOutageLocked()
-	case errors.Is(err, errConflict):
-		// Changed or deleted: another Pod may take (or create) the Lease at once.
-		l.loseLocked(LossConflict, "renew failed: "+err.Error())
-		return
+		l.observeLocked(resp, send)
 	default:
-		l.renewFailedLocked(raw)
+		werr = l.writeFailedLocked("renew", err)
 	}
-	l.renewFailing = true
-	l.cfg.Log.Info("Failed to renew lease", "lock", l.cfg.Name, "err", err.Error())
-	l.stepDeadlineLocked(l.cfg.Clock.Now())
-	l.broadcastLocked()
+	l.stepLocked(renewResult{sent: send, raw: err, unread: unread, err: werr}, l.cfg.Clock.Now())
 }
 
 // watchLoop feeds the cache of the one Lease. Every watch it opens first sends the
@@ -216,82 +144,106 @@ func (l *Lock) renewOnce(ctx context.Context) {
 // watches from the listed resourceVersion, resuming from the last one it saw after a
 // watch's clean end, as client-go's reflector does.
 func (l *Lock) watchLoop(ctx context.Context) {
-	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()
-	backoff := l.watchBackoff()
-	// rv is the last resourceVersion seen: where a watch-list's state may not be older
-	// than, or where a watch resumes without watch-list; "" when the state must be read
-	// as the API server has it now.
-	rv := ""
-	failures := 0 // opens failed in a row
+	st := &watchState{sel: fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String(), backoff: l.watchBackoff()}
 	for ctx.Err() == nil {
 		l.renewalFirst(ctx)
-		timeout := int64(300 + rand.IntN(300))
-		opts := metav1.ListOptions{FieldSelector: sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout}
-		switch {
-		case l.noWatchList && rv != "":
-			opts.ResourceVersion = rv
-		case l.noWatchList:
+		if l.noWatchList && st.rv == "" {
 			var err error
-			if rv, err = l.list(ctx, sel); err != nil {
+			if st.rv, err = l.list(ctx, st.sel); err != nil {
 				l.watchFailed(err)
-				l.sleep(ctx, backoff())
+				l.sleep(ctx, st.backoff())
 			}
 			continue
-		default:
-			// Not older than what this lock has seen: kube-apiserver serves that from its
-			// watch cache; with no resourceVersion (at start, or after a 410), it first
-			// asks etcd for the current revision.
-			opts.SendInitialEvents = ptr.To(true)
-			opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
-			opts.ResourceVersion = rv
 		}
+		opts := l.watchOptions(st)
 		w, err := l.cfg.Client.Watch(ctx, opts)
 		if err != nil {
-			if l.noWatchList || apierrors.IsGone(err) || apierrors.IsResourceExpired(err) {
-				rv = ""
-			}
-			if opts.SendInitialEvents != nil && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
-				l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
-				l.noWatchList = true
-				continue
-			}
-			if !apierrors.IsGone(err) && !apierrors.IsResourceExpired(err) {
-				l.watchFailed(err)
-				pause := backoff()
-				if failures == 0 {
-					pause += l.reconnectSpread()
-				}
-				failures++
-				l.sleep(ctx, pause)
-			}
+			l.watchOpenFailed(ctx, st, opts.SendInitialEvents != nil, err)
 			continue
 		}
-		failures = 0
-		opened := l.cfg.Clock.Now()
-		var seen string
-		seen, err = l.consume(ctx, w, rv, opts.SendInitialEvents != nil)
-		w.Stop()
-		if seen != "" {
-			rv = seen
-		}
-		lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
-		if lasted {
-			backoff = l.watchBackoff()
-		}
-		if errors.Is(err, errRewatch) {
-			continue // at once: the new watch shows when the API server is back
-		}
-		gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
-		if err != nil && !gone {
-			l.watchFailed(err)
-		}
-		if err != nil && (l.noWatchList || gone) {
-			rv = ""
-		}
-		// A watch that failed, or ended at once, is not opened again in a tight loop.
-		if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
-			l.sleep(ctx, backoff())
-		}
+		st.failures = 0
+		l.watchOnce(ctx, st, w, opts.SendInitialEvents != nil)
+	}
+}
+
+// watchState is what the watch loop carries from one watch to the next.
+type watchState struct {
+	sel string
+	// rv is the last resourceVersion seen: where a watch-list's state may not be older
+	// than, or where a watch resumes without watch-list; "" when the state must be
+	// read as the API server has it now.
+	rv string
+	// failures counts the opens failed in a row.
+	failures int
+	backoff  wait.DelayFunc
+}
+
+// watchOptions are the options of the next watch: a watch-list not older than st.rv,
+// or, without watch-list, a watch from st.rv.
+func (l *Lock) watchOptions(st *watchState) metav1.ListOptions {
+	timeout := int64(300 + rand.IntN(300))
+	opts := metav1.ListOptions{FieldSelector: st.sel, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
+		ResourceVersion: st.rv}
+	if !l.noWatchList {
+		// Not older than what this lock has seen: kube-apiserver serves that from its
+		// watch cache; with no resourceVersion (at start, or after a 410), it first
+		// asks etcd for the current revision.
+		opts.SendInitialEvents = ptr.To(true)
+		opts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+	}
+	return opts
+}
+
+// watchOpenFailed takes a watch that could not be opened: a watch-list refused as
+// invalid turns watch-list off; a 410 reads the state again at once; anything else
+// waits the backoff (the first time plus the reconnect spread).
+func (l *Lock) watchOpenFailed(ctx context.Context, st *watchState, watchList bool, err error) {
+	gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
+	if l.noWatchList || gone {
+		st.rv = ""
+	}
+	if watchList && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
+		l.cfg.Log.V(1).Info("The API server does not serve watch-list; listing, then watching", "lock", l.cfg.Name, "err", err.Error())
+		l.noWatchList = true
+		return
+	}
+	if gone {
+		return
+	}
+	l.watchFailed(err)
+	pause := st.backoff()
+	if st.failures == 0 {
+		pause += l.reconnectSpread()
+	}
+	st.failures++
+	l.sleep(ctx, pause)
+}
+
+// watchOnce feeds the cache from w until it ends, and waits the backoff when it failed
+// or ended at once, so that a watch is not opened again in a tight loop.
+func (l *Lock) watchOnce(ctx context.Context, st *watchState, w watch.Interface, watchList bool) {
+	opened := l.cfg.Clock.Now()
+	seen, err := l.consume(ctx, w, st.rv, watchList)
+	w.Stop()
+	if seen != "" {
+		st.rv = seen
+	}
+	lasted := l.cfg.Clock.Since(opened) >= l.cfg.RetryPeriod
+	if lasted {
+		st.backoff = l.watchBackoff()
+	}
+	if errors.Is(err, errRewatch) {
+		return // at once: the new watch shows when the API server is back
+	}
+	gone := apierrors.IsGone(err) || apierrors.IsResourceExpired(err)
+	if err != nil && !gone {
+		l.watchFailed(err)
+	}
+	if err != nil && (l.noWatchList || gone) {
+		st.rv = ""
+	}
+	if err != nil && !gone || err == nil && !lasted && ctx.Err() == nil {
+		l.sleep(ctx, st.backoff())
 	}
 }
 
@@ -329,7 +281,7 @@ func (l *Lock) list(ctx context.Context, sel string) (string, error) {
 // renewals. A holder's own watch waits for its renewal instead (renewalFirst).
 func (l *Lock) reconnectSpread() time.Duration {
 	l.mu.Lock()
-	held := l.held
+	held := l.m.holding()
 	l.mu.Unlock()
 	if held {
 		return 0
@@ -352,7 +304,7 @@ func noAnswer(err error) bool {
 func (l *Lock) renewalFirst(ctx context.Context) {
 	for {
 		l.mu.Lock()
-		wait, ch := l.held && l.renewFailing, l.changed
+		wait, ch := l.m.holding() && l.m.failing, l.changed
 		l.mu.Unlock()
 		if !wait {
 			return
@@ -411,78 +363,101 @@ var errRewatch = errors.New("the API server did not answer a write: watching aga
 // within listTimeout (then the server ignored sendInitialEvents: from now on the lock
 // lists first).
 func (l *Lock) consume(ctx context.Context, w watch.Interface, rv string, initial bool) (string, error) {
-	seen := false
+	c := &consumer{rv: rv, initial: initial}
 	l.mu.Lock()
 	rewatch := l.rewatch
 	l.mu.Unlock()
-	var initialDone <-chan time.Time
-	var initialTimer clock.Timer
 	if initial {
-		initialTimer = l.cfg.Clock.NewTimer(l.listTimeout())
-		defer initialTimer.Stop()
-		initialDone = initialTimer.C()
+		c.timer = l.cfg.Clock.NewTimer(l.listTimeout())
+		defer c.timer.Stop()
+		c.initialDone = c.timer.C()
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return rv, nil
+			return c.rv, nil
 		case <-rewatch:
-			return rv, errRewatch
-		case <-initialDone:
+			return c.rv, errRewatch
+		case <-c.initialDone:
 			l.noWatchList = true
-			return rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
+			return c.rv, fmt.Errorf("the watch sent no end of its initial events within %s; listing, then watching", l.listTimeout())
 		case ev, ok := <-w.ResultChan():
 			if !ok {
 				// Closed: its timeout, or the connection. Resume from where it was (a
 				// 410 then reads the state again); a watch-list that had not finished
 				// its initial events has nothing to resume from.
-				if initial {
-					return rv, errors.New("the watch ended before the end of its initial events")
+				if c.initial {
+					return c.rv, errors.New("the watch ended before the end of its initial events")
 				}
-				return rv, nil
+				return c.rv, nil
 			}
-			switch ev.Type {
-			case watch.Added, watch.Modified:
-				lease, ok := ev.Object.(*coordinationv1.Lease)
-				if !ok {
-					continue
-				}
-				rv, seen = lease.ResourceVersion, true
-				l.mu.Lock()
-				l.observeAbsentOrLocked(lease, rv)
-				l.broadcastLocked()
-				l.mu.Unlock()
-			case watch.Deleted:
-				if m, err := meta.Accessor(ev.Object); err == nil {
-					rv = m.GetResourceVersion()
-				}
-				l.mu.Lock()
-				l.observeAbsentOrLocked(nil, rv)
-				l.broadcastLocked()
-				l.mu.Unlock()
-			case watch.Bookmark:
-				m, err := meta.Accessor(ev.Object)
-				if err != nil {
-					continue
-				}
-				rv = m.GetResourceVersion()
-				if initial && m.GetAnnotations()[metav1.InitialEventsAnnotationKey] == "true" {
-					initial, initialDone = false, nil
-					initialTimer.Stop()
-					l.mu.Lock()
-					if !seen {
-						l.observeAbsentOrLocked(nil, rv)
-					}
-					l.endOutageLocked(l.cfg.Clock.Now())
-					l.synced = true
-					l.broadcastLocked()
-					l.mu.Unlock()
-				}
-			case watch.Error:
-				return rv, apierrors.FromObject(ev.Object)
+			if err := l.takeEvent(c, ev); err != nil {
+				return c.rv, err
 			}
 		}
 	}
+}
+
+// consumer is what consume carries from one event of a watch to the next.
+type consumer struct {
+	rv string
+	// seen: the watch sent the Lease; initial: its initial events have not ended yet,
+	// and initialDone fires when they took too long.
+	seen, initial bool
+	timer         clock.Timer
+	initialDone   <-chan time.Time
+}
+
+// takeEvent takes one event of a watch into the cache; an error event ends the watch.
+func (l *Lock) takeEvent(c *consumer, ev watch.Event) error {
+	switch ev.Type {
+	case watch.Added, watch.Modified:
+		lease, ok := ev.Object.(*coordinationv1.Lease)
+		if !ok {
+			return nil
+		}
+		c.rv, c.seen = lease.ResourceVersion, true
+		l.mu.Lock()
+		l.observeAbsentOrLocked(lease, c.rv)
+		l.broadcastLocked()
+		l.mu.Unlock()
+	case watch.Deleted:
+		if m, err := meta.Accessor(ev.Object); err == nil {
+			c.rv = m.GetResourceVersion()
+		}
+		l.mu.Lock()
+		l.observeAbsentOrLocked(nil, c.rv)
+		l.broadcastLocked()
+		l.mu.Unlock()
+	case watch.Bookmark:
+		l.takeBookmark(c, ev)
+	case watch.Error:
+		return apierrors.FromObject(ev.Object)
+	}
+	return nil
+}
+
+// takeBookmark takes a bookmark; the one that ends a watch-list's initial events
+// makes the cache synced, the Lease absent when none came.
+func (l *Lock) takeBookmark(c *consumer, ev watch.Event) {
+	m, err := meta.Accessor(ev.Object)
+	if err != nil {
+		return
+	}
+	c.rv = m.GetResourceVersion()
+	if !c.initial || m.GetAnnotations()[metav1.InitialEventsAnnotationKey] != "true" {
+		return
+	}
+	c.initial, c.initialDone = false, nil
+	c.timer.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !c.seen {
+		l.observeAbsentOrLocked(nil, c.rv)
+	}
+	l.endOutageLocked(l.cfg.Clock.Now())
+	l.synced = true
+	l.broadcastLocked()
 }
 
 // observeAbsentOrLocked takes a listed or watched record; a nil lease means absent as
@@ -493,28 +468,21 @@ func (l *Lock) observeAbsentOrLocked(lease *coordinationv1.Lease, rv string) {
 		l.observeLocked(lease, now)
 		return
 	}
-	if n := parseRV(rv); n != 0 {
-		if n <= l.rv {
-			return
-		}
-		l.rv = n
+	n, newer := newerRV(l.rv, rv)
+	if !newer {
+		return
 	}
+	l.rv = n
 	if old := l.lease; old != nil {
 		// Remember the deleted record: a hold it names may still be relied on until
 		// lease-duration after we saw it change, and its token must not come back.
-		l.gone.rv = old.ResourceVersion
-		l.gone.holder, l.gone.heldUntil = "", time.Time{}
-		if h := holderOf(old); h != "" && !l.wroteLocked(old) {
-			l.gone.holder = h
-			l.gone.heldUntil = l.observedAt.Add(l.leaseDurationLocked())
+		wrote, ld := l.wroteLocked(old), time.Duration(0)
+		if holderOf(old) != "" && !wrote {
+			ld = l.leaseDurationLocked()
 		}
-		if old.Spec.LeaseTransitions != nil && *old.Spec.LeaseTransitions < math.MaxInt32 {
-			l.gone.transitions = max(l.gone.transitions, *old.Spec.LeaseTransitions)
-		}
+		l.gone = l.gone.deleted(old, wrote, l.observedAt, ld)
 		l.observedAt = now
 	}
 	l.lease = nil
-	if l.held {
-		l.loseLocked(LossDeleted, "the Lease was deleted")
-	}
+	l.stepLocked(observed{present: false}, now)
 }

@@ -3,7 +3,6 @@ package lock
 import (
 	"context"
 	"slices"
-	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -45,75 +44,11 @@ const AnnotationQueue = "leasehold.io/queue"
 // without an entry and takes the lock when it is free and the turn of the head passed.
 const MaxQueue = 256
 
-// queueOf is the queue a Lease carries (nil for none).
-func queueOf(lease *coordinationv1.Lease) []string {
-	if lease == nil {
-		return nil
-	}
-	v := lease.Annotations[AnnotationQueue]
-	if v == "" {
-		return nil
-	}
-	return strings.Split(v, ",")
-}
-
-// withQueue is a copy of lease whose queue is q.
-func withQueue(lease *coordinationv1.Lease, q []string) *coordinationv1.Lease {
-	next := lease.DeepCopy()
-	setQueue(next, q)
-	return next
-}
-
-func setQueue(lease *coordinationv1.Lease, q []string) {
-	if len(q) == 0 {
-		delete(lease.Annotations, AnnotationQueue)
-		return
-	}
-	if lease.Annotations == nil {
-		lease.Annotations = map[string]string{}
-	}
-	lease.Annotations[AnnotationQueue] = strings.Join(q, ",")
-}
-
-func without(q []string, id string) []string {
-	return slices.DeleteFunc(slices.Clone(q), func(s string) bool { return s == id })
-}
-
 // fair is true for the locks whose waiters queue across Pods.
 func (l *Lock) fair() bool { return l.cfg.Mode == ModeMutex }
 
 // turn is how long the head of the queue has a free lock to itself.
 func (l *Lock) turn() time.Duration { return l.cfg.RetryPeriod }
-
-// queueTurnLocked decides, for a free Lease cur, whether this agent may take it now.
-// When not, it returns the error to wait on: a waiter that is not queued waits without
-// writing until the head has taken the lock (then it queues behind) or its turn has
-// passed, so that its entry does not race the head's acquisition. When it may, rest is
-// the queue the acquiring write leaves: the entries up to and including this agent's
-// removed.
-func (l *Lock) queueTurnLocked(cur *coordinationv1.Lease, now time.Time) (rest []string, wait *HeldError) {
-	q := queueOf(cur)
-	self := l.cfg.Identity
-	pos := slices.Index(q, self)
-	ahead := pos
-	if pos < 0 {
-		ahead = len(q)
-	}
-	if ahead > 0 && !l.wroteLocked(cur) && !l.unansweredLocked(cur) {
-		free := l.observedAt // released: when this agent saw it free
-		if holderOf(cur) != "" {
-			free = free.Add(l.leaseDurationLocked()) // expired: when it ran out
-		}
-		if left := free.Add(l.turn()).Sub(now); left > 0 || l.outage {
-			// While this agent has lost the API server, the head may be taking its
-			// turn unseen: it is passed only once the watch is back (jeopardy.go).
-			return nil, &HeldError{Holder: q[0], ValidFor: max(left, l.turn()), Queued: ahead}
-		}
-		// The waiters ahead had their turn and did not take it: pass them.
-		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", q[:ahead])
-	}
-	return q[min(ahead+1, len(q)):], nil
-}
 
 // enqueue appends this agent to the queue of cur (one conditional update; called with
 // writeMu held, mu not held). A conflict returns errConflict: the caller decides again
@@ -138,7 +73,7 @@ func (l *Lock) leaveQueue(ctx context.Context) {
 		l.mu.Lock()
 		cur := l.lease
 		q := queueOf(cur)
-		if !slices.Contains(q, l.cfg.Identity) || holderOf(cur) == l.cfg.Identity && l.held {
+		if !slices.Contains(q, l.cfg.Identity) || holderOf(cur) == l.cfg.Identity && l.m.holding() {
 			l.mu.Unlock()
 			return
 		}

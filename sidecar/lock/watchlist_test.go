@@ -116,7 +116,7 @@ func TestHolderWithFailingRenewalReopensItsWatchAfterTheRenewal(t *testing.T) {
 		t.Fatalf("acquire: %+v %v", s, err)
 	}
 	watches := func() int { c.mu.Lock(); defer c.mu.Unlock(); return c.watches }
-	renewFailing := func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.renewFailing }
+	renewFailing := func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.m.failing }
 	c.mu.Lock()
 	c.fail = apierrors.NewServiceUnavailable("kube-apiserver is restarting")
 	c.mu.Unlock()
