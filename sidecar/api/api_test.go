@@ -38,8 +38,13 @@ func (f fakeEngine) ReleaseHold(context.Context, string, *lock.Hold, string) {}
 func (f fakeEngine) Renew(string, int64, time.Duration) (lock.State, error) {
 	return lock.State{}, f.err
 }
-func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error)  { return nil, nil, f.err }
-func (f fakeEngine) NoToken(string) error                                 { return lock.ErrTokenRequired }
+func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error) { return nil, nil, f.err }
+func (f fakeEngine) NoToken(name string) error {
+	if _, err := f.State(name); err != nil {
+		return err
+	}
+	return lock.ErrTokenRequired
+}
 func (f fakeEngine) Tie(string, *lock.Hold, lock.State) (lock.Tie, error) { return nil, f.err }
 func (f fakeEngine) Ready() error                                         { return f.err }
 
