@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -141,3 +142,24 @@ func (l *Lock) Ready() error {
 
 // owns says whether h is a hold of this Lock (of any age).
 func (l *Lock) owns(h *Hold) bool { return h != nil && h.lock == l }
+
+// readyAll is the first of parts' Ready errors (a manager's locks, a semaphore's slots).
+func readyAll[P interface{ Ready() error }](parts []P) error {
+	for _, p := range parts {
+		if err := p.Ready(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// shutdownAll shuts every part down at once.
+func shutdownAll[P interface{ Shutdown(context.Context) error }](ctx context.Context, parts []P) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(parts))
+	for i, p := range parts {
+		wg.Go(func() { errs[i] = p.Shutdown(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -198,14 +198,7 @@ func (m *Manager) States() []State {
 }
 
 // Ready says whether every lock is synced and the last writes were allowed.
-func (m *Manager) Ready() error {
-	for _, k := range m.order {
-		if err := k.Ready(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (m *Manager) Ready() error { return readyAll(m.order) }
 
 // Run runs every lock until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
@@ -217,15 +210,7 @@ func (m *Manager) Run(ctx context.Context) {
 }
 
 // Shutdown releases every lock this agent holds, all at once.
-func (m *Manager) Shutdown(ctx context.Context) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(m.order))
-	for i, k := range m.order {
-		wg.Go(func() { errs[i] = k.Shutdown(ctx) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
+func (m *Manager) Shutdown(ctx context.Context) error { return shutdownAll(ctx, m.order) }
 
 // State reports the declared lock name.
 func (m *Manager) State(name string) (State, error) {

@@ -115,14 +115,7 @@ func (s *Semaphore) Leases() []string {
 }
 
 // Ready is nil once every slot is synced and its last write was allowed.
-func (s *Semaphore) Ready() error {
-	for _, l := range s.slots {
-		if err := l.Ready(); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (s *Semaphore) Ready() error { return readyAll(s.slots) }
 
 // Run runs every slot, and relays their changes to Changed, until ctx ends.
 func (s *Semaphore) Run(ctx context.Context) {
@@ -164,13 +157,7 @@ func (s *Semaphore) Changed() <-chan struct{} {
 // Lock.Shutdown).
 func (s *Semaphore) Shutdown(ctx context.Context) error {
 	s.closingOnce.Do(func() { close(s.closing) })
-	var wg sync.WaitGroup
-	errs := make([]error, len(s.slots))
-	for i, l := range s.slots {
-		wg.Go(func() { errs[i] = l.Shutdown(ctx) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return shutdownAll(ctx, s.slots)
 }
 
 // NoToken: a semaphore's holds are named by their composed tokens.
