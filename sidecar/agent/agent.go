@@ -131,23 +131,22 @@ func logWhenReady(ctx context.Context, eng *engine, o *Options, began time.Time,
 // newLockManager makes the manager of o's locks; their events are counted in m and
 // posted on the Pod by recorder (nil with --events=false).
 func newLockManager(o *Options, kc *kubeapi.Client, m *metrics, recorder *kubeapi.EventRecorder, log logr.Logger) (*lock.Manager, error) {
-	modes := map[string]lock.Mode{}
-	for _, n := range o.Locks {
-		modes[n] = lock.ModeMutex
+	// The kind of a lock, a label of its hold-duration metric, is the manager's: mgr is
+	// set before any lock runs, so before any event.
+	var mgr *lock.Manager
+	mode := func(name string) lock.Mode {
+		if k, err := mgr.Locker(name); err == nil {
+			return k.Mode()
+		}
+		return ""
 	}
-	for _, n := range o.Leader {
-		modes[n] = lock.ModeLeader
-	}
-	for n := range o.Semaphores {
-		modes[n] = lock.ModeSemaphore
-	}
-	return lock.NewManager(lock.ManagerConfig{
+	mgr, err := lock.NewManager(lock.ManagerConfig{
 		Namespace: o.Namespace, Identity: o.Identity(), Mutexes: o.Locks, Leaders: o.Leader, Semaphores: o.Semaphores,
 		LeaseDuration: o.LeaseDuration, RenewDeadline: o.RenewDeadline, RetryPeriod: o.RetryPeriod, Grace: o.Grace,
 		Client: kc, Log: log,
 		OnHolderChange: func(name string) { m.holderChanges.inc(name) },
 		OnEvent: func(ev lock.Event) {
-			m.event(ev, modes[ev.Lock])
+			m.event(ev, mode(ev.Lock))
 			if recorder == nil || ev.Type == lock.EventShutdown {
 				return
 			}
@@ -166,6 +165,7 @@ func newLockManager(o *Options, kc *kubeapi.Client, m *metrics, recorder *kubeap
 			recorder.Record(kubeapi.PodEvent{Type: etype, Reason: reason, Message: msg})
 		},
 	})
+	return mgr, err
 }
 
 // forbiddenHint tells how to grant the agent the access it lacks, for the API's 403s.

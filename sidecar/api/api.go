@@ -27,6 +27,10 @@ type Engine interface {
 	ReleaseHold(ctx context.Context, name string, h *lock.Hold, reason string)
 	Renew(name string, token int64, ttl time.Duration) (lock.State, error)
 	Subscribe(name string) (<-chan lock.Event, func(), error)
+	// NoToken is the error of a release or renew that names no hold (lock.Locker.NoToken).
+	NoToken(name string) error
+	// Tie is what a connection hold follows (lock.Locker.Tie).
+	Tie(name string, h *lock.Hold, s lock.State) (lock.Tie, error)
 	Ready() error
 }
 
@@ -390,7 +394,7 @@ func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
 		h.engineError(w, name, err)
 		return
 	}
-	if r.Context().Err() != nil && hold != nil {
+	if r.Context().Err() != nil {
 		// The client left (or the agent is shutting down) while we acquired: nobody
 		// would ever release this hold. Answer anyway, never with an empty 200.
 		h.releaseHold(name, hold, "client disconnected")
@@ -401,16 +405,19 @@ func (h *Handler) acquire(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s)
 		return
 	}
-	events, cancel, err := h.Engine.Subscribe(name)
+	tie, err := h.Engine.Tie(name, hold, s)
+	var events <-chan lock.Event
+	cancel := func() {}
+	if err == nil {
+		events, cancel, err = h.Engine.Subscribe(name)
+	}
 	if err != nil {
-		if hold != nil {
-			h.releaseHold(name, hold, "could not follow the hold's events")
-		}
+		h.releaseHold(name, hold, "could not follow the hold's events")
 		h.engineError(w, name, err)
 		return
 	}
 	defer cancel()
-	h.holdConnection(w, r, name, hold, s, events)
+	h.holdConnection(w, r, name, hold, tie, s, events)
 }
 
 func (h *Handler) releaseHold(name string, hold *lock.Hold, reason string) {
@@ -421,10 +428,13 @@ func (h *Handler) releaseHold(name string, hold *lock.Hold, reason string) {
 
 // holdConnection keeps the response open while the hold lasts: the state line first,
 // then a line when the hold goes into jeopardy or is safe again, and a last line when
-// the agent ends it; the hold ends when the client closes the connection. hold is nil
-// for a leader lock: the agent holds it, and the connection follows it until it ends
-// (closing the connection does not give a leader lock up).
-func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name string, hold *lock.Hold, s lock.State, events <-chan lock.Event) {
+// the agent ends it; the connection's close calls ReleaseHold with the acquire's hold.
+// What ends the hold is the lock kind's (tie): a client's hold (mutex, semaphore) ends
+// when released, lost or at shutdown, and the connection's close releases it; a leader
+// lock has no client hold (hold is nil): the connection follows the agent's term until
+// it ends, and its close does not give the lock up.
+func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name string, hold *lock.Hold, tie lock.Tie,
+	s lock.State, events <-chan lock.Event) {
 	writeJSON(w, http.StatusOK, s)
 	rc := http.NewResponseController(w)
 	_ = rc.Flush()
@@ -433,18 +443,15 @@ func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name st
 		_, _ = w.Write(append(b, '\n'))
 		_ = rc.Flush()
 	}
-	var done <-chan struct{}
-	if hold != nil {
-		done = hold.Done()
-	}
+	done := tie.Done()
 	// Between the acquisition and the subscription the hold may have gone into
-	// jeopardy, or a leader's term ended (its hold has no done channel to tell).
+	// jeopardy, or ended in a way that only the state tells (a leader's term).
 	if now, err := h.Engine.State(name); err == nil {
-		switch {
-		case hold == nil && (now.Phase == lock.PhaseNotHeld || now.Token != s.Token):
-			line(map[string]any{"event": "ended", "lock": name, "reason": "this Pod no longer leads"})
+		if reason, ended := tie.Ended(now); ended {
+			line(map[string]any{"event": "ended", "lock": name, "reason": reason})
 			return
-		case now.Phase == lock.PhaseJeopardy && now.Token == s.Token:
+		}
+		if now.Phase == lock.PhaseJeopardy && now.Token == s.Token {
 			line(map[string]any{"event": string(lock.EventJeopardy), "lock": name, "token": s.Token})
 		}
 	}
@@ -453,13 +460,11 @@ func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name st
 	for {
 		select {
 		case <-r.Context().Done():
-			if hold != nil {
-				h.Log.V(1).Info("Releasing connection hold", "lock", name, "token", hold.Token())
-				h.releaseHold(name, hold, "client connection closed")
-			}
+			h.Log.V(1).Info("Closing connection hold", "lock", name, "token", s.Token)
+			h.releaseHold(name, hold, "client connection closed")
 			return
 		case <-done:
-			line(map[string]any{"event": "ended", "lock": name, "reason": hold.Reason()})
+			line(map[string]any{"event": "ended", "lock": name, "reason": tie.Reason()})
 			return
 		case ev, ok := <-events:
 			switch {
@@ -471,7 +476,7 @@ func (h *Handler) holdConnection(w http.ResponseWriter, r *http.Request, name st
 				// Another hold of the lock (another client of this Pod, another slot).
 			case ev.Type == lock.EventJeopardy || ev.Type == lock.EventSafe:
 				line(map[string]any{"event": string(ev.Type), "lock": name, "token": ev.Token, "reason": ev.Reason})
-			case hold == nil && (ev.Type == lock.EventLost || ev.Type == lock.EventShutdown):
+			case tie.EndedBy(ev):
 				line(map[string]any{"event": "ended", "lock": name, "reason": ev.Reason})
 				return
 			}
@@ -517,13 +522,8 @@ func (h *Handler) requireToken(w http.ResponseWriter, name string, p callParams,
 	if p.token > 0 {
 		return true
 	}
-	s, err := h.Engine.State(name)
-	switch {
-	case err != nil:
-		h.engineError(w, name, err) // an undeclared lock is still a 404
-		return false
-	case s.Mode == lock.ModeLeader:
-		h.engineError(w, name, lock.ErrLeaderLock)
+	if err := h.Engine.NoToken(name); err != nil && !errors.Is(err, lock.ErrTokenRequired) {
+		h.engineError(w, name, err) // an undeclared lock is still a 404; a leader lock has no hold to name
 		return false
 	}
 	writeReason(w, http.StatusBadRequest, name, ReasonTokenRequired, fmt.Sprintf("%s needs the fencing token of the hold "+

@@ -39,7 +39,14 @@ func (f fakeEngine) Renew(string, int64, time.Duration) (lock.State, error) {
 	return lock.State{}, f.err
 }
 func (f fakeEngine) Subscribe(string) (<-chan lock.Event, func(), error) { return nil, nil, f.err }
-func (f fakeEngine) Ready() error                                        { return f.err }
+func (f fakeEngine) NoToken(name string) error {
+	if _, err := f.State(name); err != nil {
+		return err
+	}
+	return lock.ErrTokenRequired
+}
+func (f fakeEngine) Tie(string, *lock.Hold, lock.State) (lock.Tie, error) { return nil, f.err }
+func (f fakeEngine) Ready() error                                         { return f.err }
 
 func TestStatusCodes(t *testing.T) {
 	tests := map[string]struct {

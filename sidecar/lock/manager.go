@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -37,73 +35,71 @@ type ManagerConfig struct {
 	OnHolderChange func(lock string)
 }
 
-// Manager owns the declared locks of one Pod.
+// Manager owns the declared locks of one Pod: one Locker per declared name, whatever
+// its kind.
 type Manager struct {
-	locks map[string]*Lock
-	sems  map[string]*Semaphore
-	// slotOf maps a slot's Lease name to its semaphore's name.
-	slotOf map[string]string
-	// all are every Lock, slots included, for Run, Ready and Shutdown.
-	all     []*Lock
+	kinds map[string]Locker
+	// order is every Locker in the order declared (mutexes, leaders, semaphores), for
+	// Run, Ready and Shutdown.
+	order   []Locker
 	names   []string
 	onEvent func(Event)
-	// onHolderChange is ManagerConfig.OnHolderChange (never nil).
-	onHolderChange func(string)
 
 	subMu sync.Mutex
 	subs  map[string]map[chan Event]struct{}
 }
 
-// NewManager validates cfg and creates one Lock per declared name.
+// NewManager validates cfg and creates one Locker per declared name.
 func NewManager(cfg ManagerConfig) (*Manager, error) {
-	m := &Manager{locks: map[string]*Lock{}, sems: map[string]*Semaphore{}, slotOf: map[string]string{},
-		onEvent: cfg.OnEvent, subs: map[string]map[chan Event]struct{}{}}
+	m := &Manager{kinds: map[string]Locker{}, onEvent: cfg.OnEvent, subs: map[string]map[chan Event]struct{}{}}
 	if m.onEvent == nil {
 		m.onEvent = func(Event) {}
 	}
-	m.onHolderChange = cfg.OnHolderChange
-	if m.onHolderChange == nil {
-		m.onHolderChange = func(string) {}
+	base := func(name string) Config {
+		return Config{
+			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity,
+			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod, Grace: cfg.Grace,
+			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: cfg.OnHolderChange,
+		}
 	}
 	declared := map[string]bool{}
-	newLock := func(name string, mode Mode, semaphore string) (*Lock, error) {
-		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-			return nil, fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", name, errs)
+	add := func(k Locker) error {
+		if declared[k.Name()] {
+			return fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", k.Name())
 		}
-		if declared[name] {
-			if semaphore != "" {
-				return nil, fmt.Errorf("semaphore %s's slot Lease %q is also declared as a lock: rename one of them", semaphore, name)
+		declared[k.Name()] = true
+		for _, lease := range k.Leases() {
+			if errs := validation.IsDNS1123Subdomain(lease); len(errs) > 0 {
+				return fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", lease, errs)
 			}
-			return nil, fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", name)
+			if lease == k.Name() {
+				continue
+			}
+			if declared[lease] {
+				return fmt.Errorf("%s %s's Lease %q is also declared as a lock: rename one of them", k.Mode(), k.Name(), lease)
+			}
+			declared[lease] = true
 		}
-		declared[name] = true
-		l, err := New(Config{
-			Namespace: cfg.Namespace, Name: name, Identity: cfg.Identity, Mode: mode, Semaphore: semaphore,
-			LeaseDuration: cfg.LeaseDuration, RenewDeadline: cfg.RenewDeadline, RetryPeriod: cfg.RetryPeriod, Grace: cfg.Grace,
-			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: m.holderChange,
-		})
-		if err != nil {
-			return nil, err
-		}
-		m.all = append(m.all, l)
-		return l, nil
-	}
-	add := func(name string, mode Mode) error {
-		l, err := newLock(name, mode, "")
-		if err != nil {
-			return err
-		}
-		m.locks[name] = l
-		m.names = append(m.names, name)
+		m.kinds[k.Name()] = k
+		m.order = append(m.order, k)
+		m.names = append(m.names, k.Name())
 		return nil
 	}
 	for _, n := range cfg.Mutexes {
-		if err := add(n, ModeMutex); err != nil {
+		k, err := newMutex(base(n))
+		if err == nil {
+			err = add(k)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	for _, n := range cfg.Leaders {
-		if err := add(n, ModeLeader); err != nil {
+		k, err := newLeader(base(n))
+		if err == nil {
+			err = add(k)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -113,52 +109,30 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	sort.Strings(semNames)
 	for _, n := range semNames {
-		size := cfg.Semaphores[n]
-		if size < 1 || size > MaxSemaphoreSize {
-			return nil, fmt.Errorf("semaphore %s=%d: N must be between 1 and %d", n, size, MaxSemaphoreSize)
+		k, err := newSemaphore(base(n), cfg.Semaphores[n])
+		if err == nil {
+			err = add(k)
 		}
-		if declared[n] {
-			return nil, fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", n)
-		}
-		declared[n] = true
-		slots := make([]*Lock, size)
-		for i := range slots {
-			l, err := newLock(SlotName(n, i+1), ModeSemaphore, n)
-			if err != nil {
-				return nil, err
-			}
-			slots[i] = l
-			m.slotOf[l.Name()] = n
-		}
-		m.sems[n] = newSemaphore(n, cfg.Identity, slots)
-		m.names = append(m.names, n)
-	}
-	for slot, sem := range m.slotOf {
-		if m.locks[slot] != nil {
-			return nil, fmt.Errorf("semaphore %s's slot Lease %q is also declared as a lock: rename one of them", sem, slot)
+		if err != nil {
+			return nil, err
 		}
 	}
 	sort.Strings(m.names)
 	return m, nil
 }
 
-// holderChange reports a change of holder under the declared name: a semaphore's,
-// not its slot's.
-func (m *Manager) holderChange(lock string) {
-	if sem, ok := m.slotOf[lock]; ok {
-		lock = sem
+// get is the declared lock name.
+func (m *Manager) get(name string) (Locker, error) {
+	k, ok := m.kinds[name]
+	if !ok {
+		return nil, ErrUndeclared
 	}
-	m.onHolderChange(lock)
+	return k, nil
 }
 
+// dispatch hands ev, an event under its declared lock's name (a semaphore names its
+// slot in Event.Slot), to OnEvent and the subscribers.
 func (m *Manager) dispatch(ev Event) {
-	if sem, ok := m.slotOf[ev.Lock]; ok {
-		n, _ := strconv.Atoi(ev.Lock[strings.LastIndexByte(ev.Lock, '.')+1:])
-		ev.Slot, ev.Lock = ev.Lock, sem
-		if ev.Token > 0 {
-			ev.Token = ev.Token*SlotTokenBase + int64(n)
-		}
-	}
 	m.onEvent(ev)
 	m.subMu.Lock()
 	defer m.subMu.Unlock()
@@ -176,8 +150,8 @@ func (m *Manager) dispatch(ev Event) {
 // Subscribe streams the events of lock name until cancel is called. The channel is
 // closed when the subscriber falls behind or cancel is called.
 func (m *Manager) Subscribe(name string) (<-chan Event, func(), error) {
-	if _, ok := m.locks[name]; !ok && m.sems[name] == nil {
-		return nil, nil, ErrUndeclared
+	if _, err := m.get(name); err != nil {
+		return nil, nil, err
 	}
 	ch := make(chan Event, 64)
 	m.subMu.Lock()
@@ -196,30 +170,15 @@ func (m *Manager) Subscribe(name string) (<-chan Event, func(), error) {
 	}, nil
 }
 
-// Lock returns the declared lock name.
-func (m *Manager) Lock(name string) (*Lock, error) {
-	l, ok := m.locks[name]
-	if !ok {
-		return nil, ErrUndeclared
-	}
-	return l, nil
-}
-
-// Semaphore returns the declared semaphore name.
-func (m *Manager) Semaphore(name string) (*Semaphore, error) {
-	s, ok := m.sems[name]
-	if !ok {
-		return nil, ErrUndeclared
-	}
-	return s, nil
-}
+// Locker returns the declared lock name.
+func (m *Manager) Locker(name string) (Locker, error) { return m.get(name) }
 
 // LeaseNames are the Leases of the declared locks: each mutex's and leader lock's, and
 // each semaphore slot's (not the semaphore's own name, which names no Lease).
 func (m *Manager) LeaseNames() []string {
-	out := make([]string, 0, len(m.all))
-	for _, l := range m.all {
-		out = append(out, l.Name())
+	var out []string
+	for _, k := range m.order {
+		out = append(out, k.Leases()...)
 	}
 	sort.Strings(out)
 	return out
@@ -239,90 +198,80 @@ func (m *Manager) States() []State {
 }
 
 // Ready says whether every lock is synced and the last writes were allowed.
-func (m *Manager) Ready() error {
-	for _, l := range m.all {
-		n := l.Name()
-		if !l.Synced() {
-			return fmt.Errorf("%w: lock %s not yet synced with the API server", ErrUnavailable, n)
-		}
-		if l.Forbidden() {
-			return fmt.Errorf("%w: lock %s", ErrForbidden, n)
-		}
-	}
-	return nil
-}
+func (m *Manager) Ready() error { return readyAll(m.order) }
 
 // Run runs every lock until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, l := range m.all {
-		wg.Go(func() { l.Run(ctx) })
+	for _, k := range m.order {
+		wg.Go(func() { k.Run(ctx) })
 	}
 	wg.Wait()
 }
 
 // Shutdown releases every lock this agent holds, all at once.
-func (m *Manager) Shutdown(ctx context.Context) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(m.all))
-	for i, l := range m.all {
-		wg.Go(func() { errs[i] = l.Shutdown(ctx) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
+func (m *Manager) Shutdown(ctx context.Context) error { return shutdownAll(ctx, m.order) }
 
 // State reports the declared lock name.
 func (m *Manager) State(name string) (State, error) {
-	if s := m.sems[name]; s != nil {
-		return s.State(), nil
-	}
-	l, err := m.Lock(name)
+	k, err := m.get(name)
 	if err != nil {
 		return State{Name: name}, err
 	}
-	return l.State(), nil
+	return k.State(), nil
 }
 
-// Acquire acquires lock name (see Lock.Acquire).
+// Acquire acquires lock name (see Locker.Acquire).
 func (m *Manager) Acquire(ctx context.Context, name string, opts AcquireOptions) (*Hold, State, error) {
-	if s := m.sems[name]; s != nil {
-		return s.Acquire(ctx, opts)
-	}
-	l, err := m.Lock(name)
+	k, err := m.get(name)
 	if err != nil {
 		return nil, State{Name: name}, err
 	}
-	return l.Acquire(ctx, opts)
+	return k.Acquire(ctx, opts)
 }
 
 // Release ends the hold of lock name that token names.
 func (m *Manager) Release(ctx context.Context, name string, token int64) (State, error) {
-	if s := m.sems[name]; s != nil {
-		return s.Release(ctx, token)
-	}
-	l, err := m.Lock(name)
+	k, err := m.get(name)
 	if err != nil {
 		return State{Name: name}, err
 	}
-	return l.Release(ctx, token)
+	return k.Release(ctx, token)
 }
 
-// ReleaseHold releases h if it still holds lock name.
+// ReleaseHold releases h if it still holds lock name; a nil h (an acquire that gave
+// no hold) changes nothing.
 func (m *Manager) ReleaseHold(ctx context.Context, name string, h *Hold, reason string) {
-	if _, err := m.State(name); err == nil && h != nil {
-		h.lock.ReleaseHold(ctx, h, reason)
+	if k, err := m.get(name); err == nil && h != nil {
+		k.ReleaseHold(ctx, h, reason)
 	}
 }
 
 // Renew restarts the ttl of the hold of lock name that token names.
 func (m *Manager) Renew(name string, token int64, ttl time.Duration) (State, error) {
-	if s := m.sems[name]; s != nil {
-		return s.Renew(token, ttl)
-	}
-	l, err := m.Lock(name)
+	k, err := m.get(name)
 	if err != nil {
 		return State{Name: name}, err
 	}
-	return l.Renew(token, ttl)
+	return k.Renew(token, ttl)
+}
+
+// NoToken is the error of a release or renew of lock name that names no hold (see
+// Locker.NoToken).
+func (m *Manager) NoToken(name string) error {
+	k, err := m.get(name)
+	if err != nil {
+		return err
+	}
+	return k.NoToken()
+}
+
+// Tie is what a connection hold of lock name follows once Acquire answered h and s
+// (see Locker.Tie).
+func (m *Manager) Tie(name string, h *Hold, s State) (Tie, error) {
+	k, err := m.get(name)
+	if err != nil {
+		return nil, err
+	}
+	return k.Tie(h, s), nil
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // MaxSemaphoreSize bounds N in name=N: each slot is a Lease, watched by every Pod that
@@ -38,20 +40,141 @@ type Semaphore struct {
 	first int
 	// turn serializes this Pod's acquisitions of the semaphore (like a Lock's local
 	// slot, but for the whole semaphore): waiters queue in order.
-	turn chan struct{}
+	turn  chan struct{}
+	clock clock.Clock
+	// retry is the slots' retry-period: how soon a wait tries again after an API error.
+	retry time.Duration
+	// closing is closed by Shutdown: waiters give up with ErrShutdown.
+	closing     chan struct{}
+	closingOnce sync.Once
+
+	mu sync.Mutex
+	// changed is closed, and made anew, when any slot's state changes (relay).
+	changed chan struct{}
 }
 
-func newSemaphore(name, identity string, slots []*Lock) *Semaphore {
+// newSemaphore makes the semaphore cfg.Name of size slots, each a Lock made from cfg.
+// The slots' events and holder changes are reported under the semaphore's name, with
+// Event.Slot naming the slot and the token composed (SlotTokenBase).
+func newSemaphore(cfg Config, size int) (*Semaphore, error) {
+	if size < 1 || size > MaxSemaphoreSize {
+		return nil, fmt.Errorf("semaphore %s=%d: N must be between 1 and %d", cfg.Name, size, MaxSemaphoreSize)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	onEvent, onHolderChange := cfg.OnEvent, cfg.OnHolderChange
+	if onEvent == nil {
+		onEvent = func(Event) {}
+	}
+	if onHolderChange == nil {
+		onHolderChange = func(string) {}
+	}
 	h := fnv.New32a()
-	_, _ = h.Write([]byte(identity))
-	return &Semaphore{name: name, slots: slots, first: int(h.Sum32() % uint32(len(slots))), turn: make(chan struct{}, 1)}
+	_, _ = h.Write([]byte(cfg.Identity))
+	s := &Semaphore{name: cfg.Name, slots: make([]*Lock, size), first: int(h.Sum32() % uint32(size)),
+		turn: make(chan struct{}, 1), clock: cfg.Clock, retry: cfg.RetryPeriod,
+		closing: make(chan struct{}), changed: make(chan struct{})}
+	for i := range s.slots {
+		n := int64(i + 1)
+		slot := cfg
+		slot.Name, slot.Mode, slot.Semaphore = SlotName(cfg.Name, i+1), ModeSemaphore, cfg.Name
+		slot.OnEvent = func(ev Event) {
+			ev.Slot, ev.Lock = ev.Lock, cfg.Name
+			if ev.Token > 0 {
+				ev.Token = ev.Token*SlotTokenBase + n
+			}
+			onEvent(ev)
+		}
+		slot.OnHolderChange = func(string) { onHolderChange(cfg.Name) }
+		l, err := New(slot)
+		if err != nil {
+			return nil, err
+		}
+		s.slots[i] = l
+	}
+	return s, nil
 }
 
 // Name is the semaphore's name.
 func (s *Semaphore) Name() string { return s.name }
 
+// Mode is ModeSemaphore.
+func (s *Semaphore) Mode() Mode { return ModeSemaphore }
+
 // Size is N.
 func (s *Semaphore) Size() int { return len(s.slots) }
+
+// Leases are the slots' Leases, name.1 .. name.N.
+func (s *Semaphore) Leases() []string {
+	out := make([]string, len(s.slots))
+	for i, l := range s.slots {
+		out[i] = l.Name()
+	}
+	return out
+}
+
+// Ready is nil once every slot is synced and its last write was allowed.
+func (s *Semaphore) Ready() error { return readyAll(s.slots) }
+
+// Run runs every slot, and relays their changes to Changed, until ctx ends.
+func (s *Semaphore) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, l := range s.slots {
+		wg.Go(func() { l.Run(ctx) })
+		wg.Go(func() { s.relay(ctx, l) })
+	}
+	wg.Wait()
+}
+
+// relay wakes the semaphore's waiters at every change of slot l: a fan-in of the
+// slots' change channels into the semaphore's one. It takes l's channel before it
+// broadcasts, so a change is never missed: a waiter reads the slots after taking
+// Changed, and any change after that read closes the channel it waits on.
+func (s *Semaphore) relay(ctx context.Context, l *Lock) {
+	for {
+		ch := l.Changed()
+		select {
+		case <-ch:
+			s.mu.Lock()
+			close(s.changed)
+			s.changed = make(chan struct{})
+			s.mu.Unlock()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Changed is closed at the next change of any slot's state (while Run runs).
+func (s *Semaphore) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// Shutdown wakes every waiter with ErrShutdown and shuts every slot down at once (see
+// Lock.Shutdown).
+func (s *Semaphore) Shutdown(ctx context.Context) error {
+	s.closingOnce.Do(func() { close(s.closing) })
+	return shutdownAll(ctx, s.slots)
+}
+
+// NoToken: a semaphore's holds are named by their composed tokens.
+func (s *Semaphore) NoToken() error { return ErrTokenRequired }
+
+// Tie: a connection hold of a semaphore follows its slot's hold.
+func (s *Semaphore) Tie(h *Hold, _ State) Tie { return clientTie{h} }
+
+// ReleaseHold releases h if it still holds one of the slots (a connection closed).
+func (s *Semaphore) ReleaseHold(ctx context.Context, h *Hold, reason string) {
+	for _, l := range s.slots {
+		if l.owns(h) {
+			l.ReleaseHold(ctx, h, reason)
+			return
+		}
+	}
+}
 
 // State reports the semaphore: held when this Pod holds a slot (the first one it
 // holds then gives Slot, Token and ValidFor), else in jeopardy when a slot of this Pod
@@ -98,7 +221,7 @@ func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, St
 		defer cancel()
 		select {
 		case s.turn <- struct{}{}:
-		case <-s.slots[0].closing:
+		case <-s.closing:
 			return nil, s.State(), ErrShutdown
 		case <-ctx.Done():
 			return nil, s.State(), ctxErr(ctx)
@@ -113,30 +236,25 @@ func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, St
 	defer func() { <-s.turn }()
 
 	for {
-		// The change channels are taken before the tries, so no change between a
-		// try and the wait is missed.
-		changed := make([]<-chan struct{}, len(s.slots))
-		for i, l := range s.slots {
-			changed[i] = l.Changed()
-		}
+		// The change channel is taken before the tries, so no change between a try
+		// and the wait is missed.
+		changed := s.Changed()
 		h, st, retryIn, err := s.tryEach(ctx, opts.TTL)
 		if err == nil || opts.Wait == 0 || errors.Is(err, ErrShutdown) {
 			return h, st, err
 		}
-		cases := make([]reflect.SelectCase, 0, len(changed)+3)
-		for _, ch := range changed {
-			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-		}
-		timer := s.slots[0].cfg.Clock.NewTimer(retryIn)
-		cases = append(cases,
-			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(timer.C())},
-			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(s.slots[0].closing)},
-			reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())})
-		chosen, _, _ := reflect.Select(cases)
-		timer.Stop()
-		if chosen == len(cases)-1 {
+		timer := s.clock.NewTimer(retryIn)
+		select {
+		case <-changed:
+		case <-timer.C():
+		case <-s.closing:
+			timer.Stop()
+			return nil, s.State(), ErrShutdown
+		case <-ctx.Done():
+			timer.Stop()
 			return nil, s.State(), ctxErr(ctx)
 		}
+		timer.Stop()
 	}
 }
 
@@ -144,7 +262,7 @@ func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, St
 // taken it says how soon a try may succeed without a watch event (a hold running out,
 // or the retry period after an API error).
 func (s *Semaphore) tryEach(ctx context.Context, ttl time.Duration) (*Hold, State, time.Duration, error) {
-	retryIn := s.slots[0].cfg.RetryPeriod
+	retryIn := s.retry
 	var held []string
 	var apiErr error
 	for k := range s.slots {
