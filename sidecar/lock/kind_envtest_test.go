@@ -240,18 +240,18 @@ func TestEveryKindKeepsTheLockerContract(t *testing.T) {
 	}
 }
 
-type acquired struct {
+type acquireAnswer struct {
 	h   *Hold
 	s   State
 	err error
 }
 
 // acquireAsync starts an acquisition of k that waits up to a minute.
-func acquireAsync(ctx context.Context, k Locker) <-chan acquired {
-	out := make(chan acquired, 1)
+func acquireAsync(ctx context.Context, k Locker) <-chan acquireAnswer {
+	out := make(chan acquireAnswer, 1)
 	go func() {
 		h, s, err := k.Acquire(ctx, AcquireOptions{Wait: time.Minute})
-		out <- acquired{h, s, err}
+		out <- acquireAnswer{h, s, err}
 	}()
 	return out
 }

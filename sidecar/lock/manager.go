@@ -62,46 +62,12 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 			Client: cfg.Client, Clock: cfg.Clock, Log: cfg.Log, OnEvent: m.dispatch, OnHolderChange: cfg.OnHolderChange,
 		}
 	}
-	declared := map[string]bool{}
-	add := func(k Locker) error {
-		if declared[k.Name()] {
-			return fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", k.Name())
-		}
-		declared[k.Name()] = true
-		for _, lease := range k.Leases() {
-			if errs := validation.IsDNS1123Subdomain(lease); len(errs) > 0 {
-				return fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", lease, errs)
-			}
-			if lease == k.Name() {
-				continue
-			}
-			if declared[lease] {
-				return fmt.Errorf("%s %s's Lease %q is also declared as a lock: rename one of them", k.Mode(), k.Name(), lease)
-			}
-			declared[lease] = true
-		}
-		m.kinds[k.Name()] = k
-		m.order = append(m.order, k)
-		m.names = append(m.names, k.Name())
-		return nil
-	}
+	var kinds []func() (Locker, error)
 	for _, n := range cfg.Mutexes {
-		k, err := newMutex(base(n))
-		if err == nil {
-			err = add(k)
-		}
-		if err != nil {
-			return nil, err
-		}
+		kinds = append(kinds, func() (Locker, error) { return newMutex(base(n)) })
 	}
 	for _, n := range cfg.Leaders {
-		k, err := newLeader(base(n))
-		if err == nil {
-			err = add(k)
-		}
-		if err != nil {
-			return nil, err
-		}
+		kinds = append(kinds, func() (Locker, error) { return newLeader(base(n)) })
 	}
 	semNames := make([]string, 0, len(cfg.Semaphores))
 	for n := range cfg.Semaphores {
@@ -109,9 +75,13 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	sort.Strings(semNames)
 	for _, n := range semNames {
-		k, err := newSemaphore(base(n), cfg.Semaphores[n])
+		kinds = append(kinds, func() (Locker, error) { return newSemaphore(base(n), cfg.Semaphores[n]) })
+	}
+	declared := map[string]bool{}
+	for _, newKind := range kinds {
+		k, err := newKind()
 		if err == nil {
-			err = add(k)
+			err = m.declare(k, declared)
 		}
 		if err != nil {
 			return nil, err
@@ -119,6 +89,31 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	sort.Strings(m.names)
 	return m, nil
+}
+
+// declare adds k to the manager; declared holds every name (lock and Lease) taken so
+// far, so that no name is declared twice and no semaphore slot's Lease is also a lock.
+func (m *Manager) declare(k Locker, declared map[string]bool) error {
+	if declared[k.Name()] {
+		return fmt.Errorf("lock %q is declared twice: list each name once, in --locks, --leader or --semaphores", k.Name())
+	}
+	declared[k.Name()] = true
+	for _, lease := range k.Leases() {
+		if errs := validation.IsDNS1123Subdomain(lease); len(errs) > 0 {
+			return fmt.Errorf("lock name %q is not a valid Lease name (DNS-1123 subdomain): %v", lease, errs)
+		}
+		if lease == k.Name() {
+			continue
+		}
+		if declared[lease] {
+			return fmt.Errorf("%s %s's Lease %q is also declared as a lock: rename one of them", k.Mode(), k.Name(), lease)
+		}
+		declared[lease] = true
+	}
+	m.kinds[k.Name()] = k
+	m.order = append(m.order, k)
+	m.names = append(m.names, k.Name())
+	return nil
 }
 
 // get is the declared lock name.
