@@ -19,19 +19,20 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/leasehold/leasehold/internal/contract"
+	"github.com/leasehold/leasehold/sidecar/api/wire"
 )
 
-// Mode says how a lock is taken.
-type Mode string
+// Mode says how a lock is taken (the local API's wire.Mode: one definition).
+type Mode = wire.Mode
 
 const (
 	// ModeMutex is a lock the application takes on demand (acquire, release).
-	ModeMutex Mode = "mutex"
+	ModeMutex = wire.ModeMutex
 	// ModeLeader is a lock the agent holds continuously while the Pod lives.
-	ModeLeader Mode = "leader"
+	ModeLeader = wire.ModeLeader
 	// ModeSemaphore is a counting lock: N slot Leases, each taken like a mutex
 	// (semaphore.go). A slot Lock has this mode.
-	ModeSemaphore Mode = "semaphore"
+	ModeSemaphore = wire.ModeSemaphore
 )
 
 const (
@@ -122,22 +123,17 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// EventType names what happened to a lock.
-type EventType string
+// EventType names what happened to a lock (wire.EventType: one definition).
+type EventType = wire.EventType
 
-// The events of a lock.
+// The events of a lock (wire's).
 const (
-	EventAcquired EventType = "acquired"
-	EventLost     EventType = "lost"
-	EventReleased EventType = "released"
-	EventShutdown EventType = "shutdown"
-	// EventJeopardy: renew-deadline passed while the API server was unavailable. The
-	// hold is not held now (validFor 0) but not lost either: its renewal goes on for up
-	// to the grace period.
-	EventJeopardy EventType = "jeopardy"
-	// EventSafe: a renewal landed while the hold was in jeopardy. Nobody else can have
-	// held the lock in between; the hold goes on with the same fencing token.
-	EventSafe EventType = "safe"
+	EventAcquired = wire.EventAcquired
+	EventLost     = wire.EventLost
+	EventReleased = wire.EventReleased
+	EventShutdown = wire.EventShutdown
+	EventJeopardy = wire.EventJeopardy
+	EventSafe     = wire.EventSafe
 )
 
 // EventTypes are every EventType, for metrics.
@@ -151,45 +147,18 @@ var EventTypes = []EventType{EventAcquired, EventLost, EventReleased, EventShutd
 //	jeopardy --a renewal lands--> held (same token)
 //	jeopardy --grace passes, a conflict, a 403, the Lease taken or deleted--> not-held (lost)
 //	held, jeopardy --release, ttl, shutdown, conflict, taken, deleted--> not-held
-type Phase string
+type Phase = wire.Phase
 
-// The phases of a hold.
+// The phases of a hold (wire's).
 const (
-	// PhaseNotHeld: this Pod holds no hold of the lock.
-	PhaseNotHeld Phase = "not-held"
-	// PhaseHeld: this Pod holds the lock and may rely on it for validFor.
-	PhaseHeld Phase = "held"
-	// PhaseJeopardy: renew-deadline passed while the API server was unavailable. The
-	// hold may not be relied on (held false, validFor 0), but it may resume with the
-	// same token if a renewal lands within the grace period.
-	PhaseJeopardy Phase = "jeopardy"
+	PhaseNotHeld  = wire.PhaseNotHeld
+	PhaseHeld     = wire.PhaseHeld
+	PhaseJeopardy = wire.PhaseJeopardy
 )
 
-// Event is one change of a lock, as seen by this agent.
-type Event struct {
-	Type EventType `json:"type"`
-	Lock string    `json:"lock"`
-	// Slot is the slot's Lease for an event of a semaphore.
-	Slot   string    `json:"slot,omitempty"`
-	Holder string    `json:"holder"`
-	Token  int64     `json:"token"`
-	Reason string    `json:"reason,omitempty"`
-	Time   time.Time `json:"time"`
-
-	// For metrics, not sent to event streams:
-	// Cause is the kind of loss of a lost event (one of the Loss* constants).
-	Cause string `json:"-"`
-	// HeldFor is how long the hold lasted, on a lost or released event that ended one.
-	HeldFor time.Duration `json:"-"`
-	// Handover, on an acquired event that had to wait for another holder, is the time
-	// from the moment the Lease says the lock became free (the previous holder's
-	// release: its last renewTime with holder ""; or its expiry: renewTime +
-	// leaseDurationSeconds) to the moment this agent's write was answered. It compares
-	// the previous holder's wall clock with this agent's. HandoverFrom says which:
-	// "released" or "expired"; empty when the acquisition did not wait.
-	Handover     time.Duration `json:"-"`
-	HandoverFrom string        `json:"-"`
-}
+// Event is one change of a lock, as seen by this agent (wire.Event: its fields
+// Cause, HeldFor, Handover and HandoverFrom are for metrics and never sent).
+type Event = wire.Event
 
 // Kinds of loss (Event.Cause of a lost event), a bounded set for metrics labels.
 const (
@@ -211,26 +180,9 @@ const (
 // LossCauses are every Cause of a lost event.
 var LossCauses = []string{LossRenewDeadline, LossTakenOver, LossRewritten, LossDeleted, LossConflict, LossGrace}
 
-// State is what the agent knows of a lock. Held means held by this Pod, now.
-type State struct {
-	Name string `json:"name"`
-	Mode Mode   `json:"mode"`
-	Held bool   `json:"held"`
-	// Phase is held, jeopardy or not-held (PhaseHeld, PhaseJeopardy, PhaseNotHeld).
-	Phase          Phase  `json:"state"`
-	Holder         string `json:"holder"`
-	Token          int64  `json:"token"`
-	ValidFor       string `json:"validFor"`
-	ValidForMillis int64  `json:"validForMillis"`
-	// Slot is, for a semaphore, the slot's Lease that the hold (or Holder) is about.
-	Slot string `json:"slot,omitempty"`
-	// Size and Slots describe a semaphore: how many holders it lets in and each
-	// slot's state.
-	Size  int     `json:"size,omitempty"`
-	Slots []State `json:"slots,omitempty"`
-	// HeldFor is how long the current hold has lasted (0 when not held), for metrics.
-	HeldFor time.Duration `json:"-"`
-}
+// State is what the agent knows of a lock (wire.State, what the local API sends).
+// Held means held by this Pod, now.
+type State = wire.State
 
 // Errors the engine returns; the API maps them to status codes.
 var (

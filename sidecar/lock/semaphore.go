@@ -70,13 +70,13 @@ func (s *Semaphore) State() State {
 		}
 	}
 	if front >= 0 {
-		st.front(st.Slots[front])
+		putInFront(&st, st.Slots[front])
 	}
 	return st
 }
 
-// front puts a slot's hold in front of the semaphore's state.
-func (st *State) front(ls State) {
+// putInFront puts a slot's hold in front of the semaphore's state.
+func putInFront(st *State, ls State) {
 	st.Held, st.Phase, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot =
 		ls.Held, ls.Phase, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
 }
@@ -84,7 +84,7 @@ func (st *State) front(ls State) {
 // stateOf is the semaphore's State with the hold of slot i (0-based) in front.
 func (s *Semaphore) stateOf(i int) State {
 	st := s.State()
-	st.front(st.Slots[i])
+	putInFront(&st, st.Slots[i])
 	return st
 }
 
