@@ -52,7 +52,7 @@ func TestParseAnnotations(t *testing.T) {
 		},
 		"semaphores": {
 			in:   map[string]string{AnnotationSemaphores: "report=3, batch.jobs=1", AnnotationLocks: "db"},
-			want: def(Config{Locks: []string{"db"}, Semaphores: []Semaphore{{"report", 3}, {"batch.jobs", 1}}}),
+			want: def(Config{Locks: []string{"db"}, Semaphores: []Semaphore{{Name: "report", Size: 3}, {Name: "batch.jobs", Size: 1}}}),
 		},
 		"status written by the webhook is accepted": {
 			in:   map[string]string{AnnotationLocks: "db", AnnotationStatus: StatusInjected},

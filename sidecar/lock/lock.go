@@ -35,22 +35,15 @@ const (
 	ModeSemaphore = wire.ModeSemaphore
 )
 
+// What the agent writes on a Lease besides the record: the contract's keys
+// (internal/contract), defined there once.
 const (
-	// LabelManagedBy is set on every Lease the agent writes.
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// ManagedBy is the value of LabelManagedBy on Leases the agent writes.
-	ManagedBy = "leasehold"
-	// AnnotationMode records on the Lease whether it is a mutex or a leader lock, or a
-	// semaphore's slot.
-	AnnotationMode = "leasehold.io/mode"
-	// AnnotationSemaphore names, on a slot's Lease, the semaphore it belongs to.
-	AnnotationSemaphore = "leasehold.io/semaphore"
-	// AnnotationRenewDeadline and AnnotationGrace record on the Lease the holder's
-	// renew-deadline and grace period (Go durations), so that `kubectl leasehold` can
-	// tell a hold in jeopardy (its renewal overdue by more than renew-deadline, within
-	// the grace period) from one held or expired.
-	AnnotationRenewDeadline = "leasehold.io/renew-deadline"
-	AnnotationGrace         = "leasehold.io/grace"
+	LabelManagedBy          = contract.LabelManagedBy
+	ManagedBy               = contract.ManagedBy
+	AnnotationMode          = contract.AnnotationMode
+	AnnotationSemaphore     = contract.AnnotationSemaphore
+	AnnotationRenewDeadline = contract.AnnotationRenewDeadline
+	AnnotationGrace         = contract.AnnotationGrace
 )
 
 // LeaseClient is the part of the Kubernetes API the engine uses: the Leases of one
@@ -102,10 +95,13 @@ func (c *Config) validate() error {
 		return fmt.Errorf("lock %s: a semaphore slot needs its semaphore's name", c.Name)
 	case c.LeaseDuration < time.Second:
 		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
-	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
-		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
-	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
-		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.RenewDeadline <= 0 || c.RetryPeriod <= 0:
+		return fmt.Errorf("lock %s: renew-deadline %s and retry-period %s must be greater than 0", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case len(contract.BrokenTimingRules(c.LeaseDuration, c.RenewDeadline, c.RetryPeriod)) > 0:
+		// The contract's rules, the same the webhook and the agent's flags apply.
+		rule := contract.BrokenTimingRules(c.LeaseDuration, c.RenewDeadline, c.RetryPeriod)[0]
+		return fmt.Errorf("lock %s: lease-duration %s, renew-deadline %s, retry-period %s break the rule %s, %s",
+			c.Name, c.LeaseDuration, c.RenewDeadline, c.RetryPeriod, rule, rule.Why())
 	case c.Grace < 0:
 		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
 	case c.Client == nil:

@@ -6,14 +6,15 @@ import (
 	"fmt"
 	"hash/fnv"
 	"reflect"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/leasehold/leasehold/internal/contract"
 )
 
 // MaxSemaphoreSize bounds N in name=N: each slot is a Lease, watched by every Pod that
 // declares the semaphore, so N costs N watches per Pod. It is below SlotTokenBase.
-const MaxSemaphoreSize = 64
+const MaxSemaphoreSize = contract.MaxSemaphoreSize
 
 // SlotTokenBase composes a semaphore's fencing token from its slot's: token =
 // slot's leaseTransitions × SlotTokenBase + slot number, so token 305 is slot 5's
@@ -23,7 +24,7 @@ const MaxSemaphoreSize = 64
 const SlotTokenBase = 100
 
 // SlotName is the Lease of slot i (1..N) of semaphore name.
-func SlotName(name string, i int) string { return name + "." + strconv.Itoa(i) }
+func SlotName(name string, i int) string { return contract.SlotName(name, i) }
 
 // Semaphore is a counting lock: N slots, each a Lease taken and fenced exactly like a
 // mutex (a slot is a Lock in ModeSemaphore). An acquisition takes any free slot; the
