@@ -4,7 +4,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/leasehold/leasehold/internal/contract"
-	"github.com/leasehold/leasehold/internal/contract/annotations"
+	"github.com/leasehold/leasehold/internal/contract/podannotations"
 )
 
 // The annotation keys, defaults and limits are the contract's (internal/contract),
@@ -31,23 +31,23 @@ const (
 	MaxLeaseDuration     = contract.MaxLeaseDuration
 )
 
-// Config is what a Pod's annotations ask of the agent (annotations.Config).
-type Config = annotations.Config
+// Config is what a Pod's annotations ask of the agent (podannotations.Config).
+type Config = podannotations.Config
 
-// Semaphore is one name=N of leasehold.io/semaphores (annotations.Semaphore).
-type Semaphore = annotations.Semaphore
+// Semaphore is one name=N of leasehold.io/semaphores (podannotations.Semaphore).
+type Semaphore = podannotations.Semaphore
 
 // Wanted reports whether the annotations ask for an agent: a lock annotation is present
 // and the Pod has not opted out with leasehold.io/inject: "false".
-func Wanted(a map[string]string) bool { return annotations.Wanted(a) }
+func Wanted(a map[string]string) bool { return podannotations.Wanted(a) }
 
 // HasLeaseholdAnnotations reports whether any key carries AnnotationPrefix.
-func HasLeaseholdAnnotations(a map[string]string) bool { return annotations.HasLeaseholdAnnotations(a) }
+func HasLeaseholdAnnotations(a map[string]string) bool { return podannotations.HasLeaseholdAnnotations(a) }
 
 // ParseAnnotations turns a Pod's annotations into a Config by the contract's rules
-// (annotations.Parse): every problem is a field error that names the annotation, the
+// (podannotations.Parse): every problem is a field error that names the annotation, the
 // bad value and the fix.
-func ParseAnnotations(a map[string]string) (*Config, field.ErrorList) { return annotations.Parse(a) }
+func ParseAnnotations(a map[string]string) (*Config, field.ErrorList) { return podannotations.Parse(a) }
 
 var annotationsPath = field.NewPath("metadata", "annotations")
 

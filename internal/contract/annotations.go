@@ -1,7 +1,7 @@
 package contract
 
 // The annotations a user writes on a Pod (or a Pod template): the user's whole
-// interface. The webhook reads them (internal/contract/annotations.Parse); the
+// interface. The webhook reads them (internal/contract/podannotations.Parse); the
 // kubectl plugin renders and reads them (kubectl leasehold rbac).
 const (
 	// AnnotationPrefix is the prefix of every Leasehold annotation. Any key with this

@@ -10,7 +10,7 @@
 // package of the project (TestLayers in the repository's root holds this), so every
 // binary may link it, the client copied into every Pod included.
 //
-// The webhook (internal/contract/annotations, webhook.AgentArgs) and the agent
+// The webhook (internal/contract/podannotations, webhook.AgentArgs) and the agent
 // (sidecar/agent.Options) both apply these rules; webhook's
 // TestInjectedArgsPassTheAgentsValidation feeds the command line the webhook writes
 // through the agent's own flag parsing and validation, and TestWebhookAndAgentAgree

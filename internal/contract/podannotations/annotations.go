@@ -1,4 +1,4 @@
-// Package annotations reads a Pod's Leasehold annotations (the keys of
+// Package podannotations reads a Pod's Leasehold annotations (the keys of
 // internal/contract) into what they ask of the agent, with the contract's rules: the
 // one reading that the webhook admits Pods by and that `kubectl leasehold rbac`
 // renders Roles from. Every problem is a field error that names the annotation, the
@@ -6,7 +6,7 @@
 //
 // It imports the contract and k8s.io/apimachinery's field errors, nothing else of
 // the project (TestLayers).
-package annotations
+package podannotations
 
 import (
 	"errors"
