@@ -30,7 +30,7 @@ import (
 	"github.com/leasehold/leasehold/internal/version"
 )
 
-// The label and annotation that agents write on their Leases (sidecar/lock owns them).
+// The label and annotation that agents write on their Leases (the contract defines them).
 const (
 	LabelManagedBy = contract.LabelManagedBy
 	ManagedByValue = contract.ManagedBy
