@@ -7,7 +7,7 @@
 // (CheckLockName, CheckSemaphore) and the holder identity (Identity, PodOf).
 //
 // It is the leaf of the project: it imports only the standard library and no other
-// package of the project (TestLayers in the repository's root holds this), so every
+// package of the project (internal/layers' TestLayers holds this), so every
 // binary may link it, the client copied into every Pod included.
 //
 // The webhook (internal/contract/podannotations, webhook.AgentArgs) and the agent
