@@ -42,7 +42,9 @@ type Semaphore = podannotations.Semaphore
 func Wanted(a map[string]string) bool { return podannotations.Wanted(a) }
 
 // HasLeaseholdAnnotations reports whether any key carries AnnotationPrefix.
-func HasLeaseholdAnnotations(a map[string]string) bool { return podannotations.HasLeaseholdAnnotations(a) }
+func HasLeaseholdAnnotations(a map[string]string) bool {
+	return podannotations.HasLeaseholdAnnotations(a)
+}
 
 // ParseAnnotations turns a Pod's annotations into a Config by the contract's rules
 // (podannotations.Parse): every problem is a field error that names the annotation, the
