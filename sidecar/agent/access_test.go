@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/kubectl"
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/kubectl"
 )
 
 // An agent whose rights the API server can list (RBAC) reviews its access with one

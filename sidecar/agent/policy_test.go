@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/leasehold/leasehold/kubectl"
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/kubectl"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
