@@ -404,11 +404,11 @@ func TestConfigValidation(t *testing.T) {
 		"lease not above renew": func(c *Config) { c.RenewDeadline = 15 * time.Second },
 		"renew not above retry": func(c *Config) { c.RetryPeriod = 10 * time.Second },
 		// renew-deadline 10s > retry-period 9s, but not > 1.2 x 9s (contract.JitterFactor).
-		"renew not above 1.2 x retry": func(c *Config) { c.RetryPeriod = 9 * time.Second },
-		"sub-second lease":            func(c *Config) { c.LeaseDuration = 500 * time.Millisecond },
-		"no identity":                 func(c *Config) { c.Identity = "" },
-		"bad mode":                    func(c *Config) { c.Mode = "sometimes" },
-		"no client":                   func(c *Config) { c.Client = nil },
+		"renew <= 1.2 x retry": func(c *Config) { c.RetryPeriod = 9 * time.Second },
+		"sub-second lease":      func(c *Config) { c.LeaseDuration = 500 * time.Millisecond },
+		"no identity":           func(c *Config) { c.Identity = "" },
+		"bad mode":              func(c *Config) { c.Mode = "sometimes" },
+		"no client":             func(c *Config) { c.Client = nil },
 	}
 	for name, mut := range tests {
 		t.Run(name, func(t *testing.T) {
