@@ -29,6 +29,13 @@ LDFLAGS := -X github.com/leasehold/leasehold/internal/version.version=$(VERSION)
 build: ## Build the binaries into bin/ (VERSION=... overrides git describe).
 	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 
+.PHONY: sizes
+sizes: ## Print each binary's size as go build makes it and stripped (-s -w), and how many packages it links (BENCHMARKS.md, Binary sizes).
+	@d=$$(mktemp -d); for c in leasehold kubectl-leasehold leasehold-agent leasehold-webhook; do \
+	  CGO_ENABLED=0 go build -o $$d/$$c ./cmd/$$c && CGO_ENABLED=0 go build -ldflags='-s -w' -o $$d/$$c.s ./cmd/$$c && \
+	  printf '%-18s %10d bytes  stripped %10d bytes  %4d packages\n' $$c $$(stat -c %s $$d/$$c) $$(stat -c %s $$d/$$c.s) $$(go list -deps ./cmd/$$c | wc -l) || exit 1; \
+	done; rm -rf $$d
+
 .PHONY: unit
 unit: envtest ## Run the Go tests (unit and envtest suites) without the real-node e2e suite.
 	@command -v python3 >/dev/null || { echo "installing python3 from Debian (go test ./docs/ runs docs/snippets/leasehold.py)"; \

@@ -2,10 +2,12 @@
 // into Pods that name locks in their annotations.
 //
 // It owns three things, kept apart:
-//   - annotations.go: the leasehold.io/* keys (documented constants) and ParseAnnotations,
-//     which turns them into a Config or field errors that name the annotation, the bad
-//     value and the fix. Unknown leasehold.io/* keys are errors, so a typo never leaves a
-//     Pod without its agent.
+//   - annotations.go: the leasehold.io/* keys and ParseAnnotations, which turns them into
+//     a Config or field errors that name the annotation, the bad value and the fix. The
+//     keys, defaults and rules are the contract's (internal/contract) and the parser is
+//     internal/contract/podannotations, shared with kubectl leasehold; this package
+//     links no part of the lock engine. Unknown leasehold.io/* keys are errors, so a
+//     typo never leaves a Pod without its agent.
 //   - inject.go: Inject, a pure function (no I/O) from a Pod and a Config to the injected
 //     Pod: the agent as a native sidecar (first init container, restartPolicy Always, an
 //     exec startup probe) or, by option, a plain container; the leasehold-socket emptyDir

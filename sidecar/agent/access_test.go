@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/internal/plugin"
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/kubectl"
 )
 
 // An agent whose rights the API server can list (RBAC) reviews its access with one
@@ -29,7 +29,7 @@ func TestAccessReviewedWithOneRulesReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := applyAgentRBAC(t, plugin.Workload{Kind: "Deployment", Name: "workers", Namespace: ns.Name, Locks: []string{"jobs", "lead"}})
+	r := applyAgentRBAC(t, kubectl.Workload{Kind: "Deployment", Name: "workers", Namespace: ns.Name, Locks: []string{"jobs", "lead"}})
 	port := testenv.FreePort(t)
 	// startPodAgent waits until the agent is ready.
 	startPodAgent(t, ns.Name, r.ServiceAccountName, "workers-a", "--locks=jobs", "--leader=lead",

@@ -78,12 +78,18 @@ func (f listFlag) String() string {
 	return strings.Join(*f.v, ",")
 }
 
+// Set takes comma-separated names; an empty entry between commas is refused, as the
+// webhook refuses it in the annotation.
 func (f listFlag) Set(s string) error {
 	*f.v = nil
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
 	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*f.v = append(*f.v, p)
+		if p = strings.TrimSpace(p); p == "" {
+			return fmt.Errorf("%q: empty lock name between commas: remove the extra comma", s)
 		}
+		*f.v = append(*f.v, p)
 	}
 	return nil
 }
@@ -112,12 +118,15 @@ func (f semaphoresFlag) Set(s string) error {
 }
 
 // ParseSemaphores parses "name=N,name=N" (the --semaphores flag, and the
-// leasehold.io/semaphores annotation).
+// leasehold.io/semaphores annotation), by the contract's rules (contract.CheckSemaphore).
 func ParseSemaphores(s string) (map[string]int, error) {
 	out := map[string]int{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p == "" {
-			continue
+			return nil, fmt.Errorf("%q: empty entry between commas: remove the extra comma", s)
 		}
 		name, n, ok := strings.Cut(p, "=")
 		name = strings.TrimSpace(name)
@@ -125,8 +134,11 @@ func ParseSemaphores(s string) (map[string]int, error) {
 		switch {
 		case !ok || name == "":
 			return nil, fmt.Errorf("%q is not name=N (e.g. report=3: at most 3 holders of report at once)", p)
-		case err != nil || size < 1 || size > lock.MaxSemaphoreSize:
-			return nil, fmt.Errorf("%q: N must be a whole number from 1 to %d (e.g. %s=3)", p, lock.MaxSemaphoreSize, name)
+		case err != nil:
+			return nil, fmt.Errorf("%q: %w (e.g. %s=3)", p, contract.ErrSemaphoreSize, name)
+		}
+		if err := contract.CheckSemaphore(name, size); err != nil {
+			return nil, fmt.Errorf("%q: %w (e.g. %s=3)", p, err, name)
 		}
 		if _, dup := out[name]; dup {
 			return nil, fmt.Errorf("semaphore %q is listed twice: list each name once", name)
@@ -185,6 +197,54 @@ func (o *Options) MetricsOn() bool { return o.MetricsBindAddress != "" && o.Metr
 // Identity is the holder identity: unique per Pod incarnation.
 func (o *Options) Identity() string { return lock.Identity(o.PodName, o.PodUID) }
 
+// validateLocks applies the contract's rules to the declared names, as the webhook
+// does to the annotations: each a valid Lease name, declared once across --locks,
+// --leader and --semaphores, and no lock named like a semaphore's slot Lease.
+func (o *Options) validateLocks() []error {
+	var errs []error
+	seen := map[string]string{}
+	declare := func(flag, name string) {
+		if first, dup := seen[name]; dup {
+			errs = append(errs, fmt.Errorf("%s: %q is also declared by %s: declare each lock once", flag, name, first))
+			return
+		}
+		seen[name] = flag
+	}
+	for _, l := range []struct {
+		flag  string
+		names []string
+	}{{"--locks", o.Locks}, {"--leader", o.Leader}} {
+		for _, name := range l.names {
+			if err := contract.CheckLockName(name); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", l.flag, err))
+				continue
+			}
+			declare(l.flag, name)
+		}
+	}
+	sems := make([]string, 0, len(o.Semaphores))
+	for name := range o.Semaphores {
+		sems = append(sems, name)
+	}
+	sort.Strings(sems)
+	for _, name := range sems {
+		if err := contract.CheckSemaphore(name, o.Semaphores[name]); err != nil {
+			errs = append(errs, fmt.Errorf("--semaphores: %w", err))
+			continue
+		}
+		declare("--semaphores", name)
+	}
+	for _, name := range sems {
+		for i := 1; i <= o.Semaphores[name]; i++ {
+			if flag, clash := seen[contract.SlotName(name, i)]; clash && flag != "--semaphores" {
+				errs = append(errs, fmt.Errorf("--semaphores: slot %d of %s is the Lease %q, which %s also declares: rename the lock or the semaphore",
+					i, name, contract.SlotName(name, i), flag))
+			}
+		}
+	}
+	return errs
+}
+
 // Validate checks the options for serving (not for probe mode).
 func (o *Options) Validate() error {
 	var errs []error
@@ -202,6 +262,16 @@ func (o *Options) Validate() error {
 	if len(o.Locks)+len(o.Leader)+len(o.Semaphores) == 0 {
 		errs = append(errs, errors.New("declare at least one lock with --locks, --leader or --semaphores"))
 	}
+	errs = append(errs, o.validateLocks()...)
+	for _, t := range []struct {
+		timing contract.Timing
+		d      time.Duration
+	}{{contract.LeaseDuration, o.LeaseDuration}, {contract.RenewDeadline, o.RenewDeadline}, {contract.RetryPeriod, o.RetryPeriod}, {contract.Grace, o.Grace}} {
+		var te *contract.TimingError
+		if errors.As(contract.CheckAgentTiming(t.timing, t.d), &te) {
+			errs = append(errs, fmt.Errorf("--%s=%s %s", te.Timing, te.Value, te.Rule()))
+		}
+	}
 	for _, rule := range contract.BrokenTimingRules(o.LeaseDuration, o.RenewDeadline, o.RetryPeriod) {
 		switch rule {
 		case contract.LeaseAboveRenew:
@@ -212,11 +282,9 @@ func (o *Options) Validate() error {
 				o.RenewDeadline, contract.JitterFactor, o.RetryPeriod, rule.Why()))
 		}
 	}
-	if o.Grace < 0 || o.Grace > contract.MaxLeaseDuration {
-		errs = append(errs, fmt.Errorf("--grace=%s must be between 0 (no jeopardy) and %s", o.Grace, contract.MaxLeaseDuration))
-	}
-	if o.TCPPort < 0 || o.TCPPort > 65535 {
-		errs = append(errs, fmt.Errorf("--tcp-port=%d is not a port (0 = off)", o.TCPPort))
+	if o.TCPPort != 0 && contract.CheckTCPPort(int64(o.TCPPort)) != nil {
+		errs = append(errs, fmt.Errorf("--tcp-port=%d must be from %d to %d (the agent runs without privileges), or 0 for off",
+			o.TCPPort, contract.MinTCPPort, contract.MaxTCPPort))
 	}
 	if o.Socket == "" {
 		errs = append(errs, errors.New("--socket must not be empty"))

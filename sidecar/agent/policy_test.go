@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/leasehold/leasehold/internal/plugin"
 	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/kubectl"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -47,10 +47,10 @@ func startPodAgent(t *testing.T, ns, sa, name string, args ...string) *agentProc
 }
 
 // applyAgentRBAC creates what `kubectl leasehold rbac` prints for w.
-func applyAgentRBAC(t *testing.T, w plugin.Workload) plugin.AgentRBAC {
+func applyAgentRBAC(t *testing.T, w kubectl.Workload) kubectl.AgentRBAC {
 	t.Helper()
 	ctx := context.Background()
-	r := plugin.NewAgentRBAC(w, "")
+	r := kubectl.NewAgentRBAC(w, "")
 	if r.ServiceAccount != nil {
 		if _, err := kube.CoreV1().ServiceAccounts(w.Namespace).Create(ctx, r.ServiceAccount, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -76,7 +76,7 @@ func TestAgentsUnderAdmissionPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := applyAgentRBAC(t, plugin.Workload{Kind: "Deployment", Name: "workers", Namespace: ns.Name, Locks: []string{"jobs", "lead"}})
+	r := applyAgentRBAC(t, kubectl.Workload{Kind: "Deployment", Name: "workers", Namespace: ns.Name, Locks: []string{"jobs", "lead"}})
 
 	args := []string{"--locks=jobs", "--leader=lead"}
 	a := startPodAgent(t, ns.Name, r.ServiceAccountName, "workers-a", args...)
@@ -241,7 +241,7 @@ func TestSemaphoreUnderNarrowedRoleAndPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := plugin.WorkloadFromLocks("reports", ns.Name, nil, nil, []string{"report=2"})
+	w, err := kubectl.WorkloadFromLocks("reports", ns.Name, nil, nil, []string{"report=2"})
 	if err != nil {
 		t.Fatal(err)
 	}

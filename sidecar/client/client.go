@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/leasehold/leasehold/internal/contract"
-	"github.com/leasehold/leasehold/sidecar/lock"
+	"github.com/leasehold/leasehold/sidecar/api/wire"
 )
 
 // DefaultSocket is the agent's default socket.
@@ -117,8 +117,8 @@ func durations(wait, ttl time.Duration) url.Values {
 }
 
 // State asks for one lock.
-func (c *Client) State(ctx context.Context, name string) (lock.State, error) {
-	var s lock.State
+func (c *Client) State(ctx context.Context, name string) (wire.State, error) {
+	var s wire.State
 	resp, err := c.do(ctx, http.MethodGet, "/v1/locks/"+url.PathEscape(name), nil)
 	if err != nil {
 		return s, err
@@ -127,9 +127,9 @@ func (c *Client) State(ctx context.Context, name string) (lock.State, error) {
 }
 
 // States asks for every lock.
-func (c *Client) States(ctx context.Context) ([]lock.State, error) {
+func (c *Client) States(ctx context.Context) ([]wire.State, error) {
 	var out struct {
-		Locks []lock.State `json:"locks"`
+		Locks []wire.State `json:"locks"`
 	}
 	resp, err := c.do(ctx, http.MethodGet, "/v1/locks", nil)
 	if err != nil {
@@ -139,8 +139,8 @@ func (c *Client) States(ctx context.Context) ([]lock.State, error) {
 }
 
 // Acquire takes the lock (wait 0 = try once).
-func (c *Client) Acquire(ctx context.Context, name string, wait, ttl time.Duration) (lock.State, error) {
-	var s lock.State
+func (c *Client) Acquire(ctx context.Context, name string, wait, ttl time.Duration) (wire.State, error) {
+	var s wire.State
 	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/acquire", durations(wait, ttl))
 	if err != nil {
 		return s, err
@@ -149,8 +149,8 @@ func (c *Client) Acquire(ctx context.Context, name string, wait, ttl time.Durati
 }
 
 // Release ends the hold that token (the acquire answer's) names.
-func (c *Client) Release(ctx context.Context, name string, token int64) (lock.State, error) {
-	var s lock.State
+func (c *Client) Release(ctx context.Context, name string, token int64) (wire.State, error) {
+	var s wire.State
 	q := url.Values{"token": {strconv.FormatInt(token, 10)}}
 	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/release", q)
 	if err != nil {
@@ -160,8 +160,8 @@ func (c *Client) Release(ctx context.Context, name string, token int64) (lock.St
 }
 
 // Renew restarts the ttl of the hold that token names (ttl 0: the ttl given before).
-func (c *Client) Renew(ctx context.Context, name string, token int64, ttl time.Duration) (lock.State, error) {
-	var s lock.State
+func (c *Client) Renew(ctx context.Context, name string, token int64, ttl time.Duration) (wire.State, error) {
+	var s wire.State
 	q := durations(0, ttl)
 	q.Set("token", strconv.FormatInt(token, 10))
 	resp, err := c.do(ctx, http.MethodPost, "/v1/locks/"+url.PathEscape(name)+"/renew", q)
@@ -184,7 +184,7 @@ func (c *Client) Get(ctx context.Context, path string) (int, []byte, error) {
 
 // Hold is a hold tied to a connection.
 type Hold struct {
-	State lock.State
+	State wire.State
 	body  io.ReadCloser
 	// Ended is closed when the agent ends the hold (lost, shutdown) or the connection
 	// breaks; Reason says why.
@@ -233,7 +233,7 @@ func (c *Client) HoldConnection(ctx context.Context, name string, wait, ttl time
 		resp.Body.Close()
 		return nil, fmt.Errorf("decode hold state: %w", err)
 	}
-	h.jeopardy.Store(h.State.Phase == lock.PhaseJeopardy)
+	h.jeopardy.Store(h.State.Phase == wire.PhaseJeopardy)
 	go func() {
 		defer close(h.Ended)
 		for {
@@ -241,8 +241,8 @@ func (c *Client) HoldConnection(ctx context.Context, name string, wait, ttl time
 			if len(strings.TrimSpace(string(line))) > 0 {
 				var ev holdLine
 				_ = json.Unmarshal(line, &ev)
-				if ev.Event == string(lock.EventJeopardy) || ev.Event == string(lock.EventSafe) {
-					h.jeopardy.Store(ev.Event == string(lock.EventJeopardy))
+				if ev.Event == string(wire.EventJeopardy) || ev.Event == string(wire.EventSafe) {
+					h.jeopardy.Store(ev.Event == string(wire.EventJeopardy))
 					select {
 					case h.Changed <- struct{}{}:
 					default:

@@ -23,6 +23,11 @@
 // Acquire names that hold only: Release and Renew with an older token change nothing
 // and get 409 with Reason "StaleToken".
 //
+// What it links: the standard library, the API's types (sidecar/api/wire: State,
+// Event) and the contract's paths; nothing of the lock engine or of client-go, so the
+// `leasehold` command copied into every Pod stays small (internal/layers'
+// TestBinariesLinkOnlyTheirLayers holds this).
+//
 // What it does NOT guarantee: retries (every call is one request), nor that a lock is
 // still held after the State.ValidFor the agent answered: check it again, or follow
 // Hold.Ended, before relying on the hold for longer.

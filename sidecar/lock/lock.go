@@ -18,37 +18,31 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/leasehold/leasehold/internal/contract"
+	"github.com/leasehold/leasehold/sidecar/api/wire"
 )
 
-// Mode says how a lock is taken.
-type Mode string
+// Mode says how a lock is taken (the local API's wire.Mode: one definition).
+type Mode = wire.Mode
 
 const (
 	// ModeMutex is a lock the application takes on demand (acquire, release).
-	ModeMutex Mode = "mutex"
+	ModeMutex = wire.ModeMutex
 	// ModeLeader is a lock the agent holds continuously while the Pod lives.
-	ModeLeader Mode = "leader"
+	ModeLeader = wire.ModeLeader
 	// ModeSemaphore is a counting lock: N slot Leases, each taken like a mutex
 	// (semaphore.go). A slot Lock has this mode.
-	ModeSemaphore Mode = "semaphore"
+	ModeSemaphore = wire.ModeSemaphore
 )
 
+// What the agent writes on a Lease besides the record: the contract's keys
+// (internal/contract), defined there once.
 const (
-	// LabelManagedBy is set on every Lease the agent writes.
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// ManagedBy is the value of LabelManagedBy on Leases the agent writes.
-	ManagedBy = "leasehold"
-	// AnnotationMode records on the Lease whether it is a mutex or a leader lock, or a
-	// semaphore's slot.
-	AnnotationMode = "leasehold.io/mode"
-	// AnnotationSemaphore names, on a slot's Lease, the semaphore it belongs to.
-	AnnotationSemaphore = "leasehold.io/semaphore"
-	// AnnotationRenewDeadline and AnnotationGrace record on the Lease the holder's
-	// renew-deadline and grace period (Go durations), so that `kubectl leasehold` can
-	// tell a hold in jeopardy (its renewal overdue by more than renew-deadline, within
-	// the grace period) from one held or expired.
-	AnnotationRenewDeadline = "leasehold.io/renew-deadline"
-	AnnotationGrace         = "leasehold.io/grace"
+	LabelManagedBy          = contract.LabelManagedBy
+	ManagedBy               = contract.ManagedBy
+	AnnotationMode          = contract.AnnotationMode
+	AnnotationSemaphore     = contract.AnnotationSemaphore
+	AnnotationRenewDeadline = contract.AnnotationRenewDeadline
+	AnnotationGrace         = contract.AnnotationGrace
 )
 
 // LeaseClient is the part of the Kubernetes API the engine uses: the Leases of one
@@ -128,32 +122,30 @@ func (c *Config) validateTimings() error {
 	switch {
 	case c.LeaseDuration < time.Second:
 		return fmt.Errorf("lock %s: lease-duration %s must be at least 1s (Leases count whole seconds)", c.Name, c.LeaseDuration)
-	case c.RenewDeadline <= 0 || c.LeaseDuration <= c.RenewDeadline:
-		return fmt.Errorf("lock %s: lease-duration %s must be greater than renew-deadline %s", c.Name, c.LeaseDuration, c.RenewDeadline)
-	case c.RetryPeriod <= 0 || c.RenewDeadline <= c.RetryPeriod:
-		return fmt.Errorf("lock %s: renew-deadline %s must be greater than retry-period %s", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case c.RenewDeadline <= 0 || c.RetryPeriod <= 0:
+		return fmt.Errorf("lock %s: renew-deadline %s and retry-period %s must be greater than 0", c.Name, c.RenewDeadline, c.RetryPeriod)
+	case len(contract.BrokenTimingRules(c.LeaseDuration, c.RenewDeadline, c.RetryPeriod)) > 0:
+		// The contract's rules, the same the webhook and the agent's flags apply.
+		rule := contract.BrokenTimingRules(c.LeaseDuration, c.RenewDeadline, c.RetryPeriod)[0]
+		return fmt.Errorf("lock %s: lease-duration %s, renew-deadline %s, retry-period %s break the rule %s, %s",
+			c.Name, c.LeaseDuration, c.RenewDeadline, c.RetryPeriod, rule, rule.Why())
 	case c.Grace < 0:
 		return fmt.Errorf("lock %s: grace %s must not be negative (0 turns jeopardy off)", c.Name, c.Grace)
 	}
 	return nil
 }
 
-// EventType names what happened to a lock.
-type EventType string
+// EventType names what happened to a lock (wire.EventType: one definition).
+type EventType = wire.EventType
 
-// The events of a lock.
+// The events of a lock (wire's).
 const (
-	EventAcquired EventType = "acquired"
-	EventLost     EventType = "lost"
-	EventReleased EventType = "released"
-	EventShutdown EventType = "shutdown"
-	// EventJeopardy: renew-deadline passed while the API server was unavailable. The
-	// hold is not held now (validFor 0) but not lost either: its renewal goes on for up
-	// to the grace period.
-	EventJeopardy EventType = "jeopardy"
-	// EventSafe: a renewal landed while the hold was in jeopardy. Nobody else can have
-	// held the lock in between; the hold goes on with the same fencing token.
-	EventSafe EventType = "safe"
+	EventAcquired = wire.EventAcquired
+	EventLost     = wire.EventLost
+	EventReleased = wire.EventReleased
+	EventShutdown = wire.EventShutdown
+	EventJeopardy = wire.EventJeopardy
+	EventSafe     = wire.EventSafe
 )
 
 // EventTypes are every EventType, for metrics.
@@ -167,45 +159,18 @@ var EventTypes = []EventType{EventAcquired, EventLost, EventReleased, EventShutd
 //	jeopardy --a renewal lands--> held (same token)
 //	jeopardy --grace passes, a conflict, a 403, the Lease taken or deleted--> not-held (lost)
 //	held, jeopardy --release, ttl, shutdown, conflict, taken, deleted--> not-held
-type Phase string
+type Phase = wire.Phase
 
-// The phases of a hold.
+// The phases of a hold (wire's).
 const (
-	// PhaseNotHeld: this Pod holds no hold of the lock.
-	PhaseNotHeld Phase = "not-held"
-	// PhaseHeld: this Pod holds the lock and may rely on it for validFor.
-	PhaseHeld Phase = "held"
-	// PhaseJeopardy: renew-deadline passed while the API server was unavailable. The
-	// hold may not be relied on (held false, validFor 0), but it may resume with the
-	// same token if a renewal lands within the grace period.
-	PhaseJeopardy Phase = "jeopardy"
+	PhaseNotHeld  = wire.PhaseNotHeld
+	PhaseHeld     = wire.PhaseHeld
+	PhaseJeopardy = wire.PhaseJeopardy
 )
 
-// Event is one change of a lock, as seen by this agent.
-type Event struct {
-	Type EventType `json:"type"`
-	Lock string    `json:"lock"`
-	// Slot is the slot's Lease for an event of a semaphore.
-	Slot   string    `json:"slot,omitempty"`
-	Holder string    `json:"holder"`
-	Token  int64     `json:"token"`
-	Reason string    `json:"reason,omitempty"`
-	Time   time.Time `json:"time"`
-
-	// For metrics, not sent to event streams:
-	// Cause is the kind of loss of a lost event (one of the Loss* constants).
-	Cause string `json:"-"`
-	// HeldFor is how long the hold lasted, on a lost or released event that ended one.
-	HeldFor time.Duration `json:"-"`
-	// Handover, on an acquired event that had to wait for another holder, is the time
-	// from the moment the Lease says the lock became free (the previous holder's
-	// release: its last renewTime with holder ""; or its expiry: renewTime +
-	// leaseDurationSeconds) to the moment this agent's write was answered. It compares
-	// the previous holder's wall clock with this agent's. HandoverFrom says which:
-	// "released" or "expired"; empty when the acquisition did not wait.
-	Handover     time.Duration `json:"-"`
-	HandoverFrom string        `json:"-"`
-}
+// Event is one change of a lock, as seen by this agent (wire.Event: its fields
+// Cause, HeldFor, Handover and HandoverFrom are for metrics and never sent).
+type Event = wire.Event
 
 // Kinds of loss (Event.Cause of a lost event), a bounded set for metrics labels.
 const (
@@ -227,26 +192,9 @@ const (
 // LossCauses are every Cause of a lost event.
 var LossCauses = []string{LossRenewDeadline, LossTakenOver, LossRewritten, LossDeleted, LossConflict, LossGrace}
 
-// State is what the agent knows of a lock. Held means held by this Pod, now.
-type State struct {
-	Name string `json:"name"`
-	Mode Mode   `json:"mode"`
-	Held bool   `json:"held"`
-	// Phase is held, jeopardy or not-held (PhaseHeld, PhaseJeopardy, PhaseNotHeld).
-	Phase          Phase  `json:"state"`
-	Holder         string `json:"holder"`
-	Token          int64  `json:"token"`
-	ValidFor       string `json:"validFor"`
-	ValidForMillis int64  `json:"validForMillis"`
-	// Slot is, for a semaphore, the slot's Lease that the hold (or Holder) is about.
-	Slot string `json:"slot,omitempty"`
-	// Size and Slots describe a semaphore: how many holders it lets in and each
-	// slot's state.
-	Size  int     `json:"size,omitempty"`
-	Slots []State `json:"slots,omitempty"`
-	// HeldFor is how long the current hold has lasted (0 when not held), for metrics.
-	HeldFor time.Duration `json:"-"`
-}
+// State is what the agent knows of a lock (wire.State, what the local API sends).
+// Held means held by this Pod, now.
+type State = wire.State
 
 // Errors the engine returns; the API maps them to status codes.
 var (

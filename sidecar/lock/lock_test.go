@@ -403,6 +403,7 @@ func TestConfigValidation(t *testing.T) {
 	tests := map[string]func(*Config){
 		"lease not above renew": func(c *Config) { c.RenewDeadline = 15 * time.Second },
 		"renew not above retry": func(c *Config) { c.RetryPeriod = 10 * time.Second },
+		"renew <= 1.2 x retry":  func(c *Config) { c.RetryPeriod = 9 * time.Second }, // 10s > 9s, not > 1.2 x 9s (contract.JitterFactor)
 		"sub-second lease":      func(c *Config) { c.LeaseDuration = 500 * time.Millisecond },
 		"no identity":           func(c *Config) { c.Identity = "" },
 		"bad mode":              func(c *Config) { c.Mode = "sometimes" },

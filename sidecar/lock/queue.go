@@ -9,6 +9,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+
+	"github.com/leasehold/leasehold/internal/contract"
 )
 
 // Fair queueing across Pods, for mutexes.
@@ -37,7 +39,7 @@ import (
 // acquisition is still one conditional update, and the record is client-go's. Leader
 // locks and semaphore slots do not queue (a client-go elector ignores the annotation
 // and keeps it on its writes).
-const AnnotationQueue = "leasehold.io/queue"
+const AnnotationQueue = contract.AnnotationQueue
 
 // MaxQueue bounds the queue's entries (an annotation value is at most 256 KiB with the
 // others; an identity is at most 290 bytes). A waiter that finds the queue full waits

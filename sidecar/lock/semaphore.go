@@ -5,17 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/leasehold/leasehold/internal/contract"
 )
 
 // MaxSemaphoreSize bounds N in name=N: each slot is a Lease, watched by every Pod that
 // declares the semaphore, so N costs N watches per Pod. It is below SlotTokenBase.
-const MaxSemaphoreSize = 64
+const MaxSemaphoreSize = contract.MaxSemaphoreSize
 
 // SlotTokenBase composes a semaphore's fencing token from its slot's: token =
 // slot's leaseTransitions × SlotTokenBase + slot number, so token 305 is slot 5's
@@ -25,7 +26,7 @@ const MaxSemaphoreSize = 64
 const SlotTokenBase = 100
 
 // SlotName is the Lease of slot i (1..N) of semaphore name.
-func SlotName(name string, i int) string { return name + "." + strconv.Itoa(i) }
+func SlotName(name string, i int) string { return contract.SlotName(name, i) }
 
 // Semaphore is a counting lock: N slots, each a Lease taken and fenced exactly like a
 // mutex (a slot is a Lock in ModeSemaphore). An acquisition takes any free slot; the
@@ -193,13 +194,13 @@ func (s *Semaphore) State() State {
 		}
 	}
 	if front >= 0 {
-		st.front(st.Slots[front])
+		putInFront(&st, st.Slots[front])
 	}
 	return st
 }
 
-// front puts a slot's hold in front of the semaphore's state.
-func (st *State) front(ls State) {
+// putInFront puts a slot's hold in front of the semaphore's state.
+func putInFront(st *State, ls State) {
 	st.Held, st.Phase, st.Holder, st.Token, st.ValidFor, st.ValidForMillis, st.Slot =
 		ls.Held, ls.Phase, ls.Holder, ls.Token, ls.ValidFor, ls.ValidForMillis, ls.Name
 }
@@ -207,7 +208,7 @@ func (st *State) front(ls State) {
 // stateOf is the semaphore's State with the hold of slot i (0-based) in front.
 func (s *Semaphore) stateOf(i int) State {
 	st := s.State()
-	st.front(st.Slots[i])
+	putInFront(&st, st.Slots[i])
 	return st
 }
 

@@ -1,4 +1,4 @@
-// Package plugin is `kubectl leasehold`: it lists the Leases that Leasehold agents
+// Package kubectl is `kubectl leasehold`: it lists the Leases that Leasehold agents
 // manage (lock, holder Pod, fencing token, age, time left, mode), follows them with
 // --watch, force-releases one after confirmation, and prints (`rbac`) the
 // least-privilege ServiceAccount, Role and RoleBinding of a workload's agents from the
@@ -18,4 +18,8 @@
 // critical section. The holder's agent stops reporting "held" as soon as it sees the
 // change (it watches its Leases) and at the latest at its renew deadline; only a
 // downstream store that checks fencing tokens is protected from a late write.
-package plugin
+//
+// It reads annotations with internal/contract/podannotations and Lease records with
+// internal/leaserecord, the same code the webhook and the agents use, and links neither
+// the webhook nor the lock engine (TestLayers).
+package kubectl

@@ -1,4 +1,4 @@
-package plugin
+package kubectl
 
 import (
 	"errors"
@@ -17,7 +17,8 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
-	"github.com/leasehold/leasehold/webhook"
+	"github.com/leasehold/leasehold/internal/contract"
+	"github.com/leasehold/leasehold/internal/contract/podannotations"
 )
 
 // Workload is a workload whose Pods run Leasehold agents, as `kubectl leasehold rbac`
@@ -156,10 +157,10 @@ func ReadWorkloads(r io.Reader, ns string) ([]Workload, error) {
 			tmpl = m
 		}
 		annotations, _, _ := unstructured.NestedStringMap(tmpl, "metadata", "annotations")
-		if !webhook.Wanted(annotations) {
+		if !podannotations.Wanted(annotations) {
 			continue
 		}
-		cfg, errs := webhook.ParseAnnotations(annotations)
+		cfg, errs := podannotations.Parse(annotations)
 		if len(errs) > 0 {
 			return nil, fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), errs.ToAggregate())
 		}
@@ -191,15 +192,15 @@ func WorkloadFromLocks(name, ns string, locks, leader, semaphores []string) (Wor
 	}
 	annotations := map[string]string{}
 	if len(locks) > 0 {
-		annotations[webhook.AnnotationLocks] = strings.Join(locks, ",")
+		annotations[contract.AnnotationLocks] = strings.Join(locks, ",")
 	}
 	if len(leader) > 0 {
-		annotations[webhook.AnnotationLeader] = strings.Join(leader, ",")
+		annotations[contract.AnnotationLeader] = strings.Join(leader, ",")
 	}
 	if len(semaphores) > 0 {
-		annotations[webhook.AnnotationSemaphores] = strings.Join(semaphores, ",")
+		annotations[contract.AnnotationSemaphores] = strings.Join(semaphores, ",")
 	}
-	cfg, errs := webhook.ParseAnnotations(annotations)
+	cfg, errs := podannotations.Parse(annotations)
 	if len(errs) > 0 {
 		return Workload{}, errs.ToAggregate()
 	}

@@ -1,4 +1,4 @@
-package plugin
+package kubectl
 
 import (
 	"bufio"
@@ -25,16 +25,16 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
+	"github.com/leasehold/leasehold/internal/contract"
+	"github.com/leasehold/leasehold/internal/leaserecord"
 	"github.com/leasehold/leasehold/internal/version"
-	"github.com/leasehold/leasehold/sidecar/lock"
-	"github.com/leasehold/leasehold/webhook"
 )
 
-// The label and annotation that agents write on their Leases (sidecar/lock owns them).
+// The label and annotation that agents write on their Leases (the contract defines them).
 const (
-	LabelManagedBy = lock.LabelManagedBy
-	ManagedByValue = lock.ManagedBy
-	AnnotationMode = lock.AnnotationMode
+	LabelManagedBy = contract.LabelManagedBy
+	ManagedByValue = contract.ManagedBy
+	AnnotationMode = contract.AnnotationMode
 )
 
 // What the admission policy of manifests/base (admission-policy.yaml) asks of operators:
@@ -302,11 +302,11 @@ func Describe(l *coordinationv1.Lease, now time.Time) Row {
 	if r.Mode == "" {
 		r.Mode = "-"
 	}
-	if q := l.Annotations[lock.AnnotationQueue]; q != "" {
+	if q := l.Annotations[contract.AnnotationQueue]; q != "" {
 		ids := strings.Split(q, ",")
 		r.Waiting = fmt.Sprintf("%d (next %s)", len(ids), Printable(holderPod(ids[0])))
 	}
-	rec := lock.RecordOf(l)
+	rec := leaserecord.Of(l)
 	r.Token = rec.Transitions
 	if rec.Holder == "" {
 		return r
@@ -352,12 +352,12 @@ const (
 // holdState tells held, jeopardy and lost apart for an agent's hold, from the
 // renew-deadline and grace the agent records on the Lease. Other holders (client-go
 // electors) are held until they expire.
-func holdState(l *coordinationv1.Lease, rec lock.Record, now time.Time) string {
-	if _, ok := lock.PodOf(rec.Holder); !ok || rec.Renewed.IsZero() {
+func holdState(l *coordinationv1.Lease, rec leaserecord.Record, now time.Time) string {
+	if _, ok := contract.PodOf(rec.Holder); !ok || rec.Renewed.IsZero() {
 		return StateHeld
 	}
-	renew, err1 := time.ParseDuration(l.Annotations[lock.AnnotationRenewDeadline])
-	grace, err2 := time.ParseDuration(l.Annotations[lock.AnnotationGrace])
+	renew, err1 := time.ParseDuration(l.Annotations[contract.AnnotationRenewDeadline])
+	grace, err2 := time.ParseDuration(l.Annotations[contract.AnnotationGrace])
 	overdue := now.Sub(rec.Renewed)
 	switch {
 	case err1 != nil || renew <= 0 || overdue < renew:
@@ -371,7 +371,7 @@ func holdState(l *coordinationv1.Lease, rec lock.Record, now time.Time) string {
 // holderPod shows the Pod name of an agent identity "<pod>_<uid>"; other identities
 // (client-go leader election, hostnames) are shown as they are.
 func holderPod(identity string) string {
-	if pod, ok := lock.PodOf(identity); ok {
+	if pod, ok := contract.PodOf(identity); ok {
 		return pod
 	}
 	return identity
@@ -425,7 +425,7 @@ func (o *Options) Release(ctx context.Context, name string) error {
 	}
 	// A conditional write of the record the agents write on release (client-go's
 	// shape): empty holder, 1s duration, transitions kept so the next token is higher.
-	lease.Spec = lock.RecordOf(lease).Released(o.Clock.Now()).Spec()
+	lease.Spec = leaserecord.Of(lease).Released(o.Clock.Now()).Spec()
 	if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
 			return fmt.Errorf("lock %s/%s changed while releasing (renewed or handed over); look again with kubectl leasehold -n %s: %w", ns, name, ns, err)
@@ -470,7 +470,7 @@ func (o *Options) RBAC() error {
 			return err
 		}
 		if len(workloads) == 0 {
-			return fmt.Errorf("no Pod template in %s declares locks (annotations %s, %s or %s)", o.Filename, webhook.AnnotationLocks, webhook.AnnotationLeader, webhook.AnnotationSemaphores)
+			return fmt.Errorf("no Pod template in %s declares locks (annotations %s, %s or %s)", o.Filename, contract.AnnotationLocks, contract.AnnotationLeader, contract.AnnotationSemaphores)
 		}
 	default:
 		w, err := WorkloadFromLocks(o.Name, ns, o.Locks, o.Leader, o.Semaphores)
