@@ -115,13 +115,25 @@ func (m *memClient) store(l *coordinationv1.Lease) *coordinationv1.Lease {
 
 func (m *memClient) Create(_ context.Context, l *coordinationv1.Lease, _ metav1.CreateOptions) (*coordinationv1.Lease, error) {
 	out, err := m.create(l)
-	if err == nil && m.afterWrite != nil {
-		m.afterWrite()
+	return m.landed(out, err)
+}
+
+// landed runs the hooks a landed write triggers, read under the mutex: tests set them
+// while the lock's loops write.
+func (m *memClient) landed(out *coordinationv1.Lease, err error) (*coordinationv1.Lease, error) {
+	if err != nil {
+		return out, err
 	}
-	if err == nil && m.landThenFail != nil {
-		return nil, m.landThenFail
+	m.mu.Lock()
+	after, fail := m.afterWrite, m.landThenFail
+	m.mu.Unlock()
+	if after != nil {
+		after()
 	}
-	return out, err
+	if fail != nil {
+		return nil, fail
+	}
+	return out, nil
 }
 
 func (m *memClient) create(l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
@@ -141,13 +153,7 @@ func (m *memClient) Update(_ context.Context, l *coordinationv1.Lease, _ metav1.
 	m.updateCalls++
 	m.mu.Unlock()
 	out, err := m.update(l)
-	if err == nil && m.afterWrite != nil {
-		m.afterWrite()
-	}
-	if err == nil && m.landThenFail != nil {
-		return nil, m.landThenFail
-	}
-	return out, err
+	return m.landed(out, err)
 }
 
 func (m *memClient) update(l *coordinationv1.Lease) (*coordinationv1.Lease, error) {

@@ -116,7 +116,9 @@ func TestAcquireOvertakenByDeletion(t *testing.T) {
 	c := &memClient{}
 	l, events := startLock(t, c, clk)
 	c.afterWrite = func() {
+		c.mu.Lock()
 		c.afterWrite = nil
+		c.mu.Unlock()
 		c.remove(true)
 		eventually(t, "the watch delivers the deletion", func() bool {
 			l.mu.Lock()
@@ -144,7 +146,9 @@ func TestAcquireOvertakenByAnotherWriter(t *testing.T) {
 	c := &memClient{}
 	l, _ := startLock(t, c, clk)
 	c.afterWrite = func() {
+		c.mu.Lock()
 		c.afterWrite = nil
+		c.mu.Unlock()
 		c.rewrite("other_pod")
 		eventually(t, "the watch delivers the other write", func() bool {
 			l.mu.Lock()
@@ -419,7 +423,9 @@ func TestAcquireOvertakenByAQueuedWaiter(t *testing.T) {
 	c := &memClient{}
 	l, _ := startLock(t, c, clk)
 	c.afterWrite = func() {
+		c.mu.Lock()
 		c.afterWrite = nil
+		c.mu.Unlock()
 		c.mu.Lock()
 		next := c.lease.DeepCopy()
 		next.Annotations = map[string]string{AnnotationQueue: "other_pod"}
