@@ -80,7 +80,9 @@ func watchRetryDelaysErr(t *testing.T, fail int, failErr error) []time.Duration 
 	}
 	for n := 1; n <= fail; n++ {
 		waitFor(func() bool { return c.count() >= n && clk.HasWaiters() })
-		for clk.HasWaiters() {
+		// Step only until the pause after call n ends: stepping on once call n+1 was
+		// made would run into the next pause (and count two calls as one).
+		for clk.HasWaiters() && c.count() == n {
 			clk.Step(10 * time.Millisecond)
 		}
 		waitFor(func() bool { return c.count() > n })
