@@ -99,4 +99,13 @@
 //
 // State.Phase is the machine's projection on the clock (machine.reported): held while
 // validFor > 0, jeopardy while it may resume, not-held otherwise.
+//
+// # Kinds: one interface
+//
+// Every declared lock is a Locker (kind.go): a mutex and a leader lock are one Lock
+// each, a semaphore is N slot Locks (semaphore.go) that fan their changes into one
+// channel. The Manager keeps name → Locker and never asks which kind it holds; what
+// differs by kind is the kind's own answer (NoToken: what a call without a token gets;
+// Tie: what a connection-held hold follows). The lock's Mode is reported, never
+// branched on outside the kind.
 package lock
