@@ -22,7 +22,7 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )

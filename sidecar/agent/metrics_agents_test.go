@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 )
 
 // scrape GETs http://addr/metrics and parses it as a Prometheus server would. It

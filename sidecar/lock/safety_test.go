@@ -15,7 +15,7 @@ import (
 
 // The regression tests of the engine's safety paths (issue 7 of the tracker): each one
 // failed before its fix. They pin the edge with the in-memory API and a fake clock; the
-// chaos suite (internal/chaos) checks the same properties on a real API server.
+// chaos suite (internal/testing/chaos) checks the same properties on a real API server.
 
 // eventually polls cond in real time: the engine's goroutines run on the real scheduler
 // even when its clock is fake.

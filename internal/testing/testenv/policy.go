@@ -30,7 +30,7 @@ import (
 // ManifestsDir is manifests/ of this source tree.
 func ManifestsDir() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "manifests")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "manifests")
 }
 
 // AdmissionPolicy is what manifests/base installs for guarantee 4.7: the
