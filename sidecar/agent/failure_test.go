@@ -184,8 +184,8 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 		t.Fatalf("B got the lock %s after SIGTERM: not released at once (lease-duration 20s)", took)
 	}
 	<-a.exited
-	if a.err != nil {
-		t.Fatalf("agent exit after SIGTERM: %v", a.err)
+	if a.err() != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", a.err())
 	}
 	if !waitEvent(events, lock.EventShutdown, 5*time.Second) {
 		t.Fatal("event stream did not hear shutdown")

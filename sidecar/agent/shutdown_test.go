@@ -35,8 +35,8 @@ func TestSIGTERMStopsEveryPartInOrder(t *testing.T) {
 		t.Error("the event stream did not hear shutdown")
 	}
 	<-a.exited
-	if a.err != nil {
-		t.Fatalf("agent exit after SIGTERM: %v", a.err)
+	if a.err() != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", a.err())
 	}
 	log, _ := os.ReadFile(a.log)
 	if strings.Contains(string(log), "Failed to run") || !strings.Contains(string(log), `"msg":"Stopped"`) {
