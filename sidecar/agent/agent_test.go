@@ -18,6 +18,7 @@ import (
 // Two agents (separate processes, as two Pods) contend on one lock: try, wait
 // timeout, release, handover, and the Lease record the agent writes.
 func TestTwoAgentsContend(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-a", "--locks=contend")
 	b := startAgent(t, "pod-b", "--locks=contend")
@@ -91,6 +92,7 @@ func TestTwoAgentsContend(t *testing.T) {
 // Bad input gets a distinct status and a JSON error naming the problem, and leaves
 // the held lock alone.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-bad", "--locks=bad-held,bad-other")
 	held, err := a.c.Acquire(ctx, "bad-held", 0, 0)
@@ -164,6 +166,7 @@ func clientFor(a *agentProc) *http.Client {
 // A client that sends its body too slowly gets a JSON 408 naming the problem, and
 // the lock it named stays untouched.
 func TestSlowBody(t *testing.T) {
+	t.Parallel()
 	a := startAgent(t, "pod-slow", "--locks=slow")
 	c, err := dialUnix(context.Background(), a.socket)
 	if err != nil {
@@ -194,6 +197,7 @@ func TestSlowBody(t *testing.T) {
 // A flood of connections beyond --max-connections gets a JSON 503 at once; the lock
 // held meanwhile stays held, and the agent serves again once the flood ends.
 func TestConnectionFloodIsRefusedAndHoldsSurvive(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-flood", "--locks=flood", "--max-connections=8")
 	held, err := a.c.Acquire(ctx, "flood", 0, 0)

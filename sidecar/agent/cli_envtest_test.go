@@ -20,6 +20,7 @@ import (
 // volume there) and runs the client at the app container's LEASEHOLD_CLI with the app
 // container's environment: the client is there before the agent serves, and works.
 func TestInjectedAgentInstallsTheClient(t *testing.T) {
+	t.Parallel()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "pod-cli", Namespace: "default",
 			Annotations: map[string]string{webhook.AnnotationLocks: "cli-lock"}},

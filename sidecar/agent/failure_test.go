@@ -20,6 +20,7 @@ import (
 // Three agents hand one lock around many times: at every moment at most one says
 // held, and every acquisition's token is greater than every earlier one's.
 func TestTokensStrictlyIncreaseOverHandovers(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	agents := []*agentProc{
 		startAgent(t, "pod-t1", "--locks=tokens"),
@@ -76,6 +77,7 @@ func TestTokensStrictlyIncreaseOverHandovers(t *testing.T) {
 // A holder killed with SIGKILL (no release) loses the lock to a waiter only after
 // lease-duration from its last renew, and not much later.
 func TestKilledHolderLosesLockAfterLeaseDuration(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-k1", "--locks=killed")
 	b := startAgent(t, "pod-k2", "--locks=killed")
@@ -108,6 +110,7 @@ func TestKilledHolderLosesLockAfterLeaseDuration(t *testing.T) {
 // When the API server stops answering, the holder stops saying held within
 // renew-deadline of its last successful write, before anyone else can acquire.
 func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a, p := cutOffAgent(t, "pod-f1", "--locks=frozen")
 	b := startAgent(t, "pod-f2", "--locks=frozen")
@@ -157,6 +160,7 @@ func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 // SIGTERM releases at once: a waiter gets the lock long before lease-duration, the
 // event stream hears "shutdown", and the agent exits 0.
 func TestSIGTERMReleasesAtOnce(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const longLease = "--lease-duration=20s"
 	a := startAgent(t, "pod-s1", "--locks=term", longLease, "--renew-deadline=15s", "--retry-period=1s")
@@ -195,6 +199,7 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 // A hold tied to a connection ends when its client is killed; `leasehold run`
 // passes the command's exit status through.
 func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-c1", "--locks=conn", "--lease-duration=20s", "--renew-deadline=15s", "--retry-period=1s")
 	b := startAgent(t, "pod-c2", "--locks=conn", "--lease-duration=20s", "--renew-deadline=15s", "--retry-period=1s")

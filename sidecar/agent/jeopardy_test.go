@@ -38,18 +38,29 @@ func cutOffAgent(t testing.TB, pod string, args ...string) (*agentProc, *testenv
 	return startAgent(t, pod, append(args, "--kubeconfig="+kc)...), p
 }
 
+// waitPhase waits until the lock's state at a is in phase want, at most within. The
+// lock's events stream wakes it at each change; the state is asked again then (and
+// every 250 ms, for a change that has no event of its own).
 func waitPhase(t *testing.T, a *agentProc, name string, want lock.Phase, within time.Duration) lock.State {
 	t.Helper()
-	deadline := time.Now().Add(within)
+	events := streamEvents(t, a, name)
+	deadline := time.After(within)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		s := a.state(name)
 		if s.Phase == want {
 			return s
 		}
-		if time.Now().After(deadline) {
+		select {
+		case _, ok := <-events:
+			if !ok {
+				events = nil // the stream ended: the ticker goes on
+			}
+		case <-tick.C:
+		case <-deadline:
 			t.Fatalf("%s of %s: state %q after %s, want %q: %+v", name, a.pod, s.Phase, within, want, s)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -67,6 +78,7 @@ func lineCount(t *testing.T, path string) int {
 // whole process group, and when the API server is back the hold is safe again with
 // the same token and the command goes on.
 func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
+	t.Parallel()
 	a, proxy := cutOffAgent(t, "pod-j1", "--locks=jrun", "--grace=30s")
 	events := streamEvents(t, a, "jrun")
 	out := filepath.Join(t.TempDir(), "ticks")
@@ -138,6 +150,7 @@ func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
 // With --on-jeopardy=end, leasehold run ends its command (SIGTERM) when the hold goes
 // into jeopardy, for programs that must not be frozen.
 func TestLeaseholdRunEndsItsCommandInJeopardyWhenAsked(t *testing.T) {
+	t.Parallel()
 	a, proxy := cutOffAgent(t, "pod-j2", "--locks=jend", "--grace=30s")
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "--on-jeopardy=end", "jend", "--",

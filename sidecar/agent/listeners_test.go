@@ -24,6 +24,7 @@ import (
 // impossible to open: the agent exits with an error naming the flag to fix, leaves no
 // socket file behind, and never took its leader lock.
 func TestAListenerThatFailsToOpenStopsTheAgentCleanly(t *testing.T) {
+	t.Parallel()
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

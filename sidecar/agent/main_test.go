@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -52,7 +53,26 @@ var raceDetector bool
 
 func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 
+// testParallel is how many tests of this package run at once unless -parallel is
+// given. They share one control plane (each with its own Pods, Lease names or
+// namespace) and spend their time waiting (on lease-duration, retry periods, agent
+// processes), not computing, so more run at once than go test's default -parallel
+// (GOMAXPROCS, 2 on a 2-CPU machine). A test that measures the agent alone (memory
+// under a flood) or changes what the whole API server admits does not call t.Parallel.
+const testParallel = 8
+
+// setParallel sets -parallel to testParallel when the command line does not set it.
+func setParallel() {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		_ = flag.Set("test.parallel", strconv.Itoa(testParallel))
+	}
+}
+
 func runMain(m *testing.M) int {
+	setParallel()
 	dir, err := os.MkdirTemp("", "leasehold-agent-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -58,6 +58,7 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 // deleted under a hold, the loss and its cause. The metrics listen on every address
 // (":port", as injected) and serve nothing but /metrics.
 func TestMetricsOfSharedLock(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
 	a := startAgent(t, "pod-ma", "--locks=metrics-shared", fmt.Sprintf("--metrics-bind-address=:%d", pa))
@@ -144,6 +145,7 @@ func TestMetricsOfSharedLock(t *testing.T) {
 
 // A semaphore's series carry its declared name and mode semaphore, never a slot's.
 func TestMetricsOfSemaphore(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
 	a := startAgent(t, "pod-msa", "--semaphores=msem=1", fmt.Sprintf("--metrics-bind-address=:%d", pa))

@@ -21,6 +21,7 @@ import (
 // locks). Only the paths are moved into a temporary directory, the Pod's identity
 // filled in as the kubelet does, and the cap lowered to make the flood small.
 func TestInjectedProbesPassDuringAFlood(t *testing.T) {
+	t.Parallel()
 	const maxConns = 4
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "pod-probe", Namespace: "default",

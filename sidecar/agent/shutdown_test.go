@@ -21,6 +21,7 @@ import (
 // is posted as a Kubernetes Event (the recorder stops after the holds are released),
 // the agent exits 0 with no part failing, and both socket files are gone.
 func TestSIGTERMStopsEveryPartInOrder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	probeSocket := filepath.Join(t.TempDir(), "probe.sock")
 	a := startAgent(t, "pod-order", "--locks=order", "--probe-socket="+probeSocket,
