@@ -11,6 +11,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
@@ -241,18 +242,14 @@ func TestConnectionFloodIsRefusedAndHoldsSurvive(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, err := a.c.State(ctx, "flood")
-		if err == nil {
-			if !s.Held || s.Token != held.Token {
-				t.Fatalf("the hold did not survive the flood: %+v", s)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent does not serve again after the flood: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var s lock.State
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err = a.c.State(ctx, "flood")
+		return err == nil, nil
+	}); err != nil {
+		t.Fatalf("the agent does not serve again after the flood: %v", err)
+	}
+	if !s.Held || s.Token != held.Token {
+		t.Fatalf("the hold did not survive the flood: %+v", s)
 	}
 }

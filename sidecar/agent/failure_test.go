@@ -218,13 +218,7 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = hold.Process.Kill(); _ = hold.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !a.state("conn").Held {
-		if time.Now().After(deadline) {
-			t.Fatal("leasehold run did not take the lock")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitState(t, a, "conn", 10*time.Second, "leasehold run takes the lock", func(s lock.State) bool { return s.Held })
 	if _, err := b.c.Acquire(ctx, "conn", 0, 0); status(err) != 409 {
 		t.Fatalf("B try while the connection holds: want 409, got %v", err)
 	}

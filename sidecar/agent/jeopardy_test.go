@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -38,30 +39,10 @@ func cutOffAgent(t testing.TB, pod string, args ...string) (*agentProc, *testenv
 	return startAgent(t, pod, append(args, "--kubeconfig="+kc)...), p
 }
 
-// waitPhase waits until the lock's state at a is in phase want, at most within. The
-// lock's events stream wakes it at each change; the state is asked again then (and
-// every 250 ms, for a change that has no event of its own).
+// waitPhase waits until the lock's state at a is in phase want, at most within.
 func waitPhase(t *testing.T, a *agentProc, name string, want lock.Phase, within time.Duration) lock.State {
 	t.Helper()
-	events := streamEvents(t, a, name)
-	deadline := time.After(within)
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		s := a.state(name)
-		if s.Phase == want {
-			return s
-		}
-		select {
-		case _, ok := <-events:
-			if !ok {
-				events = nil // the stream ended: the ticker goes on
-			}
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("%s of %s: state %q after %s, want %q: %+v", name, a.pod, s.Phase, within, want, s)
-		}
-	}
+	return waitState(t, a, name, within, fmt.Sprintf("phase %q", want), func(s lock.State) bool { return s.Phase == want })
 }
 
 func lineCount(t *testing.T, path string) int {

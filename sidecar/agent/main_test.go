@@ -255,6 +255,33 @@ func streamEvents(t *testing.T, a *agentProc, name string) <-chan string {
 	return ch
 }
 
+// waitState waits until the lock's state at a satisfies cond, at most within, and
+// returns it. The lock's events stream wakes it at each change and the state is asked
+// again then (and every 250 ms, for a change that has no event of its own), so a
+// change is seen at once without asking in a loop.
+func waitState(t *testing.T, a *agentProc, name string, within time.Duration, what string, cond func(lock.State) bool) lock.State {
+	t.Helper()
+	events := streamEvents(t, a, name)
+	deadline := time.After(within)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s := a.state(name)
+		if cond(s) {
+			return s
+		}
+		select {
+		case _, ok := <-events:
+			if !ok {
+				events = nil // the stream ended: the ticker goes on
+			}
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("%s of %s: not %s after %s: %+v", name, a.pod, what, within, s)
+		}
+	}
+}
+
 func waitEvent(ch <-chan string, want lock.EventType, timeout time.Duration) bool {
 	t := time.After(timeout)
 	for {

@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/agent"
@@ -105,16 +106,7 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 		t.Errorf("the agent did not log its Go memory limit as %v of %d bytes", agent.MemoryLimitFraction, a.limit)
 	}
 	ctx := context.Background()
-	var before lock.State
-	var err error
-	for deadline := time.Now().Add(20 * time.Second); !before.Held; time.Sleep(50 * time.Millisecond) {
-		if before, err = a.c.State(ctx, "flood-leader"); err != nil {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flood-leader not held after 20s: %+v", before)
-		}
-	}
+	before := waitState(t, a.agentProc, "flood-leader", 20*time.Second, "held", func(s lock.State) bool { return s.Held })
 
 	// The lock API, asked all along the flood: every call must be answered, held, with
 	// the same token.
@@ -203,20 +195,17 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 
 	// Once the flood is gone, a scraper is served again.
 	var last string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 		resp, err := http.Get("http://" + metricsAddr + "/metrics")
-		if err == nil {
-			body, _ := io.ReadAll(bufio.NewReader(resp.Body))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "leasehold_") {
-				break
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
-		} else {
+		if err != nil {
 			last = err.Error()
+			return false, nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics not served 10s after the flood: %s", last)
-		}
+		body, _ := io.ReadAll(bufio.NewReader(resp.Body))
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), "leasehold_"), nil
+	}); err != nil {
+		t.Fatalf("metrics not served 10s after the flood: %s", last)
 	}
 }

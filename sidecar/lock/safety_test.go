@@ -21,12 +21,8 @@ import (
 // even when its clock is fake.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(time.Millisecond)
+	if !pollUntil(time.Millisecond, 5*time.Second, cond) {
+		t.Fatalf("timed out waiting until %s", what)
 	}
 }
 

@@ -148,10 +148,15 @@ func startEnvtestLock(t *testing.T, apiserverFlags map[string]string) (*Lock, *r
 // has no event a test can wait on, asked every 10 ms.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, d, true,
-		func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+	if !pollUntil(10*time.Millisecond, d, cond) {
 		t.Fatalf("not true after %s: %s", d, what)
 	}
+}
+
+// pollUntil asks cond every interval until it holds (true) or d has passed (false).
+func pollUntil(interval, d time.Duration, cond func() bool) bool {
+	return wait.PollUntilContextTimeout(context.Background(), interval, d, true,
+		func(context.Context) (bool, error) { return cond(), nil }) == nil
 }
 
 // seesWrites checks that the lock's cache follows the Lease through its watch: a
