@@ -33,18 +33,27 @@ import (
 // KubernetesVersion is the version of the binaries that hack/build-k8s.sh builds.
 const KubernetesVersion = "v1.37.2"
 
+// CacheDir is the project's cache: $LEASEHOLD_CACHE, else leasehold in the user's cache
+// directory (~/.cache/leasehold), as hack/build-k8s.sh has it.
+func CacheDir() (string, error) {
+	if dir := os.Getenv("LEASEHOLD_CACHE"); dir != "" {
+		return dir, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("find the user cache directory: %w", err)
+	}
+	return filepath.Join(base, "leasehold"), nil
+}
+
 // AssetsDir returns the directory that holds kube-apiserver and etcd:
 // $KUBEBUILDER_ASSETS when set, else the cache that hack/build-k8s.sh fills.
 func AssetsDir() (string, error) {
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
 	if dir == "" {
-		cache := os.Getenv("LEASEHOLD_CACHE")
-		if cache == "" {
-			base, err := os.UserCacheDir()
-			if err != nil {
-				return "", fmt.Errorf("find the user cache directory: %w", err)
-			}
-			cache = filepath.Join(base, "leasehold")
+		cache, err := CacheDir()
+		if err != nil {
+			return "", err
 		}
 		dir = filepath.Join(cache, "k8s", KubernetesVersion)
 	}
@@ -162,13 +171,9 @@ func BuildBinaries(dir string, race bool, pkgs ...string) error {
 // source tree (its path hashed: each checkout or worktree has its own), with or
 // without the race detector.
 func BinCacheDir(race bool) (string, error) {
-	base := os.Getenv("LEASEHOLD_CACHE")
-	if base == "" {
-		c, err := os.UserCacheDir()
-		if err != nil {
-			return "", fmt.Errorf("find the user cache directory: %w", err)
-		}
-		base = filepath.Join(c, "leasehold")
+	base, err := CacheDir()
+	if err != nil {
+		return "", err
 	}
 	root, err := filepath.Abs(filepath.Join(ManifestsDir(), ".."))
 	if err != nil {
