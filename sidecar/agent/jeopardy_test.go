@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -45,6 +46,25 @@ func waitPhase(t *testing.T, a *agentProc, name string, want lock.Phase, within 
 	return waitState(t, a, name, within, fmt.Sprintf("phase %q", want), func(s lock.State) bool { return s.Phase == want })
 }
 
+// lockedBuffer is a bytes.Buffer that a process's output is copied into while the
+// test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func lineCount(t *testing.T, path string) int {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -67,7 +87,7 @@ func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
 	// the command's process alone would not stop them: the whole group must stop.
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "jrun", "--",
 		"sh", "-c", `echo "$LEASEHOLD_TOKEN" > "$0.token"; while :; do date +%s%N >> "$0"; sleep 0.02; done`, out)
-	var stderr bytes.Buffer
+	var stderr lockedBuffer // read while leasehold run writes to it
 	run.Stderr = &stderr
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
@@ -136,7 +156,7 @@ func TestLeaseholdRunEndsItsCommandInJeopardyWhenAsked(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "--on-jeopardy=end", "jend", "--",
 		"sh", "-c", `echo $$ > "$0"; exec sleep 60`, pidFile)
-	var stderr bytes.Buffer
+	var stderr lockedBuffer // read while leasehold run writes to it
 	run.Stderr = &stderr
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

@@ -61,14 +61,20 @@ func TestMain(m *testing.M) { os.Exit(runMain(m)) }
 // under a flood) or changes what the whole API server admits does not call t.Parallel.
 const testParallel = 8
 
-// setParallel sets -parallel to testParallel when the command line does not set it.
+// setParallel sets -parallel to testParallel when the command line does not set it;
+// under the race detector, whose agents take several times the CPU and memory, half.
 func setParallel() {
 	flag.Parse()
 	given := false
 	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
-	if !given {
-		_ = flag.Set("test.parallel", strconv.Itoa(testParallel))
+	if given {
+		return
 	}
+	n := testParallel
+	if raceDetector {
+		n /= 2
+	}
+	_ = flag.Set("test.parallel", strconv.Itoa(n))
 }
 
 func runMain(m *testing.M) int {
