@@ -65,7 +65,7 @@ func TestTwoAgentsContend(t *testing.T) {
 		got <- s
 		errc <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitQueue(t, "contend", b.identity()) // B is waiting
 	if _, err := a.c.Release(ctx, "contend", sa.Token); err != nil {
 		t.Fatalf("A release: %v", err)
 	}

@@ -178,7 +178,7 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 		_, err := b.c.Acquire(ctx, "term", 15*time.Second, 0)
 		bDone <- err
 	}()
-	time.Sleep(200 * time.Millisecond)
+	waitQueue(t, "term", b.identity()) // B is waiting
 	sent := time.Now()
 	a.signal(syscall.SIGTERM)
 	if err := <-bDone; err != nil {
@@ -229,7 +229,7 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		bToken = s.Token
 		bDone <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitQueue(t, "conn", b.identity()) // B is waiting
 	killed := time.Now()
 	_ = hold.Process.Kill() // SIGKILL: no chance to release
 	if err := <-bDone; err != nil {

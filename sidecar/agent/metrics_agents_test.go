@@ -90,7 +90,7 @@ func TestMetricsOfSharedLock(t *testing.T) {
 		_, err := b.c.Acquire(ctx, "metrics-shared", 20*time.Second, 0)
 		acquired <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // B is waiting
+	waitQueue(t, "metrics-shared", b.identity()) // B is waiting
 	if _, err := a.c.Release(ctx, "metrics-shared", sa.Token); err != nil {
 		t.Fatal(err)
 	}
