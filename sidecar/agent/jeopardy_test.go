@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,23 +45,24 @@ func waitPhase(t *testing.T, a *agentProc, name string, want lock.Phase, within 
 	return waitState(t, a, name, within, fmt.Sprintf("phase %q", want), func(s lock.State) bool { return s.Phase == want })
 }
 
-// lockedBuffer is a bytes.Buffer that a process's output is copied into while the
-// test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// outputFile is a file a process writes its output into (the process holds the file
+// itself: nothing copies it in the test's process) and the test reads at any time.
+type outputFile struct{ *os.File }
+
+func newOutputFile(t *testing.T) outputFile {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return outputFile{f}
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+// String is what the process wrote so far.
+func (o outputFile) String() string {
+	b, _ := os.ReadFile(o.Name())
+	return string(b)
 }
 
 func lineCount(t *testing.T, path string) int {
@@ -87,8 +87,8 @@ func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
 	// the command's process alone would not stop them: the whole group must stop.
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "jrun", "--",
 		"sh", "-c", `echo "$LEASEHOLD_TOKEN" > "$0.token"; while :; do date +%s%N >> "$0"; sleep 0.02; done`, out)
-	var stderr lockedBuffer // read while leasehold run writes to it
-	run.Stderr = &stderr
+	stderr := newOutputFile(t) // read while leasehold run writes to it
+	run.Stderr = stderr.File
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -156,8 +156,8 @@ func TestLeaseholdRunEndsItsCommandInJeopardyWhenAsked(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "--on-jeopardy=end", "jend", "--",
 		"sh", "-c", `echo $$ > "$0"; exec sleep 60`, pidFile)
-	var stderr lockedBuffer // read while leasehold run writes to it
-	run.Stderr = &stderr
+	stderr := newOutputFile(t) // read while leasehold run writes to it
+	run.Stderr = stderr.File
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
