@@ -50,7 +50,7 @@ race: envtest ## Run the Go tests with the race detector, the agent processes th
 	hack/reap-envtest.sh
 	CGO_ENABLED=1 go test -race $(GO_TEST_FLAGS) ./...
 
-# `make chaos` runs the seeded fault-injection suite (internal/chaos) for CHAOS_DURATION
+# `make chaos` runs the seeded fault-injection suite (internal/testing/chaos) for CHAOS_DURATION
 # and writes RELIABILITY.md; CHAOS_SEED=N replays a run's fault schedule. `make unit`
 # runs the same suite for 60s as part of `go test ./...`.
 CHAOS_DURATION ?= 30m
@@ -62,7 +62,7 @@ chaos: envtest ## Long seeded fault-injection run of the lock agents (CHAOS_DURA
 	hack/reap-envtest.sh
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_SEED=$(CHAOS_SEED) LEASEHOLD_RELIABILITY_OUT=$(CURDIR)/RELIABILITY.md \
 	  CHAOS_COMMAND="make chaos CHAOS_DURATION=$(CHAOS_DURATION)$(if $(CHAOS_SEED), CHAOS_SEED=$(CHAOS_SEED))" \
-	  go test -count=1 -run '^TestChaos$$' -v -timeout $(CHAOS_TIMEOUT) ./internal/chaos/
+	  go test -count=1 -run '^TestChaos$$' -v -timeout $(CHAOS_TIMEOUT) ./internal/testing/chaos/
 
 .PHONY: e2e
 e2e: ## Bring up the local one-node cluster, run the e2e suite on real Pods, tear it down (root).
@@ -100,7 +100,7 @@ lint: vet shellcheck ## go vet, gofmt and shellcheck (part of `make test`).
 vet: ## go vet and gofmt.
 	go vet ./...
 	go vet -tags e2e ./e2e/
-	go vet -tags scalebench ./internal/scalebench/
+	go vet -tags scalebench ./internal/testing/scalebench/
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt -w these files:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 shellcheck: ## shellcheck every shell script (installs Debian's shellcheck when missing).
 	@command -v shellcheck >/dev/null || { echo "installing shellcheck from Debian"; \
@@ -186,10 +186,10 @@ bench-fair: envtest ## Fairness across Pods: 3, 5, 10 agents in a tight loop on 
 
 # `make bench-scale` is not part of `make bench` (nor of `make test`): it runs 1,000 agent
 # processes and restarts kube-apiserver under them, about 17 minutes on 2 cores.
-# SCALE_STEPS=100,300 SCALE_WINDOW=30s SCALE_EXPIRY_UNTIL=0 shorten it (see internal/scalebench).
+# SCALE_STEPS=100,300 SCALE_WINDOW=30s SCALE_EXPIRY_UNTIL=0 shorten it (see internal/testing/scalebench).
 .PHONY: bench-scale
 bench-scale: envtest ## Fleets of 100, 300 and 1,000 agents (and client-go electors) against one API server: steady cost, cold start, kube-apiserver restart; writes BENCHMARKS.md (Scale).
-	LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md go test -tags scalebench -count=1 -run '^$$' -bench BenchmarkScale -benchtime=1x -timeout 30m -v ./internal/scalebench/
+	LEASEHOLD_BENCH_OUT=$(CURDIR)/BENCHMARKS.md go test -tags scalebench -count=1 -run '^$$' -bench BenchmarkScale -benchtime=1x -timeout 30m -v ./internal/testing/scalebench/
 
 .PHONY: bench-agent
 bench-agent: envtest ## Measure the lock agent against its targets, side by side with client-go leader election; writes BENCHMARKS.md (Agent).

@@ -14,7 +14,7 @@ const module = "github.com/leasehold/leasehold/"
 // testSupport are the packages (and the trees under them) that only tests may import:
 // harnesses and suites. They may import any product package; no product package may
 // import them. When they move, change this list.
-var testSupport = []string{"internal/chaos", "internal/testenv", "internal/scalebench"}
+var testSupport = []string{"internal/testing"}
 
 // rooms says, for every package tree of the project (a path and everything under it),
 // which trees of the project it may import besides its own: the allowed directions,

@@ -21,6 +21,7 @@ import (
 // seconds is waited for, not given up and asked again (each ask is work the server does
 // in full). The server here answers the rules review after 6 s.
 func TestSlowAccessReviewIsNotAskedTwice(t *testing.T) {
+	t.Parallel()
 	var reviews atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !strings.HasSuffix(r.URL.Path, "/selfsubjectrulesreviews") {
@@ -114,6 +115,7 @@ func checkAccessOnce(t *testing.T, kc *kubeapi.Client) *engine {
 // multiplied the requests to an API server already too busy (1.7 access reviews per
 // agent when 1,000 started at once, BENCHMARKS.md, Scale).
 func TestFailedRulesReviewIsAskedAgainNotReplacedByAccessReviews(t *testing.T) {
+	t.Parallel()
 	for _, code := range []int32{http.StatusGatewayTimeout, http.StatusTooManyRequests, http.StatusInternalServerError} {
 		kc, rules, access := reviewServer(t, code, 2)
 		checkAccessOnce(t, kc)
@@ -125,6 +127,7 @@ func TestFailedRulesReviewIsAskedAgainNotReplacedByAccessReviews(t *testing.T) {
 
 // A server that will not review rules (403, 404) is asked with access reviews.
 func TestRulesReviewRefusedFallsBackToAccessReviews(t *testing.T) {
+	t.Parallel()
 	for _, code := range []int32{http.StatusForbidden, http.StatusNotFound} {
 		kc, rules, access := reviewServer(t, code, 1000)
 		checkAccessOnce(t, kc)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
@@ -18,6 +19,7 @@ import (
 // Two agents (separate processes, as two Pods) contend on one lock: try, wait
 // timeout, release, handover, and the Lease record the agent writes.
 func TestTwoAgentsContend(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-a", "--locks=contend")
 	b := startAgent(t, "pod-b", "--locks=contend")
@@ -63,7 +65,7 @@ func TestTwoAgentsContend(t *testing.T) {
 		got <- s
 		errc <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitQueue(t, "contend", b.identity()) // B is waiting
 	if _, err := a.c.Release(ctx, "contend", sa.Token); err != nil {
 		t.Fatalf("A release: %v", err)
 	}
@@ -91,6 +93,7 @@ func TestTwoAgentsContend(t *testing.T) {
 // Bad input gets a distinct status and a JSON error naming the problem, and leaves
 // the held lock alone.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-bad", "--locks=bad-held,bad-other")
 	held, err := a.c.Acquire(ctx, "bad-held", 0, 0)
@@ -164,6 +167,7 @@ func clientFor(a *agentProc) *http.Client {
 // A client that sends its body too slowly gets a JSON 408 naming the problem, and
 // the lock it named stays untouched.
 func TestSlowBody(t *testing.T) {
+	t.Parallel()
 	a := startAgent(t, "pod-slow", "--locks=slow")
 	c, err := dialUnix(context.Background(), a.socket)
 	if err != nil {
@@ -194,6 +198,7 @@ func TestSlowBody(t *testing.T) {
 // A flood of connections beyond --max-connections gets a JSON 503 at once; the lock
 // held meanwhile stays held, and the agent serves again once the flood ends.
 func TestConnectionFloodIsRefusedAndHoldsSurvive(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-flood", "--locks=flood", "--max-connections=8")
 	held, err := a.c.Acquire(ctx, "flood", 0, 0)
@@ -237,18 +242,14 @@ func TestConnectionFloodIsRefusedAndHoldsSurvive(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, err := a.c.State(ctx, "flood")
-		if err == nil {
-			if !s.Held || s.Token != held.Token {
-				t.Fatalf("the hold did not survive the flood: %+v", s)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent does not serve again after the flood: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var s lock.State
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		s, err = a.c.State(ctx, "flood")
+		return err == nil, nil
+	}); err != nil {
+		t.Fatalf("the agent does not serve again after the flood: %v", err)
+	}
+	if !s.Held || s.Token != held.Token {
+		t.Fatalf("the hold did not survive the flood: %+v", s)
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 // A hold with a ttl ends when the ttl passes unless renewed; renew extends it.
 func TestTTLEndsHoldUnlessRenewed(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-ttl1", "--locks=ttl")
 	b := startAgent(t, "pod-ttl2", "--locks=ttl")
@@ -59,6 +60,7 @@ func TestTTLEndsHoldUnlessRenewed(t *testing.T) {
 // The agent records Kubernetes Events on its Pod and serves Prometheus metrics on
 // loopback; a leader lock cannot be released.
 func TestEventsMetricsAndLeaderCalls(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -200,6 +202,7 @@ func doPost(a *agentProc, path string) (int, []byte, error) {
 // Clients of one Pod that want the same lock are served one at a time, in the order
 // they asked, each acquisition with its own, greater token.
 func TestLocalClientsQueueInOrder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-q", "--locks=queue")
 	first, err := a.c.Acquire(ctx, "queue", 0, 0)

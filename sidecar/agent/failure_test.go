@@ -20,6 +20,7 @@ import (
 // Three agents hand one lock around many times: at every moment at most one says
 // held, and every acquisition's token is greater than every earlier one's.
 func TestTokensStrictlyIncreaseOverHandovers(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	agents := []*agentProc{
 		startAgent(t, "pod-t1", "--locks=tokens"),
@@ -76,6 +77,7 @@ func TestTokensStrictlyIncreaseOverHandovers(t *testing.T) {
 // A holder killed with SIGKILL (no release) loses the lock to a waiter only after
 // lease-duration from its last renew, and not much later.
 func TestKilledHolderLosesLockAfterLeaseDuration(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-k1", "--locks=killed")
 	b := startAgent(t, "pod-k2", "--locks=killed")
@@ -108,6 +110,7 @@ func TestKilledHolderLosesLockAfterLeaseDuration(t *testing.T) {
 // When the API server stops answering, the holder stops saying held within
 // renew-deadline of its last successful write, before anyone else can acquire.
 func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a, p := cutOffAgent(t, "pod-f1", "--locks=frozen")
 	b := startAgent(t, "pod-f2", "--locks=frozen")
@@ -157,6 +160,7 @@ func TestFrozenAPIServerHolderStopsSayingHeld(t *testing.T) {
 // SIGTERM releases at once: a waiter gets the lock long before lease-duration, the
 // event stream hears "shutdown", and the agent exits 0.
 func TestSIGTERMReleasesAtOnce(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const longLease = "--lease-duration=20s"
 	a := startAgent(t, "pod-s1", "--locks=term", longLease, "--renew-deadline=15s", "--retry-period=1s")
@@ -174,7 +178,7 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 		_, err := b.c.Acquire(ctx, "term", 15*time.Second, 0)
 		bDone <- err
 	}()
-	time.Sleep(200 * time.Millisecond)
+	waitQueue(t, "term", b.identity()) // B is waiting
 	sent := time.Now()
 	a.signal(syscall.SIGTERM)
 	if err := <-bDone; err != nil {
@@ -184,8 +188,8 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 		t.Fatalf("B got the lock %s after SIGTERM: not released at once (lease-duration 20s)", took)
 	}
 	<-a.exited
-	if a.err != nil {
-		t.Fatalf("agent exit after SIGTERM: %v", a.err)
+	if a.err() != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", a.err())
 	}
 	if !waitEvent(events, lock.EventShutdown, 5*time.Second) {
 		t.Fatal("event stream did not hear shutdown")
@@ -195,6 +199,7 @@ func TestSIGTERMReleasesAtOnce(t *testing.T) {
 // A hold tied to a connection ends when its client is killed; `leasehold run`
 // passes the command's exit status through.
 func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-c1", "--locks=conn", "--lease-duration=20s", "--renew-deadline=15s", "--retry-period=1s")
 	b := startAgent(t, "pod-c2", "--locks=conn", "--lease-duration=20s", "--renew-deadline=15s", "--retry-period=1s")
@@ -213,13 +218,7 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = hold.Process.Kill(); _ = hold.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !a.state("conn").Held {
-		if time.Now().After(deadline) {
-			t.Fatal("leasehold run did not take the lock")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitState(t, a, "conn", 10*time.Second, "leasehold run takes the lock", func(s lock.State) bool { return s.Held })
 	if _, err := b.c.Acquire(ctx, "conn", 0, 0); status(err) != 409 {
 		t.Fatalf("B try while the connection holds: want 409, got %v", err)
 	}
@@ -230,7 +229,7 @@ func TestConnectionHoldEndsWhenClientKilled(t *testing.T) {
 		bToken = s.Token
 		bDone <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	waitQueue(t, "conn", b.identity()) // B is waiting
 	killed := time.Now()
 	_ = hold.Process.Kill() // SIGKILL: no chance to release
 	if err := <-bDone; err != nil {

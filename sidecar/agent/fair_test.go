@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -9,7 +10,12 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
@@ -40,22 +46,41 @@ func waitQueue(t *testing.T, name string, want ...string) {
 
 func waitQueueIn(t *testing.T, ns, name string, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := queueOn(t, name, ns)
-		if strings.Join(got, ",") == strings.Join(want, ",") {
-			return
+	wantQueue := strings.Join(want, ",")
+	var got string
+	matches := func(obj any) (bool, error) {
+		lease, ok := obj.(*coordinationv1.Lease)
+		if !ok {
+			return false, fmt.Errorf("no Lease %s/%s", ns, name)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue of %s: want %v, got %v", name, want, got)
+		got = lease.Annotations[lock.AnnotationQueue]
+		return got == wantQueue, nil
+	}
+	// The Lease's watch tells each change of the queue; nothing is asked in a loop.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lw := cache.NewListWatchFromClient(kube.CoordinationV1().RESTClient(), "leases", ns, fields.OneTermEqualSelector("metadata.name", name))
+	_, err := watchtools.UntilWithSync(ctx, lw, &coordinationv1.Lease{}, func(store cache.Store) (bool, error) {
+		obj, exists, err := store.GetByKey(ns + "/" + name)
+		if err != nil || !exists {
+			return false, fmt.Errorf("no Lease %s/%s: %v", ns, name, err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return matches(obj)
+	}, func(ev watch.Event) (bool, error) {
+		if ev.Type == watch.Deleted {
+			return false, fmt.Errorf("the Lease %s/%s was deleted", ns, name)
+		}
+		return matches(ev.Object)
+	})
+	if err != nil {
+		t.Fatalf("queue of %s: want %v, got %v: %v", name, want, got, err)
 	}
 }
 
 // Waiters of different Pods are served in the order they started waiting, and the Pod
 // that releases and asks again goes to the back instead of winning again.
 func TestWaitersOfPodsAreServedInOrder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "fair-a", "--locks=queue-db")
 	others := []*agentProc{startAgent(t, "fair-b", "--locks=queue-db"), startAgent(t, "fair-c", "--locks=queue-db"),
@@ -103,6 +128,7 @@ func TestWaitersOfPodsAreServedInOrder(t *testing.T) {
 // one turn (retry-period), not a lease-duration; a try does not pass the queue within
 // that turn; the waiter passed over queues again when it comes back.
 func TestAWaiterThatCannotTakeItsTurnCostsOneTurn(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// A turn of 1 s (the retry-period), long enough for C to see the release and try
 	// within it on a busy machine.
@@ -164,6 +190,7 @@ func TestAWaiterThatCannotTakeItsTurnCostsOneTurn(t *testing.T) {
 // A waiter that gives up (its wait runs out) leaves the queue; one that never waited
 // (a try) never enters it.
 func TestAWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "leave-a", "--locks=leave-db")
 	b := startAgent(t, "leave-b", "--locks=leave-db")

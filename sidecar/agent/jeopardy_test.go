@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -14,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -38,19 +39,30 @@ func cutOffAgent(t testing.TB, pod string, args ...string) (*agentProc, *testenv
 	return startAgent(t, pod, append(args, "--kubeconfig="+kc)...), p
 }
 
+// waitPhase waits until the lock's state at a is in phase want, at most within.
 func waitPhase(t *testing.T, a *agentProc, name string, want lock.Phase, within time.Duration) lock.State {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		s := a.state(name)
-		if s.Phase == want {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s of %s: state %q after %s, want %q: %+v", name, a.pod, s.Phase, within, want, s)
-		}
-		time.Sleep(10 * time.Millisecond)
+	return waitState(t, a, name, within, fmt.Sprintf("phase %q", want), func(s lock.State) bool { return s.Phase == want })
+}
+
+// outputFile is a file a process writes its output into (the process holds the file
+// itself: nothing copies it in the test's process) and the test reads at any time.
+type outputFile struct{ *os.File }
+
+func newOutputFile(t *testing.T) outputFile {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "output"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { f.Close() })
+	return outputFile{f}
+}
+
+// String is what the process wrote so far.
+func (o outputFile) String() string {
+	b, _ := os.ReadFile(o.Name())
+	return string(b)
 }
 
 func lineCount(t *testing.T, path string) int {
@@ -67,6 +79,7 @@ func lineCount(t *testing.T, path string) int {
 // whole process group, and when the API server is back the hold is safe again with
 // the same token and the command goes on.
 func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
+	t.Parallel()
 	a, proxy := cutOffAgent(t, "pod-j1", "--locks=jrun", "--grace=30s")
 	events := streamEvents(t, a, "jrun")
 	out := filepath.Join(t.TempDir(), "ticks")
@@ -74,8 +87,8 @@ func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
 	// the command's process alone would not stop them: the whole group must stop.
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "jrun", "--",
 		"sh", "-c", `echo "$LEASEHOLD_TOKEN" > "$0.token"; while :; do date +%s%N >> "$0"; sleep 0.02; done`, out)
-	var stderr bytes.Buffer
-	run.Stderr = &stderr
+	stderr := newOutputFile(t) // read while leasehold run writes to it
+	run.Stderr = stderr.File
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,12 +151,13 @@ func TestLeaseholdRunFreezesItsCommandInJeopardy(t *testing.T) {
 // With --on-jeopardy=end, leasehold run ends its command (SIGTERM) when the hold goes
 // into jeopardy, for programs that must not be frozen.
 func TestLeaseholdRunEndsItsCommandInJeopardyWhenAsked(t *testing.T) {
+	t.Parallel()
 	a, proxy := cutOffAgent(t, "pod-j2", "--locks=jend", "--grace=30s")
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	run := exec.Command(filepath.Join(binDir, "leasehold"), "run", "--socket="+a.socket, "--on-jeopardy=end", "jend", "--",
 		"sh", "-c", `echo $$ > "$0"; exec sleep 60`, pidFile)
-	var stderr bytes.Buffer
-	run.Stderr = &stderr
+	stderr := newOutputFile(t) // read while leasehold run writes to it
+	run.Stderr = stderr.File
 	if err := run.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 )
 
 // TestAListenerThatFailsToOpenStopsTheAgentCleanly starts the agent with every
@@ -24,6 +24,7 @@ import (
 // impossible to open: the agent exits with an error naming the flag to fix, leaves no
 // socket file behind, and never took its leader lock.
 func TestAListenerThatFailsToOpenStopsTheAgentCleanly(t *testing.T) {
+	t.Parallel()
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -53,14 +54,16 @@ func TestAListenerThatFailsToOpenStopsTheAgentCleanly(t *testing.T) {
 				}
 			}
 			lease := "listen-fail" + flag[1:] // listen-fail-socket, ...
-			args := []string{"--namespace=default", "--pod-name=pod" + flag[1:], "--pod-uid=00000000-0000-0000-0000-00000000f00d",
-				"--kubeconfig=" + kubeconfig, "--leader=" + lease, "--install-cli=false"}
+			spec := testenv.AgentSpec{Binary: filepath.Join(binDir, "leasehold-agent"), Pod: "pod" + flag[1:],
+				UID: "00000000-0000-0000-0000-00000000f00d", Socket: listeners["--socket"], Kubeconfig: kubeconfig,
+				Args: []string{"--leader=" + lease, "--install-cli=false"}}
 			for f, v := range listeners {
-				args = append(args, f+"="+v)
+				spec.Args = append(spec.Args, f+"="+v)
 			}
+			argv := spec.Argv()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			out, err := exec.CommandContext(ctx, filepath.Join(binDir, "leasehold-agent"), args...).CombinedOutput()
+			out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 				t.Fatalf("want exit status 1, got %v\n%s", err, out)

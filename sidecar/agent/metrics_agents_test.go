@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 )
 
 // scrape GETs http://addr/metrics and parses it as a Prometheus server would. It
@@ -58,6 +58,7 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 // deleted under a hold, the loss and its cause. The metrics listen on every address
 // (":port", as injected) and serve nothing but /metrics.
 func TestMetricsOfSharedLock(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
 	a := startAgent(t, "pod-ma", "--locks=metrics-shared", fmt.Sprintf("--metrics-bind-address=:%d", pa))
@@ -89,7 +90,7 @@ func TestMetricsOfSharedLock(t *testing.T) {
 		_, err := b.c.Acquire(ctx, "metrics-shared", 20*time.Second, 0)
 		acquired <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // B is waiting
+	waitQueue(t, "metrics-shared", b.identity()) // B is waiting
 	if _, err := a.c.Release(ctx, "metrics-shared", sa.Token); err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +145,7 @@ func TestMetricsOfSharedLock(t *testing.T) {
 
 // A semaphore's series carry its declared name and mode semaphore, never a slot's.
 func TestMetricsOfSemaphore(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pa, pb := testenv.FreePort(t), testenv.FreePort(t)
 	a := startAgent(t, "pod-msa", "--semaphores=msem=1", fmt.Sprintf("--metrics-bind-address=:%d", pa))

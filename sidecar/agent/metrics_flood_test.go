@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,92 +18,26 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/agent"
-	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/sidecar/lock"
 	"github.com/leasehold/leasehold/webhook"
 )
 
-// injectedAgent is an agent process started exactly as the webhook injects it into pod
-// (its arguments and environment, the downward API resolved as the kubelet would, the
-// socket volume moved into a temporary directory), with the metrics on metricsAddr.
-type injectedAgent struct {
-	cmd    *exec.Cmd
-	c      *client.Client
-	limit  int64 // the container's memory limit, bytes
-	log    string
-	exited chan struct{}
-}
-
+// startInjectedAgent starts the agent as the webhook injects it into pod, with the
+// metrics on metricsAddr (loopback only, in a test), and waits until it is ready.
 func startInjectedAgent(t *testing.T, pod *corev1.Pod, metricsAddr string) *injectedAgent {
 	t.Helper()
-	cfg, errs := webhook.ParseAnnotations(pod.Annotations)
-	if len(errs) > 0 {
-		t.Fatal(errs.ToAggregate())
-	}
-	if errs := webhook.Inject(pod, cfg, webhook.DefaultOptions()); len(errs) > 0 {
-		t.Fatal(errs.ToAggregate())
-	}
-	agent := pod.Spec.InitContainers[0]
-	a := &injectedAgent{limit: agent.Resources.Limits.Memory().Value(), exited: make(chan struct{})}
-
-	dir := t.TempDir()
-	kubelet := strings.NewReplacer(webhook.SocketDir, dir, "$(POD_NAMESPACE)", "default", "$(POD_NAME)", pod.Name,
-		"$(POD_UID)", "00000000-0000-0000-0000-00000000f100", webhook.AgentBinary, filepath.Join(binDir, "leasehold-agent"))
-	var args []string
-	for _, arg := range agent.Args {
+	a := launchInjectedAgent(t, pod, "00000000-0000-0000-0000-00000000f100", func(arg string) string {
 		if strings.HasPrefix(arg, "--metrics-bind-address=") {
-			arg = "--metrics-bind-address=" + metricsAddr // loopback only, in a test
+			return "--metrics-bind-address=" + metricsAddr
 		}
-		args = append(args, kubelet.Replace(arg))
-	}
-	args = append(args, "--kubeconfig="+kubeconfig)
-	env := []string{"PATH=" + os.Getenv("PATH")}
-	for _, e := range agent.Env {
-		switch {
-		case e.ValueFrom == nil:
-			env = append(env, e.Name+"="+kubelet.Replace(e.Value))
-		case e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory":
-			env = append(env, e.Name+"="+strconv.FormatInt(a.limit, 10)) // divisor 1
-		}
-	}
-	a.cmd = exec.Command(kubelet.Replace(agent.Command[0]), args...)
-	a.cmd.Env = env
-	logPath := filepath.Join(dir, "agent.log")
-	a.log = logPath
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.cmd.Stdout, a.cmd.Stderr = f, f
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = a.cmd.Wait(); f.Close(); close(a.exited) }()
-	t.Cleanup(func() {
-		_ = a.cmd.Process.Kill()
-		<-a.exited
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("agent log:\n%s", b)
-		}
+		return arg
 	})
-	a.c = client.New(kubelet.Replace(webhook.SocketPath), "")
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if code, _, err := a.c.Get(context.Background(), "/readyz"); err == nil && code == http.StatusOK {
-			return a
-		}
-		select {
-		case <-a.exited:
-			t.Fatalf("the agent exited before it was ready")
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent was not ready after 20s")
-		}
-	}
+	a.waitReady(20 * time.Second)
+	return a
 }
 
 // peakRSS is the process's peak resident set (VmHWM in /proc/PID/status), bytes.
@@ -174,16 +106,7 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 		t.Errorf("the agent did not log its Go memory limit as %v of %d bytes", agent.MemoryLimitFraction, a.limit)
 	}
 	ctx := context.Background()
-	var before lock.State
-	var err error
-	for deadline := time.Now().Add(20 * time.Second); !before.Held; time.Sleep(50 * time.Millisecond) {
-		if before, err = a.c.State(ctx, "flood-leader"); err != nil {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flood-leader not held after 20s: %+v", before)
-		}
-	}
+	before := waitState(t, a.agentProc, "flood-leader", 20*time.Second, "held", func(s lock.State) bool { return s.Held })
 
 	// The lock API, asked all along the flood: every call must be answered, held, with
 	// the same token.
@@ -272,20 +195,17 @@ func TestMetricsFloodLeavesTheAgentAlive(t *testing.T) {
 
 	// Once the flood is gone, a scraper is served again.
 	var last string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 		resp, err := http.Get("http://" + metricsAddr + "/metrics")
-		if err == nil {
-			body, _ := io.ReadAll(bufio.NewReader(resp.Body))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), "leasehold_") {
-				break
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
-		} else {
+		if err != nil {
 			last = err.Error()
+			return false, nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics not served 10s after the flood: %s", last)
-		}
+		body, _ := io.ReadAll(bufio.NewReader(resp.Body))
+		resp.Body.Close()
+		last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), "leasehold_"), nil
+	}); err != nil {
+		t.Fatalf("metrics not served 10s after the flood: %s", last)
 	}
 }

@@ -43,6 +43,7 @@ func labelsOf(m *dto.Metric) string {
 // declare, histograms with cumulative buckets ending in +Inf equal to _count, and
 // _sum; label values escaped; every family the alert rules and the dashboard use.
 func TestMetricsExposition(t *testing.T) {
+	t.Parallel()
 	m := newMetrics()
 	states := []lock.State{{Name: "db", Mode: lock.ModeMutex}, {Name: "sched", Mode: lock.ModeLeader, Held: true, HeldFor: 90 * time.Second}}
 	m.declare(states)

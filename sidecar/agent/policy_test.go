@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/kubectl"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
@@ -70,6 +70,7 @@ func applyAgentRBAC(t *testing.T, w kubectl.Workload) kubectl.AgentRBAC {
 // name), under the admission policy of manifests/base: they become ready, acquire,
 // renew, release and hand over both kinds of lock, and the Leases name the real Pods.
 func TestAgentsUnderAdmissionPolicy(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	testenv.InstallAdmissionPolicy(t, restCfg)
 	ns, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "policy-"}}, metav1.CreateOptions{})
@@ -179,6 +180,7 @@ func TestAgentsUnderAdmissionPolicy(t *testing.T) {
 // (<pod-name>_<pod-uid>) and that writes with its Pod-bound token follows the agent on
 // the same Lease, and the fencing token rises across both, under the policy.
 func TestInteropWithClientGoUnderAdmissionPolicy(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	testenv.InstallAdmissionPolicy(t, restCfg)
 	ns, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "interop-"}}, metav1.CreateOptions{})
@@ -235,6 +237,7 @@ func TestInteropWithClientGoUnderAdmissionPolicy(t *testing.T) {
 // (rights on the slot Leases by name, none on a Lease named like the semaphore) and the
 // admission policy: they become ready and share the slots.
 func TestSemaphoreUnderNarrowedRoleAndPolicy(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	testenv.InstallAdmissionPolicy(t, restCfg)
 	ns, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "policy-sem-"}}, metav1.CreateOptions{})

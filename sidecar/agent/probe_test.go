@@ -4,17 +4,13 @@ import (
 	"bufio"
 	"context"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/leasehold/leasehold/sidecar/client"
 	"github.com/leasehold/leasehold/webhook"
 )
 
@@ -25,63 +21,17 @@ import (
 // locks). Only the paths are moved into a temporary directory, the Pod's identity
 // filled in as the kubelet does, and the cap lowered to make the flood small.
 func TestInjectedProbesPassDuringAFlood(t *testing.T) {
+	t.Parallel()
 	const maxConns = 4
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "pod-probe", Namespace: "default",
 			Annotations: map[string]string{webhook.AnnotationLocks: "probe-flood"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
 	}
-	cfg, errs := webhook.ParseAnnotations(pod.Annotations)
-	if len(errs) > 0 {
-		t.Fatal(errs.ToAggregate())
-	}
-	if errs := webhook.Inject(pod, cfg, webhook.DefaultOptions()); len(errs) > 0 {
-		t.Fatal(errs.ToAggregate())
-	}
-	agent := pod.Spec.InitContainers[0]
-
-	dir := t.TempDir()
-	kubelet := strings.NewReplacer(webhook.SocketDir, dir, "$(POD_NAMESPACE)", "default", "$(POD_NAME)", pod.Name,
-		"$(POD_UID)", "00000000-0000-0000-0000-00000000beef", webhook.AgentBinary, filepath.Join(binDir, "leasehold-agent"))
-	var args []string
-	for _, a := range agent.Args {
-		args = append(args, kubelet.Replace(a))
-	}
-	args = append(args, "--kubeconfig="+kubeconfig, "--metrics-bind-address=0", "--max-connections=4")
-	cmd := exec.Command(kubelet.Replace(agent.Command[0]), args...)
-	logPath := filepath.Join(dir, "agent.log")
-	f, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		f.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("agent log:\n%s", b)
-		}
-	})
-
-	socket := kubelet.Replace(webhook.SocketPath)
-	c := client.New(socket, "")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		code, _, err := c.Get(context.Background(), "/readyz")
-		if err == nil && code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 15s (last: %d %v)", code, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	c.CloseIdleConnections()
+	a := launchInjectedAgent(t, pod, "00000000-0000-0000-0000-00000000beef", nil, "--metrics-bind-address=0", "--max-connections=4")
+	a.waitReady(15 * time.Second)
+	a.c.CloseIdleConnections()
+	agent, kubelet, socket := a.container, a.kubelet, a.socket
 
 	// The flood: every connection the cap allows, kept open (keep-alive clients).
 	get := func() int {

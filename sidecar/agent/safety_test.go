@@ -21,6 +21,7 @@ import (
 // `curl -sf .../acquire?wait=30s && work` must not go ahead. Both kinds of waiter: a
 // leader-lock waiter, and a mutex waiter queued behind another client of the same Pod.
 func TestShutdownAnswersWaitersWith503(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-sd1", "--leader=sd-leader")
 	waitFor(t, "A to lead", func() bool { return a.state("sd-leader").Held })
@@ -63,6 +64,7 @@ func TestShutdownAnswersWaitersWith503(t *testing.T) {
 // The LockReleased Event of the holds released at SIGTERM reaches the API server: Events
 // are posted until the holds are released (before the fix: "context canceled").
 func TestSIGTERMRecordsLockReleasedEvent(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "pod-ev-term", "--locks=ev-term")
 	if _, err := a.c.Acquire(ctx, "ev-term", 0, 0); err != nil {
@@ -89,6 +91,7 @@ func TestSIGTERMRecordsLockReleasedEvent(t *testing.T) {
 // acquire answers with the cause and the fix, instead of a 503 "API server unavailable"
 // for ever.
 func TestTokensExhaustedNamesTheFix(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	empty, one, maxed := "", int32(1), int32(math.MaxInt32)
 	old := metav1.NewMicroTime(time.Now().Add(-time.Hour))

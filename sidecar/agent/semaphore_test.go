@@ -16,6 +16,7 @@ import (
 // third waits and gets the first freed slot; tokens grow per slot; release and renew
 // name a hold by its token; the slot Leases are stamped with their semaphore.
 func TestSemaphoreLetsNHoldersIn(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "sem-a", "--semaphores=report=2")
 	b := startAgent(t, "sem-b", "--semaphores=report=2")
@@ -105,6 +106,7 @@ func TestSemaphoreLetsNHoldersIn(t *testing.T) {
 // One Pod may hold several slots (one per local client) and releases each by its own
 // token; a killed holder's slot is free after lease-duration.
 func TestSemaphoreSlotsOfOnePodAndAKilledHolder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	a := startAgent(t, "sem-one-a", "--semaphores=batch=2")
 	b := startAgent(t, "sem-one-b", "--semaphores=batch=2")

@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/lock"
 )
 
@@ -21,6 +21,7 @@ import (
 // is posted as a Kubernetes Event (the recorder stops after the holds are released),
 // the agent exits 0 with no part failing, and both socket files are gone.
 func TestSIGTERMStopsEveryPartInOrder(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	probeSocket := filepath.Join(t.TempDir(), "probe.sock")
 	a := startAgent(t, "pod-order", "--locks=order", "--probe-socket="+probeSocket,
@@ -35,8 +36,8 @@ func TestSIGTERMStopsEveryPartInOrder(t *testing.T) {
 		t.Error("the event stream did not hear shutdown")
 	}
 	<-a.exited
-	if a.err != nil {
-		t.Fatalf("agent exit after SIGTERM: %v", a.err)
+	if a.err() != nil {
+		t.Fatalf("agent exit after SIGTERM: %v", a.err())
 	}
 	log, _ := os.ReadFile(a.log)
 	if strings.Contains(string(log), "Failed to run") || !strings.Contains(string(log), `"msg":"Stopped"`) {

@@ -2,6 +2,7 @@ package listen
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // dialAndAsk sends one GET on a new connection and returns the connection (left open,
@@ -84,17 +87,14 @@ func TestConnLimitAnswers503BeyondTheLimitAndServesAgainAfterAClose(t *testing.T
 
 			// Once a client leaves, a new one is served.
 			first.Close()
-			deadline := time.Now().Add(5 * time.Second)
-			for {
+			var code int
+			if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
 				c, r, _ := dialAndAsk(t, network, addr, "")
 				c.Close()
-				if r.StatusCode == 200 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("after a client closed: still %d, %d open", r.StatusCode, limit.Open())
-				}
-				time.Sleep(10 * time.Millisecond)
+				code = r.StatusCode
+				return code == 200, nil
+			}); err != nil {
+				t.Fatalf("after a client closed: still %d, %d open", code, limit.Open())
 			}
 		})
 	}

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/kubeapi"
 )
 
@@ -97,6 +97,7 @@ func (cp *controlPlane) runLock(t *testing.T, id string, grace time.Duration) (*
 // same token; a waiter that shared the outage does not take the lock over. Before
 // jeopardy, the holder lost its lock at renew-deadline and the waiter took it.
 func TestHoldRidesOutAKubeAPIServerRestart(t *testing.T) {
+	t.Parallel() // a control plane of its own
 	cp := startControlPlane(t)
 	holder, hrec := cp.runLock(t, "holder_1", 30*time.Second)
 	waiter, wrec := cp.runLock(t, "waiter_2", 30*time.Second)

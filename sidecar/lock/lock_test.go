@@ -228,12 +228,8 @@ func startLockWith(t *testing.T, c *memClient, clk *clocktesting.FakeClock, edit
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(5 * time.Second)
-	for !l.Synced() {
-		if time.Now().After(deadline) {
-			t.Fatal("lock never synced")
-		}
-		time.Sleep(time.Millisecond)
+	if !pollUntil(time.Millisecond, 5*time.Second, l.Synced) {
+		t.Fatal("lock never synced")
 	}
 	return l, events
 }

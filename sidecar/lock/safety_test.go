@@ -15,18 +15,14 @@ import (
 
 // The regression tests of the engine's safety paths (issue 7 of the tracker): each one
 // failed before its fix. They pin the edge with the in-memory API and a fake clock; the
-// chaos suite (internal/chaos) checks the same properties on a real API server.
+// chaos suite (internal/testing/chaos) checks the same properties on a real API server.
 
 // eventually polls cond in real time: the engine's goroutines run on the real scheduler
 // even when its clock is fake.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(time.Millisecond)
+	if !pollUntil(time.Millisecond, 5*time.Second, cond) {
+		t.Fatalf("timed out waiting until %s", what)
 	}
 }
 

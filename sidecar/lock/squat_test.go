@@ -49,10 +49,8 @@ func TestSquattedLeaseDurationIsCapped(t *testing.T) {
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	for deadline := time.Now().Add(5 * time.Second); !l.Synced(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("lock never synced")
-		}
+	if !pollUntil(time.Millisecond, 5*time.Second, l.Synced) {
+		t.Fatal("lock never synced")
 	}
 
 	_, _, err = l.Acquire(context.Background(), AcquireOptions{})

@@ -72,10 +72,8 @@ func watchRetryDelaysErr(t *testing.T, fail int, failErr error) []time.Duration 
 	// Only the watch loop's pause waits on the clock (a mutex not held renews nothing):
 	// step it while that timer is pending, and after it fires wait for the next call.
 	waitFor := func(cond func() bool) {
-		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the watch loop made %d Watch calls and stopped (want %d)", c.count(), fail+1)
-			}
+		if !pollUntil(time.Millisecond, 10*time.Second, cond) {
+			t.Fatalf("the watch loop made %d Watch calls and stopped (want %d)", c.count(), fail+1)
 		}
 	}
 	for n := 1; n <= fail; n++ {
@@ -164,10 +162,8 @@ func TestListIsNotGivenUpAtTheWriteTimeout(t *testing.T) {
 	done := make(chan struct{})
 	go func() { l.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(5 * time.Second); !l.Synced(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("lock never synced")
-		}
+	if !pollUntil(time.Millisecond, 5*time.Second, l.Synced) {
+		t.Fatal("lock never synced")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

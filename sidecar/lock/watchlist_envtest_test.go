@@ -12,12 +12,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/kubeapi"
 )
 
@@ -143,13 +144,19 @@ func startEnvtestLock(t *testing.T, apiserverFlags map[string]string) (*Lock, *r
 	return l, rc, cs, restart
 }
 
+// waitUntil waits until cond holds, at most d: a condition on the lock's state, which
+// has no event a test can wait on, asked every 10 ms.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not true after %s: %s", d, what)
-		}
+	if !pollUntil(10*time.Millisecond, d, cond) {
+		t.Fatalf("not true after %s: %s", d, what)
 	}
+}
+
+// pollUntil asks cond every interval until it holds (true) or d has passed (false).
+func pollUntil(interval, d time.Duration, cond func() bool) bool {
+	return wait.PollUntilContextTimeout(context.Background(), interval, d, true,
+		func(context.Context) (bool, error) { return cond(), nil }) == nil
 }
 
 // seesWrites checks that the lock's cache follows the Lease through its watch: a
@@ -191,6 +198,7 @@ func verbs(calls []call) []string {
 // 410: before, each lock's watch reopened from that resourceVersion, was answered 410
 // by the new watch cache, then listed and watched again.
 func TestLeaseIsReadWithAWatchListAlsoAfterARestart(t *testing.T) {
+	t.Parallel() // a control plane of its own
 	l, rc, cs, restart := startEnvtestLock(t, nil)
 	if got := verbs(rc.since()); len(got) != 1 || got[0] != "watch-list" {
 		t.Fatalf("calls until synced: %v, want one watch-list", got)
@@ -226,6 +234,7 @@ func TestLeaseIsReadWithAWatchListAlsoAfterARestart(t *testing.T) {
 // before Kubernetes 1.32), kube-apiserver refuses the request as invalid and the lock
 // lists, then watches; it does not ask for a watch-list again.
 func TestLeaseIsListedWhereTheAPIServerHasNoWatchList(t *testing.T) {
+	t.Parallel() // a control plane of its own
 	l, rc, cs, _ := startEnvtestLock(t, map[string]string{"feature-gates": "WatchList=false"})
 	got := rc.since()
 	if len(got) < 2 || got[0].verb != "watch-list" || got[0].err == nil || got[1].verb != "list" || got[1].err != nil {

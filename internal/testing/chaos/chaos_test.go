@@ -17,8 +17,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/leasehold/leasehold/internal/chaos"
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/chaos"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/api"
 )
 
@@ -200,7 +200,7 @@ func TestChaos(t *testing.T) {
 	}
 	res := chaos.Check(recs, ccfg)
 	info := chaos.RunInfo{
-		Command: "go test ./internal/chaos/", Seed: seed, Duration: dur, Elapsed: elapsed,
+		Command: "go test ./internal/testing/chaos/", Seed: seed, Duration: dur, Elapsed: elapsed,
 		Agents: len(clients), Clients: clients[0] + clients[1] + clients[2],
 		Timings: fmt.Sprintf("lease-duration %s, renew-deadline %s, retry-period %s, grace %s", leaseDuration, renewDeadline, retryPeriod, grace),
 	}

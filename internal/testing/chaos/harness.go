@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/leasehold/leasehold/internal/contract"
-	"github.com/leasehold/leasehold/internal/testenv"
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 )
 
 // Config configures a run.
@@ -273,45 +273,35 @@ func (h *Harness) newIdentity(s *slot) {
 // startAgent starts the slot's agent and waits until it is ready.
 func (h *Harness) startAgent(s *slot) error {
 	c := h.cfg
-	argv := []string{c.AgentBinary,
-		"--namespace=" + c.Namespace, "--pod-name=" + s.pod, "--pod-uid=" + s.uid,
-		"--locks=" + c.Mutex, "--leader=" + c.Leader,
+	args := []string{"--locks=" + c.Mutex, "--leader=" + c.Leader,
 		"--lease-duration=" + c.LeaseDuration.String(), "--renew-deadline=" + c.RenewDeadline.String(),
-		"--retry-period=" + c.RetryPeriod.String(), "--socket=" + s.socket, "--kubeconfig=" + s.kubeconfig,
-		"--metrics-bind-address=0", "--install-cli=false", "-v=1",
+		"--retry-period=" + c.RetryPeriod.String(), "--install-cli=false", "-v=1",
 	}
 	if c.Semaphore != "" {
-		argv = append(argv, fmt.Sprintf("--semaphores=%s=%d", c.Semaphore, c.SemaphoreSize))
+		args = append(args, fmt.Sprintf("--semaphores=%s=%d", c.Semaphore, c.SemaphoreSize))
 	}
 	if c.Grace > 0 {
-		argv = append(argv, "--grace="+c.Grace.String())
+		args = append(args, "--grace="+c.Grace.String())
 	}
+	argv := testenv.AgentSpec{Binary: c.AgentBinary, Namespace: c.Namespace, Pod: s.pod, UID: s.uid,
+		Socket: s.socket, Kubeconfig: s.kubeconfig, Args: args}.Argv()
 	s.started = time.Now()
 	p, err := h.start(fmt.Sprintf("agent-a%d-r%d", s.i, s.inc), argv, nil)
 	if err != nil {
 		return err
 	}
 	s.agent = p
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := s.http.Get("http://leasehold/readyz")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := testenv.WaitReady(ctx, s.socket, p.exited); err != nil {
 		select {
 		case <-p.exited:
 			return fmt.Errorf("agent %s exited before ready: %v: %s", s.identity(), p.err, tail(p.log, 5))
 		default:
+			return fmt.Errorf("agent %s not ready after 20s: %w", s.identity(), err)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("agent %s not ready after 20s", s.identity())
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }
 
 // startClients starts the slot's client loops.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ import (
 // ManifestsDir is manifests/ of this source tree.
 func ManifestsDir() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "manifests")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "manifests")
 }
 
 // AdmissionPolicy is what manifests/base installs for guarantee 4.7: the
@@ -105,7 +106,49 @@ func LoadAdmissionPolicy() (*AdmissionPolicy, error) {
 // InstallAdmissionPolicy creates the admission policy of manifests/base on the API
 // server of cfg, waits until the API server enforces it, and at the end of the test
 // removes it again and waits until it is no longer enforced.
+// Tests that run in parallel on one API server share one install: the first call
+// installs, the others wait for it, and the policy is removed (and its removal
+// awaited) when the last of their tests ends.
 func InstallAdmissionPolicy(t testing.TB, cfg *rest.Config) *AdmissionPolicy {
+	t.Helper()
+	installs.Lock()
+	defer installs.Unlock()
+	in, ok := installs.m[cfg.Host]
+	if !ok {
+		p, uninstall := installAdmissionPolicy(t, cfg)
+		in = &install{p: p, uninstall: uninstall}
+		installs.m[cfg.Host] = in
+	}
+	in.users++
+	t.Cleanup(func() {
+		installs.Lock()
+		defer installs.Unlock()
+		if in.users--; in.users > 0 {
+			return
+		}
+		delete(installs.m, cfg.Host)
+		if err := in.uninstall(); err != nil {
+			t.Error(err)
+		}
+	})
+	return in.p
+}
+
+// installs are the admission policies installed, by API server (host).
+var installs = struct {
+	sync.Mutex
+	m map[string]*install
+}{m: map[string]*install{}}
+
+type install struct {
+	p         *AdmissionPolicy
+	users     int
+	uninstall func() error
+}
+
+// installAdmissionPolicy installs the policy and waits until the API server enforces
+// it; uninstall deletes it and waits until the API server no longer does.
+func installAdmissionPolicy(t testing.TB, cfg *rest.Config) (*AdmissionPolicy, func() error) {
 	t.Helper()
 	ctx := context.Background()
 	p, err := LoadAdmissionPolicy()
@@ -133,7 +176,7 @@ func InstallAdmissionPolicy(t testing.TB, cfg *rest.Config) *AdmissionPolicy {
 	}); err != nil {
 		t.Fatalf("the API server did not start enforcing the admission policy %s: %v", p.Policy.Name, err)
 	}
-	t.Cleanup(func() {
+	return p, func() error {
 		for _, b := range p.Bindings {
 			_ = ar.ValidatingAdmissionPolicyBindings().Delete(ctx, b.Name, metav1.DeleteOptions{})
 		}
@@ -143,10 +186,10 @@ func InstallAdmissionPolicy(t testing.TB, cfg *rest.Config) *AdmissionPolicy {
 			refused, err := probe.refused(ctx)
 			return !refused, err
 		}); err != nil {
-			t.Errorf("the API server still enforces the admission policy after it was deleted: %v", err)
+			return fmt.Errorf("the API server still enforces the admission policy after it was deleted: %w", err)
 		}
-	})
-	return p
+		return nil
+	}
 }
 
 // policyProbe is a ServiceAccount with a token bound to no Pod, allowed by RBAC to

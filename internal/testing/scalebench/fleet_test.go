@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leasehold/leasehold/internal/testing/testenv"
 	"github.com/leasehold/leasehold/sidecar/client"
 )
 
@@ -64,14 +65,15 @@ func startFleet(t testing.TB, bin, kubeconfig, dir, ns string, n int, extra ...s
 		g := i / groupSize
 		a := &agent{i: i, pod: fmt.Sprintf("app-%d-%04d", n, i), uid: fmt.Sprintf("00000000-0000-4000-8000-%012d", n*10000+i),
 			socket: filepath.Join(dir, fmt.Sprintf("a%d.sock", i)), log: filepath.Join(dir, fmt.Sprintf("a%d.log", i)), done: make(chan struct{})}
-		args := append([]string{"--namespace=" + ns, "--pod-name=" + a.pod, "--pod-uid=" + a.uid, "--socket=" + a.socket,
-			"--kubeconfig=" + kubeconfig, "--metrics-bind-address=0", "--install-cli=false", "-v=1",
-			"--leader=" + leaderName(g), "--locks=" + mutexName(g)}, extra...)
+		// The command line of testenv's one agent helper; the process is started here
+		// and its log closed at once (1,000 agents would hold 1,000 open files).
+		argv := testenv.AgentSpec{Binary: bin, Namespace: ns, Pod: a.pod, UID: a.uid, Socket: a.socket, Kubeconfig: kubeconfig,
+			Args: append([]string{"--install-cli=false", "-v=1", "--leader=" + leaderName(g), "--locks=" + mutexName(g)}, extra...)}.Argv()
 		out, err := os.Create(a.log)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.cmd = exec.Command(bin, args...)
+		a.cmd = exec.Command(argv[0], argv[1:]...)
 		a.cmd.Stdout, a.cmd.Stderr = out, out
 		// Its own process group (a signal to the benchmark's group does not reach it
 		// twice), and killed with the benchmark if that dies first.

@@ -109,7 +109,7 @@ func WriteReport(path, summary string) error {
 		doc = doc[:i] + block + doc[j+len(ReportEnd):]
 	default:
 		if doc == "" {
-			doc = "# Reliability\n\nResults of the project's fault-injection runs. The suite is `internal/chaos` " +
+			doc = "# Reliability\n\nResults of the project's fault-injection runs. The suite is `internal/testing/chaos` " +
 				"(see its package doc for what it injects and what it checks); `make chaos` writes the section below.\n"
 		}
 		doc += "\n## Chaos run\n\n" + block + "\n"

@@ -10,13 +10,18 @@
 package testenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"k8s.io/client-go/rest"
@@ -28,18 +33,27 @@ import (
 // KubernetesVersion is the version of the binaries that hack/build-k8s.sh builds.
 const KubernetesVersion = "v1.37.2"
 
+// CacheDir is the project's cache: $LEASEHOLD_CACHE, else leasehold in the user's cache
+// directory (~/.cache/leasehold), as hack/build-k8s.sh has it.
+func CacheDir() (string, error) {
+	if dir := os.Getenv("LEASEHOLD_CACHE"); dir != "" {
+		return dir, nil
+	}
+	base, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("find the user cache directory: %w", err)
+	}
+	return filepath.Join(base, "leasehold"), nil
+}
+
 // AssetsDir returns the directory that holds kube-apiserver and etcd:
 // $KUBEBUILDER_ASSETS when set, else the cache that hack/build-k8s.sh fills.
 func AssetsDir() (string, error) {
 	dir := os.Getenv("KUBEBUILDER_ASSETS")
 	if dir == "" {
-		cache := os.Getenv("LEASEHOLD_CACHE")
-		if cache == "" {
-			base, err := os.UserCacheDir()
-			if err != nil {
-				return "", fmt.Errorf("find the user cache directory: %w", err)
-			}
-			cache = filepath.Join(base, "leasehold")
+		cache, err := CacheDir()
+		if err != nil {
+			return "", err
 		}
 		dir = filepath.Join(cache, "k8s", KubernetesVersion)
 	}
@@ -109,8 +123,30 @@ func Start(t testing.TB) *rest.Config {
 // BuildBinaries builds the project's commands pkgs into dir as shipped (static,
 // CGO_ENABLED=0, like `make build`), or with the race detector when race is set (then
 // with cgo, which it needs). The compiler's output goes to stderr.
+//
+// The go command builds them into a cache of this source tree (BinCacheDir), where it
+// relinks only what changed, and dir gets hard links to them (copies across file
+// systems): the test binaries of several packages, run at once by one `go test`, link
+// the agent once between them, and a later build does not change the files dir holds.
 func BuildBinaries(dir string, race bool, pkgs ...string) error {
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	cache, err := BinCacheDir(race)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return fmt.Errorf("create the binary cache: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("lock the binary cache: %w", err)
+	}
+	defer lock.Close()
+	// One build at a time in the cache; the others then find the binaries up to date.
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("lock the binary cache: %w", err)
+	}
+	defer func() { _ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN) }()
+	args := []string{"build", "-o", cache + string(filepath.Separator)}
 	env := append(os.Environ(), "CGO_ENABLED=0")
 	if race {
 		args = append(args, "-race")
@@ -122,5 +158,52 @@ func BuildBinaries(dir string, race bool, pkgs ...string) error {
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("build %s: %w", strings.Join(pkgs, " "), err)
 	}
+	for _, pkg := range pkgs {
+		name := path.Base(pkg)
+		if err := linkOrCopy(filepath.Join(cache, name), filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("put %s into %s: %w", name, dir, err)
+		}
+	}
 	return nil
+}
+
+// BinCacheDir is where BuildBinaries builds: a directory of the user's cache for this
+// source tree (its path hashed: each checkout or worktree has its own), with or
+// without the race detector.
+func BinCacheDir(race bool) (string, error) {
+	base, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	root, err := filepath.Abs(filepath.Join(ManifestsDir(), ".."))
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(root))
+	kind := "static"
+	if race {
+		kind = "race"
+	}
+	return filepath.Join(base, "testbin", hex.EncodeToString(sum[:8]), kind), nil
+}
+
+// linkOrCopy makes dst the file src: a hard link, or a copy where there can be none.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

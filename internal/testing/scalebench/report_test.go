@@ -71,7 +71,7 @@ func (r *report) write(b *testing.B) {
 			}
 		}
 	}
-	p("%s\nCommand: `make bench-scale` (runs `go test -tags scalebench -count=1 -run '^$' -bench BenchmarkScale -benchtime=1x -timeout 30m ./internal/scalebench/`", reportBegin)
+	p("%s\nCommand: `make bench-scale` (runs `go test -tags scalebench -count=1 -run '^$' -bench BenchmarkScale -benchtime=1x -timeout 30m ./internal/testing/scalebench/`", reportBegin)
 	if v := os.Getenv("SCALE_STEPS"); v != "" {
 		p(" with SCALE_STEPS=%s", v)
 	}
