@@ -210,7 +210,7 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 
 	// Install.
 	start := time.Now()
-	if out, err := helm("install", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s"); err != nil {
+	if out, err := helm(append([]string{"install", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s"}, imageDigestValues()...)...); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm install (%s):\n%s", time.Since(start).Round(time.Millisecond), out)
@@ -262,8 +262,8 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	// Upgrade with changed values: one replica, a larger agent memory limit. The new
 	// flag rolls the webhook's Pods; annotated Pods are admitted all along.
 	rollout := admitAll(t, ns)
-	if out, err := helm("upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
-		"--set", "replicas=1", "--set", "agent.resources.limits.memory=96Mi"); err != nil {
+	if out, err := helm(append([]string{"upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
+		"--set", "replicas=1", "--set", "agent.resources.limits.memory=96Mi"}, imageDigestValues()...)...); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm upgrade:\n%s", out)
