@@ -91,6 +91,10 @@ deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=yo
 	kubectl apply -k bin/deploy
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 
+.PHONY: release
+release: ## Build a release into bin/release/VERSION (VERSION=vX.Y.Z): image index, Helm chart (pushed to the local registry when it runs), kubectl-leasehold archives, krew manifest, notes, SHA256SUMS.
+	hack/release.sh '$(VERSION)'
+
 # The files hack/cluster.sh sources are named for the reader; git's 'hack/*.sh' matches them too (* matches /).
 SHELL_SCRIPTS = $(shell git ls-files 'hack/*.sh' 'hack/lib/cluster/*.sh' .ci/run)
 
