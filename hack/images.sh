@@ -47,7 +47,7 @@ mkdir -p "$OUT/bin"
 log() { printf '[images] %s\n' "$*" >&2; }
 export CGO_ENABLED=0 GOFLAGS=${GOFLAGS:--buildvcs=false}
 VERSION=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+REVISION=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 export SOURCE_DATE_EPOCH
 # Stripped (-s -w) as the Dockerfile builds them: the agent copies the leasehold client
