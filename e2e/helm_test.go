@@ -188,25 +188,7 @@ func memoryLimit(c corev1.Container) string {
 func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	helm := helmCLI(t)
 	chart := filepath.Join(repoRoot, "charts", "leasehold")
-	base := filepath.Join(repoRoot, "manifests", "base")
-
-	if _, err := kubectl("delete", "-k", base, "--ignore-not-found", "--wait", "--timeout=180s"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// Back to TestMain's install: no Helm release, leasehold-system gone, then apply.
-		_, _ = helm("uninstall", helmRelease, "-n", helmRecordNamespace, "--ignore-not-found", "--wait")
-		if err := wait.PollUntilContextTimeout(context.Background(), time.Second, 180*time.Second, true, func(ctx context.Context) (bool, error) {
-			_, err := cs.CoreV1().Namespaces().Get(ctx, systemNamespace, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		}); err != nil {
-			t.Errorf("namespace %s still there: %v", systemNamespace, err)
-		}
-		if err := install(); err != nil {
-			t.Errorf("restore the kustomize install: %v", err)
-		}
-	})
-	waitNothingLeft(t, "kubectl delete -k manifests/base")
+	takeAwayKustomizeInstall(t, helm)
 
 	// Install.
 	start := time.Now()
