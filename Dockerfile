@@ -1,7 +1,7 @@
 # One image with every Leasehold binary, on a static base (the binaries are static Go).
 # On a machine with a Docker engine:  docker build -t leasehold:dev .
 # Without one (this repository's own test ground): hack/images.sh leasehold builds the same
-# layout as a docker-archive with go-containerregistry and imports it into containerd.
+# layout with go-containerregistry (hack/ociimage), for linux/amd64 and linux/arm64 in one index.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./

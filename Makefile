@@ -83,14 +83,24 @@ demo: ## Build everything, bring up a local one-node cluster, install Leasehold 
 demo-down: ## Tear the local cluster down, leaving nothing behind.
 	hack/cluster.sh down
 
-IMAGE ?= leasehold.local/leasehold:dev
+# Without IMAGE, make deploy builds the image, pushes it to the local node's registry
+# (hack/cluster.sh up runs it on 127.0.0.1:15500) and installs it by digest.
+IMAGE ?=
+LOCAL_REGISTRY ?= 127.0.0.1:15500
 
 .PHONY: deploy
-deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=your/registry/leasehold:tag (built from the Dockerfile).
+deploy: ## Install Leasehold on the cluster of your current kubeconfig; IMAGE=your/registry/leasehold@sha256:... (default: built and pushed to the local node's registry, by digest).
 	@mkdir -p bin/deploy
-	hack/deploy-kustomization.sh '$(IMAGE)' > bin/deploy/kustomization.yaml
+	@image='$(IMAGE)'; if [ -z "$$image" ]; then \
+	  REGISTRY=$(LOCAL_REGISTRY) PUSH=1 IMAGES_OUT=$(CURDIR)/bin/images hack/images.sh leasehold && \
+	  image=leasehold.local/leasehold@$$(cat bin/images/leasehold.digest); fi; \
+	  echo "image: $$image"; hack/deploy-kustomization.sh "$$image" > bin/deploy/kustomization.yaml
 	kubectl apply -k bin/deploy
 	kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
+
+.PHONY: release
+release: ## Build a release into bin/release/VERSION (VERSION=vX.Y.Z): image index, Helm chart (pushed to the local registry when it runs), kubectl-leasehold archives, krew manifest, notes, SHA256SUMS.
+	hack/release.sh '$(VERSION)'
 
 # The files hack/cluster.sh sources are named for the reader; git's 'hack/*.sh' matches them too (* matches /).
 SHELL_SCRIPTS = $(shell git ls-files 'hack/*.sh' 'hack/lib/cluster/*.sh' .ci/run)
@@ -112,11 +122,11 @@ shellcheck: ## shellcheck every shell script (installs Debian's shellcheck when 
 #   make cluster-up && eval "$$(hack/cluster.sh env)" && kubectl get nodes
 
 .PHONY: images
-images: ## Build the local images (pause, leasehold, example-app); import them when the cluster runs.
+images: ## Build the images (pause, leasehold for linux/amd64+arm64, example-app) as OCI layouts; push them to the local node's registry when it runs.
 	hack/images.sh
 
 .PHONY: cluster-up
-cluster-up: ## Start a fresh one-node cluster (cleans leftovers first; node Ready, images imported).
+cluster-up: ## Start a fresh one-node cluster (cleans leftovers first; its registry; node Ready, images pushed).
 	hack/cluster.sh up
 
 .PHONY: cluster-down

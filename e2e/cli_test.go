@@ -36,14 +36,15 @@ func snippet(t *testing.T, name string) string {
 	return string(b)
 }
 
-// importBusybox builds leasehold.local/busybox:dev and imports it into the node's
-// containerd (the cluster imports only the images the demo uses).
+// importBusybox builds leasehold.local/busybox:dev and pushes it to the node's registry,
+// which containerd pulls leasehold.local/* from (the cluster pushes only the images the
+// demo uses).
 func importBusybox(t *testing.T) {
 	t.Helper()
 	busyboxOnce.Do(func() {
 		cmd := exec.Command(filepath.Join(repoRoot, "hack", "images.sh"), "busybox")
 		cmd.Dir = repoRoot
-		cmd.Env = append(os.Environ(), "IMPORT=1")
+		cmd.Env = append(os.Environ(), "PUSH=1")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			busyboxErr = fmt.Errorf("hack/images.sh busybox: %w\n%s", err, out)
 		}

@@ -83,10 +83,11 @@ func kubectl(args ...string) (string, error) {
 	return out.String(), nil
 }
 
-// install applies manifests/ exactly as the README tells a user to, and waits until the
-// webhook injects.
+// install applies manifests/ exactly as the README tells a user to (make deploy: the
+// base with the image pinned by digest, as pushed to the node's registry), and waits
+// until the webhook injects.
 func install() error {
-	if out, err := kubectl("apply", "-k", filepath.Join(repoRoot, "manifests", "base")); err != nil {
+	if out, err := kubectl("apply", "-k", deployKustomization()); err != nil {
 		return err
 	} else {
 		fmt.Print(out)
@@ -97,6 +98,35 @@ func install() error {
 	// The Deployment is Available once a replica is ready (its certificates are in place);
 	// wait until the API server's calls reach it too.
 	return webhookInjects(120 * time.Second)
+}
+
+// deployKustomization is the directory to apply: manifests/base with the project image
+// replaced by $LEASEHOLD_IMAGE (leasehold.local/leasehold@sha256:..., which hack/cluster.sh
+// env exports after pushing it), rendered by hack/deploy-kustomization.sh as make deploy
+// does; manifests/base itself when it is not set.
+func deployKustomization() string {
+	base := filepath.Join(repoRoot, "manifests", "base")
+	image := os.Getenv("LEASEHOLD_IMAGE")
+	if image == "" {
+		return base
+	}
+	dir := filepath.Join(repoRoot, "bin", "e2e-deploy")
+	rel, err := filepath.Rel(dir, base)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	var out []byte
+	if err == nil {
+		out, err = exec.Command(filepath.Join(repoRoot, "hack", "deploy-kustomization.sh"), image, rel).Output()
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "kustomization.yaml"), out, 0o644)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "render the kustomization for %s: %v (applying manifests/base)\n", image, err)
+		return base
+	}
+	return dir
 }
 
 // webhookInjects waits until the API server's calls reach the webhook: a dry-run Pod

@@ -188,29 +188,11 @@ func memoryLimit(c corev1.Container) string {
 func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	helm := helmCLI(t)
 	chart := filepath.Join(repoRoot, "charts", "leasehold")
-	base := filepath.Join(repoRoot, "manifests", "base")
-
-	if _, err := kubectl("delete", "-k", base, "--ignore-not-found", "--wait", "--timeout=180s"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// Back to TestMain's install: no Helm release, leasehold-system gone, then apply.
-		_, _ = helm("uninstall", helmRelease, "-n", helmRecordNamespace, "--ignore-not-found", "--wait")
-		if err := wait.PollUntilContextTimeout(context.Background(), time.Second, 180*time.Second, true, func(ctx context.Context) (bool, error) {
-			_, err := cs.CoreV1().Namespaces().Get(ctx, systemNamespace, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		}); err != nil {
-			t.Errorf("namespace %s still there: %v", systemNamespace, err)
-		}
-		if err := install(); err != nil {
-			t.Errorf("restore the kustomize install: %v", err)
-		}
-	})
-	waitNothingLeft(t, "kubectl delete -k manifests/base")
+	takeAwayKustomizeInstall(t, helm)
 
 	// Install.
 	start := time.Now()
-	if out, err := helm("install", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s"); err != nil {
+	if out, err := helm(append([]string{"install", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s"}, imageDigestValues()...)...); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm install (%s):\n%s", time.Since(start).Round(time.Millisecond), out)
@@ -262,8 +244,8 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	// Upgrade with changed values: one replica, a larger agent memory limit. The new
 	// flag rolls the webhook's Pods; annotated Pods are admitted all along.
 	rollout := admitAll(t, ns)
-	if out, err := helm("upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
-		"--set", "replicas=1", "--set", "agent.resources.limits.memory=96Mi"); err != nil {
+	if out, err := helm(append([]string{"upgrade", helmRelease, chart, "-n", helmRecordNamespace, "--wait", "--timeout=180s",
+		"--set", "replicas=1", "--set", "agent.resources.limits.memory=96Mi"}, imageDigestValues()...)...); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("helm upgrade:\n%s", out)

@@ -3,7 +3,7 @@
 # cluster-smoke.sh: prove that the local cluster (hack/cluster.sh up) runs real Pods with
 # what Leasehold relies on. Needs only the cluster and the local images; no Leasehold code.
 #
-#   hack/cluster.sh up              (once; imports the images)
+#   hack/cluster.sh up              (once; pushes the images to the node's registry)
 #   hack/cluster-smoke.sh            exit 0 when every check passes
 #
 # Checks, each printed as ok/FAIL:

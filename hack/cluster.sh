@@ -13,7 +13,11 @@
 # Pieces: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
 # and kubectl built from the Go module proxy by hack/build-k8s.sh (cached per version in
 # ~/.cache/leasehold); containerd, runc and the CNI plugins from Debian; certificates made
-# here with openssl; images built locally by hack/images.sh (no registry is ever contacted).
+# here with openssl; images built locally by hack/images.sh and pushed to the node's own
+# OCI registry (hack/registry, go-containerregistry's registry on 127.0.0.1:15500, blobs
+# in $STATE/registry), from which containerd pulls every leasehold.local/* image: its
+# hosts.toml (config_path, as a user configures a registry mirror) sends leasehold.local
+# to that address. No other registry is ever contacted.
 #
 # Network: everything stays inside the machine. The script creates the bridge lh0 with the
 # gateway 10.244.0.1/24; the API server, the kubelet and the node IP live on that address
@@ -25,7 +29,8 @@
 #
 # State: $STATE (default /var/lib/leasehold-cluster: certificates, etcd, containerd and
 # kubelet data, configs, admin.kubeconfig, logs/) and $RUN (/run/leasehold-cluster: PID
-# files, containerd state and socket). `down` removes both except $STATE/logs, which keeps
+# files, containerd state and socket). The registry's blobs and the built images' OCI
+# layouts and digests are in $STATE too (registry/, images/). `down` removes both except $STATE/logs, which keeps
 # the last run's component logs for post-mortems, and $STATE/.lock (`down --purge` removes
 # those too).
 set -euo pipefail
@@ -56,16 +61,18 @@ API_PORT=6443
 ETCD_CLIENT=127.0.0.1:12379            # not 2379: leaves the standard port to others
 ETCD_PEER=127.0.0.1:12380
 PAUSE_IMAGE=leasehold.local/pause:3.10
+REGISTRY_ADDR=127.0.0.1:15500          # the node's registry (loopback only; containerd's mirror for leasehold.local)
+REGISTRY_BIN=$CACHE/bin/leasehold-registry
 CNI_NAME=leasehold
 CNI_BIN=/usr/lib/cni                   # Debian's containernetworking-plugins
-# Images imported on `up` (pause is required; the others are what e2e and the demo use).
+# Images pushed on `up` (pause is required; the others are what e2e and the demo use).
 CLUSTER_IMAGES=${CLUSTER_IMAGES:-pause example-app leasehold}
 
 # Start order; `down` stops them in reverse.
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(containerd registry etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 # Executables whose leftover processes `down` hunts (only when their command line names
 # $STATE or $RUN, so the envtest kube-apiserver/etcd of `make test` are never touched).
-OUR_EXES=" etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 runc "
+OUR_EXES=" etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd containerd-shim-runc-v2 runc leasehold-registry "
 # Kernel settings that the cluster (kubelet, kube-proxy, CNI bridge) changes; saved on
 # `up` and restored on `down`.
 SYSCTLS=(net.ipv4.ip_forward net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables
@@ -167,8 +174,14 @@ up() {
   log "restrict_oom_score_adj = $restrict (lowering oom_score_adj $( [ "$restrict" = true ] && echo is refused: no CAP_SYS_RESOURCE || echo works))"
   write_configs "$restrict"
 
-  # containerd first: images are imported while the control plane starts.
+  # containerd and the registry first: images are pushed while the control plane starts.
   start containerd containerd --config "$CONF/containerd.toml" --log-level warn
+  log "building the registry (hack/registry)"
+  mkdir -p "${REGISTRY_BIN%/*}"
+  (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$REGISTRY_BIN" ./hack/registry) || die "hack/registry does not build"
+  start registry "$REGISTRY_BIN" -addr "$REGISTRY_ADDR" -dir "$STATE/registry"
+  wait_for "registry on $REGISTRY_ADDR" 30 curl -sf "http://$REGISTRY_ADDR/v2/" ||
+    { check_alive registry; die "the registry does not answer on $REGISTRY_ADDR (port taken? ss -ltnp | grep ${REGISTRY_ADDR##*:})"; }
   wait_for "containerd" 30 ctr --address "$CONTAINERD_SOCK" version || { check_alive containerd; die "containerd not answering"; }
 
   start etcd "$BIN/etcd" --name leasehold --data-dir "$STATE/etcd" \
@@ -176,11 +189,13 @@ up() {
     --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
     --initial-cluster "leasehold=http://$ETCD_PEER" --unsafe-no-fsync --log-level warn
 
-  log "building/importing images: $CLUSTER_IMAGES"
+  log "building images and pushing them to the registry: $CLUSTER_IMAGES"
+  # This machine's platform only (make images builds the leasehold image for all).
   # shellcheck disable=SC2086
-  CONTAINERD_SOCK=$CONTAINERD_SOCK IMPORT=1 "$REPO/hack/images.sh" $CLUSTER_IMAGES 2>"$LOGS/images.log" ||
+  IMAGES_OUT=$STATE/images REGISTRY=$REGISTRY_ADDR PUSH=1 PLATFORMS="linux/$(go env GOARCH)" \
+    "$REPO/hack/images.sh" $CLUSTER_IMAGES 2>"$LOGS/images.log" ||
     { tail "$LOGS/images.log" >&2; die "hack/images.sh failed"; }
-  grep WARNING "$LOGS/images.log" >&2 || true
+  grep -E 'WARNING|sha256' "$LOGS/images.log" >&2 || true
 
   wait_for "etcd" 30 curl -sf "http://$ETCD_CLIENT/health" || { check_alive etcd; die "etcd not healthy"; }
 
@@ -238,6 +253,11 @@ status() {
 env_() {
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
   echo "export PATH=$BIN:\$PATH"
+  # The project image by digest, as `up` pushed it to the node's registry.
+  if [ -f "$STATE/images/leasehold.digest" ]; then
+    echo "export LEASEHOLD_IMAGE=leasehold.local/leasehold@$(cat "$STATE/images/leasehold.digest")"
+  fi
+  echo "export LEASEHOLD_REGISTRY=$REGISTRY_ADDR"
 }
 
 # One `up`/`down` at a time (say e2e and `make demo` started together). The lock file is

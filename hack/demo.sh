@@ -15,14 +15,16 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "1/5 Building the Kubernetes binaries (first run: 10-15 min on 2 cores; cached after)"
 hack/build-k8s.sh >/dev/null
 
-step "2/5 Bringing up the local one-node cluster and loading the images"
+step "2/5 Bringing up the local one-node cluster and pushing the images to its registry"
 hack/cluster.sh up
-eval "$(hack/cluster.sh env)"
+eval "$(hack/cluster.sh env)"   # KUBECONFIG, PATH, LEASEHOLD_IMAGE (the image by digest)
 CGO_ENABLED=0 go build -o bin/ ./cmd/kubectl-leasehold
 export PATH=$REPO/bin:$PATH
 
-step "3/5 Installing Leasehold: kubectl apply -k manifests/base"
-kubectl apply -k manifests/base
+step "3/5 Installing Leasehold: manifests/base with the image by digest ($LEASEHOLD_IMAGE)"
+mkdir -p bin/deploy
+hack/deploy-kustomization.sh "$LEASEHOLD_IMAGE" >bin/deploy/kustomization.yaml
+kubectl apply -k bin/deploy
 kubectl -n leasehold-system rollout status deployment/leasehold-webhook --timeout=180s
 # The webhook's own certificates are made at start; wait until the API server can call it.
 for _ in $(seq 1 60); do

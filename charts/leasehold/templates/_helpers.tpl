@@ -3,9 +3,13 @@
 app.kubernetes.io/part-of: leasehold
 {{- end }}
 
-{{/* The project image. */}}
+{{/* The project image: by digest when image.digest is set, else by tag. */}}
 {{- define "leasehold.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end }}
 {{- end }}
 
 {{/*

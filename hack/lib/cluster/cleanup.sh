@@ -13,7 +13,7 @@ our_pids() {
     # candidates cost a readlink: this runs several times per `down` on a busy machine.
     read -r comm 2>/dev/null <"$p/comm" || continue
     case "$comm" in
-      etcd|kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|containerd|containerd-shim|runc) ;;
+      etcd|kube-apiserver|kube-controller|kube-scheduler|kubelet|kube-proxy|containerd|containerd-shim|runc|leasehold-regis) ;;
       *) continue ;;
     esac
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
@@ -61,10 +61,10 @@ cleanup() {
 
   # 1. Components, in three waves: the kubelet (so it stops restarting containers); the
   #    API clients and the API server together; etcd last (an API server that loses etcd
-  #    first hangs in its graceful shutdown). TERM, up to 5 s, then KILL. containerd comes
-  #    after the containers (step 3).
+  #    first hangs in its graceful shutdown) and the registry. TERM, up to 5 s, then KILL.
+  #    containerd comes after the containers (step 3).
   local wave pid
-  for wave in "kubelet" "kube-proxy kube-scheduler kube-controller-manager kube-apiserver" "etcd"; do
+  for wave in "kubelet" "kube-proxy kube-scheduler kube-controller-manager kube-apiserver" "etcd registry"; do
     local stop=()
     for n in $wave; do
       [ -f "$PIDS/$n.pid" ] || continue

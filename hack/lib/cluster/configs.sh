@@ -50,6 +50,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "$CNI_BIN"
       conf_dir = "$STATE/cni/net.d"
+    # Registry hosts, one directory per registry name (containerd's hosts.toml).
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "$CONF/certs.d"
+EOF
+
+  # leasehold.local/* is served by the node's registry (hack/registry) on loopback, over
+  # plain HTTP: it listens on 127.0.0.1 only, so nothing off this machine reaches it.
+  mkdir -p "$CONF/certs.d/leasehold.local"
+  cat >"$CONF/certs.d/leasehold.local/hosts.toml" <<EOF
+server = "http://$REGISTRY_ADDR"
+
+[host."http://$REGISTRY_ADDR"]
+  capabilities = ["pull", "resolve"]
 EOF
 
   # No ipMasq: Pods only talk to each other and to this host. hairpinMode lets a Pod reach
@@ -100,7 +113,7 @@ failSwapOn: false
 resolvConf: ""
 podLogsDir: $STATE/pod-logs
 volumePluginDir: $STATE/kubelet-plugins
-# Images cannot be pulled again (no registry): never garbage-collect them.
+# The node's registry keeps images only while the cluster runs: never garbage-collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
