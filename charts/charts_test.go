@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -148,6 +149,27 @@ func mustRender(t *testing.T, values string) map[string]object {
 	return out
 }
 
+// withoutHelmPolicy is o without the annotations that only instruct Helm
+// (helm.sh/resource-policy: what helm uninstall keeps); kubectl has no such step.
+func withoutHelmPolicy(o object) object {
+	meta, _ := o["metadata"].(map[string]any)
+	ann, _ := meta["annotations"].(map[string]any)
+	if _, ok := ann["helm.sh/resource-policy"]; !ok {
+		return o
+	}
+	out := maps.Clone(o)
+	meta = maps.Clone(meta)
+	ann = maps.Clone(ann)
+	delete(ann, "helm.sh/resource-policy")
+	if len(ann) == 0 {
+		delete(meta, "annotations")
+	} else {
+		meta["annotations"] = ann
+	}
+	out["metadata"] = meta
+	return out
+}
+
 // same reports every object that differs between the chart and kustomize.
 func same(t *testing.T, what string, chart, kust map[string]object) {
 	t.Helper()
@@ -170,7 +192,7 @@ func same(t *testing.T, what string, chart, kust map[string]object) {
 		case !inKust:
 			t.Errorf("%s: the chart has %s, kustomize does not", what, k)
 		default:
-			if d := cmp.Diff(m, c); d != "" {
+			if d := cmp.Diff(m, withoutHelmPolicy(c)); d != "" {
 				t.Errorf("%s: %s differs (-kustomize +chart):\n%s", what, k, d)
 			}
 		}

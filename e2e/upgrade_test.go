@@ -92,8 +92,8 @@ func waitHeld(t *testing.T, ns, pod, lock string, timeout time.Duration) int64 {
 // the running Pods' agents (the previous version) keep their holds and tokens; new Pods
 // get this build's agent; old and new agents share the locks, handing over with a higher
 // token. Then helm uninstall: no webhook configuration is left to refuse Pod creates, an
-// annotated Pod is created (without an agent), and a running Pod keeps running with its
-// agent (its holds end: the agents' ClusterRole is gone; logged, and said in README).
+// annotated Pod is created (without an agent), and the running Pods keep running with
+// their agents and their holds (the chart keeps the agents' ClusterRole).
 func TestUpgradeFromPreviousRelease(t *testing.T) {
 	helm := helmCLI(t)
 	prev := exec.Command(filepath.Join(repoRoot, "hack", "previous-release.sh"))
@@ -206,7 +206,8 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	if got := tokenIn(t, waitForLog(t, ns, "new-mutex", "app", tokenLine, 90*time.Second)[0]); got <= oldMutexToken {
 		t.Errorf("new-mutex took up-mutex with token %d, not above the old agent's %d", got, oldMutexToken)
 	}
-	if newLeader := waitHeld(t, ns, "new-leader", "up-leader", 90*time.Second); newLeader <= oldLeader {
+	newLeader := waitHeld(t, ns, "new-leader", "up-leader", 90*time.Second)
+	if newLeader <= oldLeader {
 		t.Errorf("new-leader leads with token %d, not above the old agent's %d", newLeader, oldLeader)
 	}
 
@@ -228,24 +229,21 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	} else if len(after.Spec.InitContainers) != 0 {
 		t.Errorf("a Pod created after helm uninstall was injected: %v", after.Annotations)
 	}
-	// The running Pods run on: an app that only asks its agent keeps running with its
-	// agent, nothing restarted. Their holds do not last: the agents' ClusterRole went
-	// with the chart, so they cannot renew and the holds end, fenced (README: replace
-	// annotated workloads before uninstalling if their locks must stay held); an app
-	// under `leasehold run` is stopped with its hold, as when any hold is lost.
-	time.Sleep(5 * time.Second)
-	pod, err := cs.CoreV1().Pods(ns).Get(context.Background(), "new-leader", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	// The running Pods run on, holds included: the chart keeps the agents' ClusterRole
+	// (helm.sh/resource-policy: keep), so their renewals go on. Past renew-deadline
+	// (10 s), a hold that could not renew would have ended.
+	time.Sleep(12 * time.Second)
+	for _, p := range []string{"new-leader", "new-mutex"} {
+		pod, err := cs.CoreV1().Pods(ns).Get(context.Background(), p, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pod.Status.Phase != corev1.PodRunning || restarts(t, ns, p) != 0 {
+			t.Errorf("Pod %s 12 s after helm uninstall: phase %s, %d restarts", p, pod.Status.Phase, restarts(t, ns, p))
+		}
 	}
-	if pod.Status.Phase != corev1.PodRunning || restarts(t, ns, "new-leader") != 0 {
-		t.Errorf("Pod new-leader after helm uninstall: phase %s, %d restarts", pod.Status.Phase, restarts(t, ns, "new-leader"))
+	if s := podState(t, ns, "new-leader", "up-leader"); !s.Held || s.Token != newLeader {
+		t.Errorf("12 s after helm uninstall new-leader's hold of up-leader is %s with token %d, want held with %d", s.Phase, s.Token, newLeader)
 	}
-	s := podState(t, ns, "new-leader", "up-leader")
-	mutexPod, err := cs.CoreV1().Pods(ns).Get(context.Background(), "new-mutex", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("5 s after helm uninstall: new-leader's agent answers, its hold of up-leader is %s (token %d); new-mutex (leasehold run) is %s",
-		s.Phase, s.Token, mutexPod.Status.Phase)
+	deleteKeptAgentRole(t)
 }
