@@ -18,6 +18,14 @@ CACHE=${LEASEHOLD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/leasehold}
 DIR=$CACHE/previous-release/$PREVIOUS_COMMIT
 log() { printf '[previous-release] %s\n' "$*" >&2; }
 
+# A shallow clone (as some CI systems make) lacks that commit: fetch the history once.
+if ! git cat-file -e "$PREVIOUS_COMMIT^{commit}" 2>/dev/null; then
+  log "commit $PREVIOUS_COMMIT is not in this clone; fetching the history (git fetch --unshallow)"
+  git fetch --quiet --unshallow 2>/dev/null || git fetch --quiet origin 2>/dev/null || true
+  git cat-file -e "$PREVIOUS_COMMIT^{commit}" 2>/dev/null ||
+    { log "commit $PREVIOUS_COMMIT is not in this clone: clone the whole history (not --depth), or set PREVIOUS_COMMIT"; exit 1; }
+fi
+
 mkdir -p "$DIR"
 exec 9>"$DIR/.lock"
 flock 9
