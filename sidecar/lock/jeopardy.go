@@ -30,9 +30,8 @@ import (
 // hold that it judged expired, and the expiry it measures restarts when it is back. A
 // live holder then renews within retry-period and keeps the lock; a dead one is
 // replaced lease-duration after the outage. A watch can be dead without knowing it (a
-// black-holed connection), so a takeover of an expired hold first reads the Lease: a
-// read that fails or is slow is an outage, a read that shows a newer record restarts
-// the clock, and a waiting acquisition reads a second time retry-period later (reread).
+// black-holed connection), so a takeover of an expired hold first reads the Lease once:
+// a read that fails is an outage, a read that shows a newer record restarts the clock.
 
 // unavailable says whether err means that the API server could not be reached or could
 // not serve (no answer, a timeout, a 5xx, a 429), as opposed to an answer that refuses
@@ -85,32 +84,7 @@ func (l *Lock) endOutageLocked(now time.Time) {
 // the answer, and a live holder's renewal lands meanwhile (found by the chaos suite: a
 // waiter's read sent into a blip, answered right after it, took a live leader's lock
 // before the leader's own renewal landed).
-//
-// For a waiting acquisition (confirm: a client that waits, the leader loop), a read
-// that was fast and shows the same record is read again retry-period later, and only a
-// second fast read of the same record lets the takeover go on: a blip that ended just
-// before the holder's expiry leaves the first read fast and the record unchanged, while
-// the live holder's renewal, sent every retry-period in jeopardy, is still on its way
-// (found by the chaos suite: 2 of 45 blips shorter than lease-duration lost the leader
-// lock that way). A dead holder is replaced retry-period later than it expired. A try
-// (wait 0) reads once: its caller asked for an answer now.
-func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease, confirm bool) (bool, error) {
-	same, err := l.readBeforeTakeover(ctx, judged)
-	if err != nil || !same || !confirm {
-		return same, err
-	}
-	select {
-	case <-ctx.Done():
-		return false, ctxErr(ctx)
-	case <-l.closing:
-		return false, ErrShutdown
-	case <-l.cfg.Clock.After(l.cfg.RetryPeriod):
-	}
-	return l.readBeforeTakeover(ctx, judged)
-}
-
-// readBeforeTakeover is one read of reread.
-func (l *Lock) readBeforeTakeover(ctx context.Context, judged *coordinationv1.Lease) (bool, error) {
+func (l *Lock) reread(ctx context.Context, judged *coordinationv1.Lease) (bool, error) {
 	rctx, cancel := context.WithTimeout(ctx, l.writeTimeout())
 	defer cancel()
 	sel := fields.OneTermEqualSelector("metadata.name", l.cfg.Name).String()

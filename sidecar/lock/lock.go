@@ -712,7 +712,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 		l.apiErr = d.err
 	}
 	l.mu.Unlock()
-	if wait, err := l.beforeAcquireWrite(ctx, cur, d, !try); err != nil {
+	if wait, err := l.beforeAcquireWrite(ctx, cur, d); err != nil {
 		return changed, wait, err
 	}
 
@@ -760,9 +760,8 @@ func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now
 
 // beforeAcquireWrite does what d asks before the acquiring write (called with writeMu
 // held, mu not held): it returns the error that ends this attempt (with how long to
-// wait on a HeldError), or nil to write. waiting: the acquisition waits (not a try), so
-// a takeover confirms its read retry-period later (reread).
-func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease, d acquireDecision, waiting bool) (time.Duration, error) {
+// wait on a HeldError), or nil to write.
+func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease, d acquireDecision) (time.Duration, error) {
 	switch {
 	case d.err != nil:
 		return 0, d.err
@@ -780,7 +779,7 @@ func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease
 	if !d.reread {
 		return 0, nil
 	}
-	same, err := l.reread(ctx, cur, waiting)
+	same, err := l.reread(ctx, cur)
 	if err == nil && !same {
 		err = fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}
