@@ -30,8 +30,10 @@ import (
 // hold that it judged expired, and the expiry it measures restarts when it is back. A
 // live holder then renews within retry-period and keeps the lock; a dead one is
 // replaced lease-duration after the outage. A watch can be dead without knowing it (a
-// black-holed connection), so a takeover of an expired hold first reads the Lease once:
-// a read that fails is an outage, a read that shows a newer record restarts the clock.
+// black-holed connection), so a takeover of an expired hold first reads the Lease: a
+// read that fails or is slow is an outage, a read that shows a newer record restarts
+// the clock; a waiting acquisition reads retry-period ahead of the expiry and again at
+// it (reread).
 
 // unavailable says whether err means that the API server could not be reached or could
 // not serve (no answer, a timeout, a 5xx, a 429), as opposed to an answer that refuses
