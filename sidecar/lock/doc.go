@@ -27,7 +27,8 @@
 //     promised past renew-deadline without a successful write.
 //   - A waiter that lost the API server (a watch or a request got no answer) takes over
 //     no hold it judged expired until its watch is back, and restarts the holder's
-//     expiry then; before it takes an expired hold over it reads the Lease once.
+//     expiry then; before it takes an expired hold over it reads the Lease (a waiting
+//     acquisition retry-period ahead of the expiry and again at it).
 //   - Every write is conditional on the resourceVersion it was based on. A Lease found
 //     deleted ends the hold at once. A conflict (409) makes the agent read the Lease
 //     again: a renew or release goes on on the current copy only when the record is

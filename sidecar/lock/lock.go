@@ -752,6 +752,9 @@ func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now
 		observedAt: l.observedAt, outage: l.outage, goneHolder: l.gone.holder, goneUntil: l.gone.heldUntil,
 		fair: l.fair() && local && cur != nil, try: try, queueRefused: l.queueRefused, turn: l.turn(),
 	}
+	if !try {
+		v.lead = l.cfg.RetryPeriod
+	}
 	if rec.Holder != "" {
 		v.leaseDuration = l.leaseDurationLocked()
 	}
@@ -769,9 +772,9 @@ func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease
 		if err := l.enqueue(ctx, cur); err != nil {
 			return 0, err
 		}
-		return d.wait.ValidFor, d.wait
+		return d.waitFor(), d.wait
 	case d.wait != nil:
-		return d.wait.ValidFor, d.wait
+		return d.waitFor(), d.wait
 	}
 	if len(d.passed) > 0 {
 		l.cfg.Log.V(1).Info("Passing queued waiters that did not take their turn", "lock", l.cfg.Name, "passed", d.passed)
@@ -779,7 +782,7 @@ func (l *Lock) beforeAcquireWrite(ctx context.Context, cur *coordinationv1.Lease
 	if !d.reread {
 		return 0, nil
 	}
-	same, err := l.reread(ctx, cur)
+	same, err := l.reread(ctx, cur, d.confirmAt)
 	if err == nil && !same {
 		err = fmt.Errorf("acquire lease %s/%s: %w", l.cfg.Namespace, l.cfg.Name, errConflict)
 	}

@@ -685,6 +685,9 @@ type acquireView struct {
 	goneUntil  time.Time
 	// fair: a mutex's local client (it queues); try: it does not wait.
 	fair, try, queueRefused bool
+	// lead: how long before the holder's expiry a waiting acquisition reads the Lease
+	// (and reads it again at the expiry); 0 for a try, which reads once at the expiry.
+	lead time.Duration
 	// turn: how long the head of the queue has a free lock to itself.
 	turn time.Duration
 }
@@ -699,6 +702,19 @@ type acquireDecision struct {
 	reread  bool
 	rest    []string
 	passed  []string
+	// retryIn > 0: try again after retryIn, not wait.ValidFor (to read ahead of the
+	// holder's expiry). confirmAt, when reread: read the Lease again at this moment
+	// (the holder's expiry) before writing.
+	retryIn   time.Duration
+	confirmAt time.Time
+}
+
+// waitFor is how long to wait before the next attempt after d.wait.
+func (d acquireDecision) waitFor() time.Duration {
+	if d.retryIn > 0 {
+		return d.retryIn
+	}
+	return d.wait.ValidFor
 }
 
 // decideAcquire is the decision of one attempt to acquire.
@@ -718,8 +734,18 @@ func decideAcquire(v acquireView, now time.Time) acquireDecision {
 	case !v.present:
 		return acquireDecision{}
 	}
+	return v.decideOnRecord(now)
+}
+
+// decideOnRecord decides an acquisition of a Lease that is there: wait for its holder
+// (or for the queue's turn), or write (after reading it once more when its holder's
+// hold expired).
+func (v acquireView) decideOnRecord(now time.Time) acquireDecision {
 	wait, expired := v.holderWait(now)
 	d := acquireDecision{enqueue: v.fair && !v.try && wait != nil && !v.queueRefused}
+	if v.lead > 0 && wait != nil && wait.ValidFor > v.lead {
+		d.retryIn = wait.ValidFor - v.lead
+	}
 	if v.fair && wait == nil {
 		d.rest, wait, d.passed = v.queueTurn(now)
 	}
@@ -735,19 +761,28 @@ func decideAcquire(v acquireView, now time.Time) acquireDecision {
 			ErrTokensExhausted, v.namespace, v.name, math.MaxInt32, v.namespace, v.name)}
 	}
 	d.reread = expired
+	if exp := v.observedAt.Add(v.leaseDuration); expired && exp.After(now) {
+		d.confirmAt = exp
+	}
 	return d
 }
 
 // holderWait: a record that names another holder is waited out for its lease-duration
-// after this agent saw it change, on this agent's clock. expired: that has passed (the
-// record is read once more before it is taken over, jeopardy.go).
+// after this agent saw it change, on this agent's clock. expired: that has passed, or a
+// waiting acquisition is within lead of it (the record is read before it is taken over,
+// jeopardy.go: a waiting acquisition reads lead ahead of the expiry and again at it).
 func (v acquireView) holderWait(now time.Time) (wait *HeldError, expired bool) {
 	if v.rec.Holder == "" || v.ours {
 		return nil, false
 	}
 	switch left := v.observedAt.Add(v.leaseDuration).Sub(now); {
-	case left > 0:
+	case left > v.lead, left > 0 && v.outage:
 		return &HeldError{Holder: v.rec.Holder, ValidFor: left}, false
+	case left > 0:
+		// Read ahead: a blip the silent watch did not show, ending within lead of the
+		// expiry, makes this read slow (an outage) rather than the one at the expiry
+		// fast while the holder's renewal after the blip is still on its way.
+		return nil, true
 	case v.outage:
 		// This agent lost the API server too: the holder may be alive and unable to
 		// renew for the same reason. Wait for the watch to be back.

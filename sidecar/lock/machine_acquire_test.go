@@ -20,10 +20,16 @@ type decisionView struct {
 	Write   bool
 	Rest    []string
 	Passed  []string
+	// RetryIn: the next attempt's wait when not the holder's validFor; ConfirmAt: the
+	// second read before a takeover, from t0.
+	RetryIn, ConfirmAt time.Duration
 }
 
 func viewDecision(d acquireDecision) decisionView {
-	v := decisionView{Enqueue: d.enqueue, Reread: d.reread, Rest: d.rest, Passed: d.passed}
+	v := decisionView{Enqueue: d.enqueue, Reread: d.reread, Rest: d.rest, Passed: d.passed, RetryIn: d.retryIn}
+	if !d.confirmAt.IsZero() {
+		v.ConfirmAt = d.confirmAt.Sub(t0)
+	}
 	switch {
 	case d.err != nil:
 		v.Err = d.err.Error()
@@ -87,6 +93,22 @@ func TestDecideAcquire(t *testing.T) {
 			now: 5 * time.Second, want: decisionView{Wait: "held by other for up to 10s more"}},
 		"expired: read once more, then write": {v: heldView(), now: 15 * time.Second,
 			want: decisionView{Write: true, Reread: true}},
+		// Review case (chaos: 2 of 45 blips lost the leader lock): a waiting
+		// acquisition wakes retry-period ahead of the holder's expiry, reads the Lease
+		// then and again at the expiry, so that a blip ending just before the expiry
+		// makes a read slow; the takeover is no later than the expiry.
+		"held, waiting: wake retry-period ahead of the expiry": {v: edit(heldView(), func(v *acquireView) {
+			v.lead, v.fair = 2*time.Second, false
+		}), now: 5 * time.Second, want: decisionView{Wait: "held by other for up to 10s more", RetryIn: 8 * time.Second}},
+		"held, waiting, within retry-period of the expiry: read now and again at the expiry": {
+			v: edit(heldView(), func(v *acquireView) { v.lead, v.fair = 2*time.Second, false }), now: 13500 * time.Millisecond,
+			want: decisionView{Write: true, Reread: true, ConfirmAt: 15 * time.Second}},
+		"held, waiting, expired: read once, then write": {v: edit(heldView(), func(v *acquireView) {
+			v.lead, v.fair = 2*time.Second, false
+		}), now: 15 * time.Second, want: decisionView{Write: true, Reread: true}},
+		"held, waiting, within retry-period of the expiry during an outage: wait": {
+			v:   edit(heldView(), func(v *acquireView) { v.lead, v.fair, v.outage = 2*time.Second, false, true }),
+			now: 14 * time.Second, want: decisionView{Wait: "held by other for up to 1s more"}},
 		// Review case: a waiter that shared the outage is patient: an expired hold is
 		// not taken over while this agent has not read the Lease again.
 		"expired during an outage of this agent: wait a lease-duration": {
