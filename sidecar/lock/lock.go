@@ -457,6 +457,10 @@ type AcquireOptions struct {
 	Wait time.Duration
 	// TTL ends the hold unless renewed or released in time; 0 = no ttl.
 	TTL time.Duration
+	// readAhead: a try (Wait 0) that is one round of a waiting acquisition (a
+	// semaphore's, over its slots) reads ahead of the holder's expiry as a waiting
+	// acquisition does (reread).
+	readAhead bool
 }
 
 // Acquire takes a mutex lock for one local client, or, for a leader lock, waits until
@@ -503,7 +507,7 @@ func (l *Lock) acquireMutex(ctx context.Context, opts AcquireOptions) (*Hold, St
 		}
 	}
 	h := &Hold{lock: l, done: make(chan struct{})}
-	if err := l.acquireRemote(ctx, opts.Wait == 0, h); err != nil {
+	if err := l.acquireRemote(ctx, opts.Wait == 0, opts.Wait > 0 || opts.readAhead, h); err != nil {
 		if opts.Wait > 0 && l.wanting.Load() == 1 {
 			// Nobody of this Pod waits on: give the queue's place up.
 			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.writeTimeout())
@@ -631,10 +635,13 @@ func (l *Lock) leaseDurationLocked() time.Duration {
 
 // acquireRemote takes the Lease, waiting (if !try) for the watch to show it free or
 // for the current holder's lease to expire.
-func (l *Lock) acquireRemote(ctx context.Context, try bool, h *Hold) error {
+//
+// readAhead: a waiting acquisition, which reads the Lease retry-period ahead of its
+// holder's expiry and again at it (decideOnRecord, reread).
+func (l *Lock) acquireRemote(ctx context.Context, try, readAhead bool, h *Hold) error {
 	waited := false
 	for {
-		changed, wait, err := l.tryAcquire(ctx, h, waited, try)
+		changed, wait, err := l.tryAcquire(ctx, h, waited, try, readAhead)
 		if err == nil {
 			return nil
 		}
@@ -701,13 +708,13 @@ func (l *Lock) writeTimeout() time.Duration {
 // waited says that this acquisition found the lock held before (for Event.Handover);
 // try that it does not wait (so it does not queue). What to do is decideAcquire's
 // (machine.go); this does it.
-func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-chan struct{}, time.Duration, error) {
+func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try, readAhead bool) (<-chan struct{}, time.Duration, error) {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	changed := l.changed
 	cur := l.lease
-	d := decideAcquire(l.acquireViewLocked(cur, h != nil, try, l.cfg.Clock.Now()), l.cfg.Clock.Now())
+	d := decideAcquire(l.acquireViewLocked(cur, h != nil, try, readAhead, l.cfg.Clock.Now()), l.cfg.Clock.Now())
 	if errors.Is(d.err, ErrTokensExhausted) {
 		l.apiErr = d.err
 	}
@@ -743,7 +750,7 @@ func (l *Lock) tryAcquire(ctx context.Context, h *Hold, waited, try bool) (<-cha
 
 // acquireViewLocked is what decideAcquire decides on: the cached Lease cur and what
 // this agent knows of it. local: a client of this Pod acquires (not the leader loop).
-func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now time.Time) acquireView {
+func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try, readAhead bool, now time.Time) acquireView {
 	rec := RecordOf(cur)
 	v := acquireView{
 		identity: l.cfg.Identity, namespace: l.cfg.Namespace, name: l.cfg.Name,
@@ -752,7 +759,7 @@ func (l *Lock) acquireViewLocked(cur *coordinationv1.Lease, local, try bool, now
 		observedAt: l.observedAt, outage: l.outage, goneHolder: l.gone.holder, goneUntil: l.gone.heldUntil,
 		fair: l.fair() && local && cur != nil, try: try, queueRefused: l.queueRefused, turn: l.turn(),
 	}
-	if !try {
+	if readAhead {
 		v.lead = l.cfg.RetryPeriod
 	}
 	if rec.Holder != "" {
@@ -1099,7 +1106,7 @@ func (l *Lock) sleep(ctx context.Context, d time.Duration) {
 
 func (l *Lock) leaderLoop(ctx context.Context) {
 	for ctx.Err() == nil {
-		if err := l.acquireRemote(ctx, false, nil); err != nil {
+		if err := l.acquireRemote(ctx, false, true, nil); err != nil {
 			if errors.Is(err, ErrShutdown) {
 				return
 			}

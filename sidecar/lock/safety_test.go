@@ -461,7 +461,7 @@ func TestQueueWriteRefusedByAnOlderPolicy(t *testing.T) {
 		return nil
 	}
 	for range 2 {
-		_, _, err := l.tryAcquire(context.Background(), &Hold{lock: l, done: make(chan struct{})}, false, false)
+		_, _, err := l.tryAcquire(context.Background(), &Hold{lock: l, done: make(chan struct{})}, false, false, true)
 		if !errors.Is(err, ErrNotAcquired) {
 			t.Fatalf("a waiter whose queue write is refused: want not acquired (held by other_pod), got %v", err)
 		}

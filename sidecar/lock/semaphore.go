@@ -240,7 +240,7 @@ func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, St
 		// The change channel is taken before the tries, so no change between a try
 		// and the wait is missed.
 		changed := s.Changed()
-		h, st, retryIn, err := s.tryEach(ctx, opts.TTL)
+		h, st, retryIn, err := s.tryEach(ctx, opts.TTL, opts.Wait > 0)
 		if err == nil || opts.Wait == 0 || errors.Is(err, ErrShutdown) {
 			return h, st, err
 		}
@@ -262,14 +262,16 @@ func (s *Semaphore) Acquire(ctx context.Context, opts AcquireOptions) (*Hold, St
 // tryEach tries every slot once, starting at this Pod's first slot. When none was
 // taken it says how soon a try may succeed without a watch event (a hold running out,
 // or the retry period after an API error).
-func (s *Semaphore) tryEach(ctx context.Context, ttl time.Duration) (*Hold, State, time.Duration, error) {
+// waiting: the semaphore's acquisition waits, so each slot's try reads ahead of its
+// holder's expiry as a waiting acquisition of a mutex does.
+func (s *Semaphore) tryEach(ctx context.Context, ttl time.Duration, waiting bool) (*Hold, State, time.Duration, error) {
 	retryIn := s.retry
 	var held []string
 	var apiErr error
 	for k := range s.slots {
 		i := (s.first + k) % len(s.slots)
 		l := s.slots[i]
-		h, _, err := l.Acquire(ctx, AcquireOptions{TTL: ttl})
+		h, _, err := l.Acquire(ctx, AcquireOptions{TTL: ttl, readAhead: waiting})
 		if err == nil {
 			return h, s.stateOf(i), 0, nil
 		}
@@ -278,8 +280,13 @@ func (s *Semaphore) tryEach(ctx context.Context, ttl time.Duration) (*Hold, Stat
 		case errors.Is(err, ErrShutdown), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			return nil, s.State(), 0, err
 		case errors.As(err, &he):
-			if he.ValidFor > 0 {
-				retryIn = min(retryIn, he.ValidFor)
+			if next := he.ValidFor; next > 0 {
+				if waiting && next > s.retry {
+					// Try again retry-period ahead of the holder's expiry: that try
+					// reads ahead of it (reread).
+					next -= s.retry
+				}
+				retryIn = min(retryIn, next)
 			}
 			who := he.Holder
 			if he.Local {
